@@ -1,0 +1,31 @@
+"""Every bound in one place, with the reason beside it."""
+
+# Ids of the last N accepted events are remembered to recognise duplicates.
+# Producers retry within seconds; 100k events is minutes of a busy exchange's
+# log and costs ~10 MB of state. A duplicate older than this is applied again.
+DEDUP_WINDOW_EVENTS = 100_000
+
+# A market with more brackets than this is a configuration error (Binance's
+# largest table has 11); it also bounds the liquidation-price solve.
+MAX_BRACKETS = 32
+
+# Leverage above this is not offered by any venue we model.
+MAX_LEVERAGE = 200
+
+# Identifiers (accounts, markets, assets, event ids) are short; a longer one is
+# a producer bug and would bloat every key that contains it.
+MAX_ID_CHARS = 128
+
+# One JSON line larger than this is not an exchange event; it is dead-lettered
+# without being parsed, and only its first bytes are kept.
+MAX_LINE_BYTES = 64 * 1024
+DEADLETTER_RAW_BYTES = 2048
+
+# Embedded log: a record larger than this is a corrupt length field.
+MAX_RECORD_BYTES = 1024 * 1024
+# Segments roll over at this size so recovery scans and deletions stay bounded.
+SEGMENT_BYTES = 64 * 1024 * 1024
+
+# The runner checkpoints at least this often (events), bounding both the replay
+# after a crash and the size of one RocksDB write batch.
+CHECKPOINT_EVERY_EVENTS = 200_000

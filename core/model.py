@@ -1,0 +1,154 @@
+"""Validated domain events: what the log stores and the reducer applies.
+
+These are the fixed-point twins of the wire records of DESIGN.md §4.1: every
+price, quantity, amount and rate is an int in units of 1e-8 (core.fixed), so
+the hot path never parses a decimal string. ``events/`` turns wire JSON into
+these after stateless validation; the reducer does the stateful checks.
+
+They live in ``core`` because the reducer dispatches on them and ``core`` may
+not import ``events`` (dependency direction, DESIGN.md §1).
+
+Structs are frozen, tagged by ``type`` (stable wire tags) and encoded as
+arrays in the log (``array_like``) for compactness; ``gc=False`` because they
+hold no reference cycles and millions of them may be alive.
+"""
+
+import msgspec
+
+BOTH, LONG, SHORT = "BOTH", "LONG", "SHORT"
+POSITION_SIDES = (BOTH, LONG, SHORT)
+BUY, SELL = "buy", "sell"
+
+_opts = dict(frozen=True, array_like=True, gc=False, tag_field="type")
+
+
+class Bracket(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One maintenance-margin tier: notional in [floor, cap) -> MM = N * mmr - maint_amount."""
+
+    notional_floor: int
+    notional_cap: int
+    max_leverage: int
+    mmr: int  # rate, 1e-8
+    maint_amount: int  # amount units
+
+
+class MarketConfig(msgspec.Struct, tag="market", **_opts):
+    id: str
+    ts: int
+    market: str
+    settle: str
+    tick_size: int
+    lot_size: int
+    brackets: tuple[Bracket, ...]
+    liquidation_fee_rate: int = 0
+
+
+class Deposit(msgspec.Struct, tag="deposit", **_opts):
+    id: str
+    ts: int
+    account: str
+    asset: str
+    amount: int
+
+
+class Withdrawal(msgspec.Struct, tag="withdrawal", **_opts):
+    id: str
+    ts: int
+    account: str
+    asset: str
+    amount: int
+
+
+class SetLeverage(msgspec.Struct, tag="leverage", **_opts):
+    id: str
+    ts: int
+    account: str
+    market: str
+    leverage: int
+    position_side: str = BOTH
+
+
+class MarginTransfer(msgspec.Struct, tag="margin_transfer", **_opts):
+    id: str
+    ts: int
+    account: str
+    market: str
+    position_side: str
+    amount: int  # positive adds to the position, negative removes
+
+
+class Fill(msgspec.Struct, tag="fill", **_opts):
+    id: str
+    ts: int
+    account: str
+    market: str
+    position_side: str
+    side: str  # buy / sell
+    qty: int
+    price: int
+    fee: int  # negative is a rebate
+
+
+class MarkPrice(msgspec.Struct, tag="mark", **_opts):
+    id: str
+    ts: int
+    market: str
+    price: int
+
+
+class Funding(msgspec.Struct, tag="funding", **_opts):
+    id: str
+    ts: int
+    market: str
+    rate: int  # 1e-8, positive: longs pay shorts
+    mark_price: int
+
+
+class LiquidationFill(msgspec.Struct, tag="liquidation_fill", **_opts):
+    id: str
+    ts: int
+    command_id: str
+    account: str
+    market: str
+    position_side: str
+    qty: int
+    price: int
+
+
+class InvalidInput(msgspec.Struct, tag="invalid", **_opts):
+    """A record that failed stateless validation at the edge.
+
+    It is kept in the log (nothing is lost, and offsets stay those of the
+    input) and the reducer turns it into a dead letter without judging it again.
+    """
+
+    reason: str
+    detail: str
+    raw: bytes  # bounded prefix of the input
+    source: str = ""  # e.g. "file.jsonl:17"
+
+
+Event = (
+    MarketConfig
+    | Deposit
+    | Withdrawal
+    | SetLeverage
+    | MarginTransfer
+    | Fill
+    | MarkPrice
+    | Funding
+    | LiquidationFill
+)
+LogRecord = Event | InvalidInput
+
+
+class Verdict(msgspec.Struct, frozen=True, gc=False):
+    """What the reducer says about an event it did not (fully) apply.
+
+    kind "rejection": a valid request refused by the state; kind "deadletter":
+    input that cannot be applied at all. Either way the state is unchanged.
+    """
+
+    kind: str
+    reason: str
+    detail: str

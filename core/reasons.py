@@ -1,0 +1,77 @@
+"""Stable reason codes, in precedence order, with pinned numbers.
+
+The code string is the public contract (DESIGN.md §4.1); the number pins its
+place so reports can sort by it. Never renumber; add at the end.
+"""
+
+# Stateless, found at the edge (events/) before a record reaches the log.
+MALFORMED_JSON = "malformed_json"
+RECORD_TOO_LARGE = "record_too_large"
+DUPLICATE_KEY = "duplicate_key"
+NOT_AN_OBJECT = "not_an_object"
+UNKNOWN_TYPE = "unknown_type"
+MISSING_FIELD = "missing_field"
+UNKNOWN_FIELD = "unknown_field"
+INVALID_TYPE = "invalid_type"
+INVALID_VALUE = "invalid_value"
+INVALID_DECIMAL = "invalid_decimal"
+TOO_MANY_DECIMALS = "too_many_decimals"
+OUT_OF_RANGE = "out_of_range"
+NEGATIVE_VALUE = "negative_value"
+NOT_POSITIVE = "not_positive"
+INVALID_BRACKETS = "invalid_brackets"
+UNDECODABLE_RECORD = "undecodable_record"
+
+# Stateful, found by the reducer: the event cannot be applied (dead letter).
+DUPLICATE_ID = "duplicate_id"
+UNKNOWN_MARKET = "unknown_market"
+IMMUTABLE_MARKET_FIELD = "immutable_market_field"
+PRICE_NOT_ON_TICK = "price_not_on_tick"
+QTY_NOT_ON_LOT = "qty_not_on_lot"
+POSITION_MODE_CONFLICT = "position_mode_conflict"
+REDUCE_EXCEEDS_POSITION = "reduce_exceeds_position"
+LIQUIDATION_EXCEEDS_POSITION = "liquidation_exceeds_position"
+BALANCE_OVERFLOW = "balance_overflow"
+
+# Requests refused by the state (rejection).
+STALE_MARK = "stale_mark"
+INSUFFICIENT_BALANCE = "insufficient_balance"
+NO_OPEN_POSITION = "no_open_position"
+NO_MARK_PRICE = "no_mark_price"
+MARGIN_TRANSFER_EXCEEDS_MAX = "margin_transfer_exceeds_max"
+LEVERAGE_EXCEEDS_BRACKET = "leverage_exceeds_bracket"
+
+ORDER = (
+    MALFORMED_JSON,
+    RECORD_TOO_LARGE,
+    DUPLICATE_KEY,
+    NOT_AN_OBJECT,
+    UNKNOWN_TYPE,
+    MISSING_FIELD,
+    UNKNOWN_FIELD,
+    INVALID_TYPE,
+    INVALID_VALUE,
+    INVALID_DECIMAL,
+    TOO_MANY_DECIMALS,
+    OUT_OF_RANGE,
+    NEGATIVE_VALUE,
+    NOT_POSITIVE,
+    INVALID_BRACKETS,
+    UNDECODABLE_RECORD,
+    DUPLICATE_ID,
+    UNKNOWN_MARKET,
+    IMMUTABLE_MARKET_FIELD,
+    PRICE_NOT_ON_TICK,
+    QTY_NOT_ON_LOT,
+    POSITION_MODE_CONFLICT,
+    REDUCE_EXCEEDS_POSITION,
+    LIQUIDATION_EXCEEDS_POSITION,
+    BALANCE_OVERFLOW,
+    STALE_MARK,
+    INSUFFICIENT_BALANCE,
+    NO_OPEN_POSITION,
+    NO_MARK_PRICE,
+    MARGIN_TRANSFER_EXCEEDS_MAX,
+    LEVERAGE_EXCEEDS_BRACKET,
+)
+NUMBER = {code: number for number, code in enumerate(ORDER, start=1)}

@@ -1,0 +1,386 @@
+"""The only dispatcher: ``apply_event(state, offset, event) -> Verdict | None``.
+
+Deterministic and total: time is the event's ``ts``, position is its offset,
+nothing is read from a clock, the environment or hash order. Each handler
+checks everything first and mutates second, so an event is either applied
+whole or not at all (the returned Verdict says why).
+
+Money moves only by transfers between the named balances of core.state; each
+transfer below is two updates that sum to zero.
+"""
+
+from ringfence.core import margin as mm
+from ringfence.core import reasons as r
+from ringfence.core.check import check
+from ringfence.core.fixed import INT64_MAX, SCALE, div_floor, format_decimal as dec, mul_div_ceil, mul_div_floor
+from ringfence.core.limits import DEDUP_WINDOW_EVENTS
+from ringfence.core.model import (
+    BOTH,
+    BUY,
+    LONG,
+    SHORT,
+    Deposit,
+    Fill,
+    Funding,
+    InvalidInput,
+    LiquidationFill,
+    MarginTransfer,
+    MarketConfig,
+    MarkPrice,
+    SetLeverage,
+    Verdict,
+    Withdrawal,
+)
+from ringfence.core.state import MarketState, Position, PositionKey, State
+
+# Leverage of a position whose account never set one (Binance's default),
+# capped by the bracket's maximum.
+DEFAULT_LEVERAGE = 20
+
+
+def _dead(reason: str, detail: str) -> Verdict:
+    return Verdict("deadletter", reason, detail)
+
+
+def _reject(reason: str, detail: str) -> Verdict:
+    return Verdict("rejection", reason, detail)
+
+
+def apply_event(state: State, offset: int, event) -> Verdict | None:
+    """Apply one log record at ``offset``; return None, or the verdict on a record not applied."""
+    check(offset > state.offset, "offsets only move forward")
+    state.offset = offset
+    if type(event) is InvalidInput:
+        return _dead(event.reason, event.detail)
+    event_id = event.id
+    seen_at = state.seen_ids.get(event_id)
+    if seen_at is not None:
+        return _dead(r.DUPLICATE_ID, f"id {event_id!r} was already accepted at offset {seen_at}")
+    verdict = _HANDLERS[type(event)](state, event)
+    if verdict is None or verdict.kind == "rejection":
+        _remember_id(state, offset, event_id)
+    return verdict
+
+
+def _remember_id(state: State, offset: int, event_id: str) -> None:
+    state.seen_ids[event_id] = offset
+    window = state.id_window
+    window.append((offset, event_id))
+    # ids leave the window by offset distance, so the window does not depend on batching
+    while window[0][0] <= offset - DEDUP_WINDOW_EVENTS:
+        _, old_id = window.popleft()
+        del state.seen_ids[old_id]
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def _apply_market(state: State, event: MarketConfig) -> Verdict | None:
+    existing = state.markets.get(event.market)
+    if existing is None:
+        state.markets[event.market] = MarketState(event)
+    else:
+        old = existing.config
+        for field in ("settle", "tick_size", "lot_size"):
+            if getattr(old, field) != getattr(event, field):
+                return _dead(r.IMMUTABLE_MARKET_FIELD, f"{event.market}: {field} cannot change once the market exists")
+        existing.config = event
+    state.dirty_markets.add(event.market)
+    return None
+
+
+def effective_leverage(state: State, key: PositionKey) -> int:
+    account, market, _ = key
+    configured = state.leverage.get(key)
+    if configured is None:
+        configured = state.leverage.get((account, market, BOTH), DEFAULT_LEVERAGE)
+    return configured
+
+
+def _apply_leverage(state: State, event: SetLeverage) -> Verdict | None:
+    market = state.markets.get(event.market)
+    if market is None:
+        return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
+    brackets = market.config.brackets
+    sides = (BOTH, LONG, SHORT) if event.position_side == BOTH else (event.position_side,)
+    allowed = brackets[0].max_leverage
+    for side in sides:
+        position = state.positions.get((event.account, event.market, side))
+        if position is not None:
+            price = market.mark or mm.entry_price_units(position.size, position.cost)
+            allowed = min(allowed, mm.max_leverage_at(brackets, abs(position.size) * price))
+    if event.leverage > allowed:
+        return _reject(r.LEVERAGE_EXCEEDS_BRACKET, f"{event.leverage}x exceeds the bracket maximum {allowed}x")
+    key = (event.account, event.market, event.position_side)
+    state.leverage[key] = event.leverage
+    state.dirty_leverage.add(key)
+    return None
+
+
+# -- wallet ------------------------------------------------------------------------------
+
+
+def _apply_deposit(state: State, event: Deposit) -> Verdict | None:
+    key = (event.account, event.asset)
+    balance = state.wallets.get(key, 0) + event.amount
+    if balance > INT64_MAX:
+        return _dead(r.BALANCE_OVERFLOW, f"wallet {event.account}/{event.asset} would exceed int64 units")
+    state.wallets[key] = balance
+    state.net_deposits[event.asset] = state.net_deposits.get(event.asset, 0) + event.amount
+    state.dirty_wallets.add(key)
+    state.dirty_balances = True
+    return None
+
+
+def _apply_withdrawal(state: State, event: Withdrawal) -> Verdict | None:
+    key = (event.account, event.asset)
+    balance = state.wallets.get(key, 0)
+    if event.amount > balance:
+        return _reject(r.INSUFFICIENT_BALANCE, f"withdrawal of {dec(event.amount)} exceeds the free balance {dec(balance)}")
+    state.wallets[key] = balance - event.amount
+    state.net_deposits[event.asset] -= event.amount
+    state.dirty_wallets.add(key)
+    state.dirty_balances = True
+    return None
+
+
+def _apply_margin_transfer(state: State, event: MarginTransfer) -> Verdict | None:
+    market = state.markets.get(event.market)
+    if market is None:
+        return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
+    key = (event.account, event.market, event.position_side)
+    position = state.positions.get(key)
+    if position is None:
+        return _reject(r.NO_OPEN_POSITION, f"no open position {key}")
+    wallet_key = (event.account, market.config.settle)
+    wallet = state.wallets.get(wallet_key, 0)
+    amount = event.amount
+    if amount > 0:
+        if amount > wallet:
+            return _reject(r.INSUFFICIENT_BALANCE, f"transfer of {dec(amount)} exceeds the free balance {dec(wallet)}")
+    else:
+        if market.mark == 0:
+            return _reject(r.NO_MARK_PRICE, f"{event.market} has no mark price yet")
+        removable = mm.max_removable_margin(
+            market.config.brackets,
+            position.size,
+            position.cost,
+            position.margin,
+            market.mark,
+            effective_leverage(state, key),
+        )
+        if -amount > removable:
+            return _reject(r.MARGIN_TRANSFER_EXCEEDS_MAX, f"removing {dec(-amount)} exceeds the maximum removable {dec(removable)}")
+    state.wallets[wallet_key] = wallet - amount
+    position.margin += amount
+    state.dirty_wallets.add(wallet_key)
+    state.dirty_positions.add(key)
+    return None
+
+
+# -- fills -------------------------------------------------------------------------------
+
+
+def _check_mode(state: State, key: PositionKey) -> Verdict | None:
+    account, market, side = key
+    others = (LONG, SHORT) if side == BOTH else (BOTH,)
+    for other in others:
+        if (account, market, other) in state.positions:
+            return _dead(r.POSITION_MODE_CONFLICT, f"{account} holds a {other} position in {market}; cannot trade {side}")
+    return None
+
+
+def _apply_fill(state: State, event: Fill) -> Verdict | None:
+    market = state.markets.get(event.market)
+    if market is None:
+        return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
+    config = market.config
+    if event.price % config.tick_size:
+        return _dead(r.PRICE_NOT_ON_TICK, f"price {dec(event.price)} is not a multiple of the tick {dec(config.tick_size)}")
+    if event.qty % config.lot_size:
+        return _dead(r.QTY_NOT_ON_LOT, f"qty {dec(event.qty)} is not a multiple of the lot {dec(config.lot_size)}")
+    key = (event.account, event.market, event.position_side)
+    conflict = _check_mode(state, key)
+    if conflict is not None:
+        return conflict
+    delta = event.qty if event.side == BUY else -event.qty
+    position = state.positions.get(key)
+    size = position.size if position is not None else 0
+    if event.position_side != BOTH:
+        # a hedge-mode leg keeps its sign: LONG >= 0, SHORT <= 0
+        new_size = size + delta
+        if (event.position_side == LONG and new_size < 0) or (event.position_side == SHORT and new_size > 0):
+            return _dead(r.REDUCE_EXCEEDS_POSITION, f"{event.side} {dec(event.qty)} would cross the {event.position_side} leg")
+    if abs(size + delta) > INT64_MAX:
+        return _dead(r.BALANCE_OVERFLOW, "position size would exceed int64 units")
+
+    settle = config.settle
+    if size == 0 or (size > 0) == (delta > 0):
+        _open(state, key, settle, config, delta, event.price, event.fee)
+        return None
+    closing = min(event.qty, abs(size))
+    if closing == event.qty:
+        _close(state, key, settle, closing, event.price, event.fee)
+        return None
+    # crossing zero: close all, reopen the rest; the fee is split by quantity
+    fee_close = mul_div_floor(event.fee, closing, event.qty)
+    _close(state, key, settle, closing, event.price, fee_close)
+    rest = event.qty - closing
+    _open(state, key, settle, config, rest if delta > 0 else -rest, event.price, event.fee - fee_close)
+    return None
+
+
+def _open(state: State, key: PositionKey, settle: str, config: MarketConfig, delta: int, price: int, fee: int) -> None:
+    """Grow a position by ``delta`` at ``price``: initial margin and fee come from the wallet."""
+    position = state.positions.get(key)
+    if position is None:
+        position = state.add_position(key)
+    new_size = position.size + delta
+    leverage = min(effective_leverage(state, key), mm.max_leverage_at(config.brackets, abs(new_size) * price))
+    initial = mm.initial_margin_units(abs(delta), price, leverage)
+    wallet_key = (key[0], settle)
+    wallet = state.wallets.get(wallet_key, 0)
+    if fee < 0:  # rebate: fee income -> wallet
+        wallet -= fee
+        state.fee_income[settle] = state.fee_income.get(settle, 0) + fee
+        fee = 0
+    # the fee is taken first, then the initial margin; what the wallet cannot
+    # cover is recorded as shortfall and a fee it cannot cover comes from margin
+    taken = min(wallet, initial + fee)
+    fee_from_wallet = min(fee, taken)
+    to_margin = taken - fee_from_wallet
+    fee_from_margin = fee - fee_from_wallet
+    state.wallets[wallet_key] = wallet - taken
+    state.fee_income[settle] = state.fee_income.get(settle, 0) + fee
+    position.margin += to_margin - fee_from_margin
+    position.shortfall += initial - to_margin + fee_from_margin
+    position.size = new_size
+    position.cost += delta * price
+    state.dirty_positions.add(key)
+    state.dirty_wallets.add(wallet_key)
+    state.dirty_balances = True
+
+
+def _realize(state: State, key: PositionKey, position: Position, closing: int, price: int) -> int:
+    """Close ``closing`` (> 0) of the position's size at ``price`` against clearing; return realized PnL.
+
+    The removed cost basis rounds up (signed), so realized PnL rounds down for
+    both sides; the dust stays in the clearing balance.
+    """
+    magnitude = abs(position.size)
+    cost_removed = mul_div_ceil(position.cost, closing, magnitude)
+    direction = 1 if position.size > 0 else -1
+    realized = div_floor(direction * closing * price - cost_removed, SCALE)
+    position.cost -= cost_removed
+    position.size -= direction * closing
+    position.margin += realized
+    market = key[1]
+    state.clearing[market] = state.clearing.get(market, 0) - realized
+    return realized
+
+
+def _close(state: State, key: PositionKey, settle: str, closing: int, price: int, fee: int) -> None:
+    """Reduce a position: PnL into margin, fee from margin, then release the closed share to the wallet."""
+    position = state.positions[key]
+    before = abs(position.size)
+    _realize(state, key, position, closing, price)
+    position.margin -= fee
+    state.fee_income[settle] = state.fee_income.get(settle, 0) + fee
+    wallet_key = (key[0], settle)
+    if position.size == 0:
+        _settle_flat(state, key, position, settle)
+    elif position.margin > 0:
+        release = mul_div_floor(position.margin, closing, before)
+        position.margin -= release
+        state.wallets[wallet_key] = state.wallets.get(wallet_key, 0) + release
+    state.dirty_positions.add(key)
+    state.dirty_wallets.add(wallet_key)
+    state.dirty_balances = True
+
+
+def _settle_flat(state: State, key: PositionKey, position: Position, settle: str) -> None:
+    """A flat position hands its margin back; a negative margin is a bankruptcy loss of the fund."""
+    check(position.cost == 0, "a flat position has no cost basis left")
+    if position.margin >= 0:
+        wallet_key = (key[0], settle)
+        state.wallets[wallet_key] = state.wallets.get(wallet_key, 0) + position.margin
+    else:
+        state.insurance[settle] = state.insurance.get(settle, 0) + position.margin
+    position.margin = 0
+    state.remove_position(key)
+
+
+def _apply_liquidation_fill(state: State, event: LiquidationFill) -> Verdict | None:
+    market = state.markets.get(event.market)
+    if market is None:
+        return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
+    config = market.config
+    if event.price % config.tick_size:
+        return _dead(r.PRICE_NOT_ON_TICK, f"price {dec(event.price)} is not a multiple of the tick {dec(config.tick_size)}")
+    if event.qty % config.lot_size:
+        return _dead(r.QTY_NOT_ON_LOT, f"qty {dec(event.qty)} is not a multiple of the lot {dec(config.lot_size)}")
+    key = (event.account, event.market, event.position_side)
+    position = state.positions.get(key)
+    if position is None or event.qty > abs(position.size):
+        held = 0 if position is None else abs(position.size)
+        return _dead(r.LIQUIDATION_EXCEEDS_POSITION, f"liquidation of {dec(event.qty)} exceeds the open size {dec(held)}")
+    settle = config.settle
+    # The trader closes at the bankruptcy price: they lose exactly this share of
+    # the margin (rounded up); the difference to the execution price is the fund's.
+    lost_share = mul_div_ceil(position.margin, event.qty, abs(position.size))
+    realized = _realize(state, key, position, event.qty, event.price)
+    to_fund = realized + lost_share
+    position.margin -= to_fund
+    state.insurance[settle] = state.insurance.get(settle, 0) + to_fund
+    if position.size == 0:
+        _settle_flat(state, key, position, settle)
+    state.dirty_positions.add(key)
+    state.dirty_balances = True
+    return None
+
+
+# -- market data -------------------------------------------------------------------------
+
+
+def _apply_mark(state: State, event: MarkPrice) -> Verdict | None:
+    market = state.markets.get(event.market)
+    if market is None:
+        return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
+    if event.ts < market.mark_ts:
+        return _reject(r.STALE_MARK, f"mark at ts {event.ts} is older than the last mark at ts {market.mark_ts}")
+    market.mark = event.price
+    market.mark_ts = event.ts
+    state.dirty_markets.add(event.market)
+    return None
+
+
+def _apply_funding(state: State, event: Funding) -> Verdict | None:
+    market = state.markets.get(event.market)
+    if market is None:
+        return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
+    name = event.market
+    total = 0
+    # each payment is an independent transfer with clearing, so the order of
+    # positions does not change the result
+    for key, position in state.by_market.get(name, {}).items():
+        payment = mm.funding_payment_units(position.size, event.mark_price, event.rate)
+        if payment:
+            position.margin -= payment
+            total += payment
+            state.dirty_positions.add(key)
+    state.clearing[name] = state.clearing.get(name, 0) + total
+    state.dirty_balances = True
+    return None
+
+
+_HANDLERS = {
+    MarketConfig: _apply_market,
+    Deposit: _apply_deposit,
+    Withdrawal: _apply_withdrawal,
+    SetLeverage: _apply_leverage,
+    MarginTransfer: _apply_margin_transfer,
+    Fill: _apply_fill,
+    MarkPrice: _apply_mark,
+    Funding: _apply_funding,
+    LiquidationFill: _apply_liquidation_fill,
+}

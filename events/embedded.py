@@ -1,0 +1,249 @@
+"""The embedded log: segment files of length-prefixed, checksummed records.
+
+Layout under ``<data>/log/``: ``<base offset, 20 digits>.seg`` files, each a
+sequence of records ``[u32 length][u32 crc32(payload)][payload]`` (big
+endian). A segment rolls over at ``SEGMENT_BYTES``; the offset of a record is
+its segment's base plus its index in the segment.
+
+Durability: ``append`` buffers, ``commit`` writes and fsyncs (one fsync per
+batch, never per record). Recovery: opening the log for writing scans the
+last segment; a torn tail (a record cut short, or a damaged last record) is
+copied aside to ``<segment>.torn-<byte position>`` and truncated, so it is
+never read as events. A damaged record with whole records after it is not a
+torn tail but corruption: the log refuses to read past it (CorruptLog)
+rather than silently dropping what follows.
+
+One writer at a time (an flock on ``LOCK``); readers need no lock and stop at
+a record still being written.
+"""
+
+import fcntl
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from ringfence.core.limits import MAX_RECORD_BYTES, SEGMENT_BYTES
+from ringfence.events.log import CorruptLog
+
+_HEADER = struct.Struct(">II")
+_HEADER_SIZE = _HEADER.size
+_SUFFIX = ".seg"
+
+
+class LogLocked(Exception):
+    """Another process holds the writer lock of this log."""
+
+
+def _segment_name(base: int) -> str:
+    return f"{base:020d}{_SUFFIX}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ScanStop:
+    """Where and why a segment scan stopped: "end", "short" (record cut short) or "checksum"."""
+
+    __slots__ = ("position", "why", "count")
+
+    def __init__(self) -> None:
+        self.position, self.why, self.count = 0, "end", 0
+
+
+def scan_records(data: bytes | memoryview, stop: ScanStop) -> Iterator[tuple[int, int, int]]:
+    """Yield (index, payload start, payload end) of whole, valid records; record in ``stop`` why it ended."""
+    position = 0
+    size = len(data)
+    index = 0
+    unpack = _HEADER.unpack_from
+    crc32 = zlib.crc32
+    why = "end"
+    while position < size:
+        if size - position < _HEADER_SIZE:
+            why = "short"
+            break
+        length, checksum = unpack(data, position)
+        start = position + _HEADER_SIZE
+        end = start + length
+        if length > MAX_RECORD_BYTES or end > size:
+            why = "short"
+            break
+        if crc32(data[start:end]) != checksum:
+            why = "checksum"
+            break
+        yield index, start, end
+        index += 1
+        position = end
+    stop.position, stop.why, stop.count = position, why, index
+
+
+def _scan_whole(data: bytes) -> ScanStop:
+    stop = ScanStop()
+    for _ in scan_records(data, stop):
+        pass
+    return stop
+
+
+class EmbeddedLog:
+    """A Log (events.log) over segment files in ``directory``."""
+
+    def __init__(self, directory: str | Path, *, writable: bool = True, segment_bytes: int = SEGMENT_BYTES):
+        self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
+        self.writable = writable
+        self.recovered: list[str] = []  # what recovery moved aside, for the operator
+        self._lock_fd: int | None = None
+        self._file = None
+        self._buffer = bytearray()
+        self._pending = 0
+        if writable:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        self._bases = self._list_bases()
+        if writable and not self._bases:
+            self._create_segment(0)
+        last_count, last_bytes = self._recover_last() if writable else self._count_last()
+        self._end = (self._bases[-1] if self._bases else 0) + last_count
+        self._segment_size = last_bytes
+        if writable:
+            self._file = open(self.directory / _segment_name(self._bases[-1]), "ab")
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LogLocked(f"the log in {self.directory} is being written by another ringfence process") from None
+        self._lock_fd = fd
+
+    def _list_bases(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.name[: -len(_SUFFIX)]) for p in self.directory.glob("*" + _SUFFIX))
+
+    def _create_segment(self, base: int) -> None:
+        (self.directory / _segment_name(base)).touch()
+        _fsync_dir(self.directory)
+        self._bases.append(base)
+
+    def _count_last(self) -> tuple[int, int]:
+        if not self._bases:
+            return 0, 0
+        stop = _scan_whole((self.directory / _segment_name(self._bases[-1])).read_bytes())
+        return stop.count, stop.position
+
+    def _recover_last(self) -> tuple[int, int]:
+        path = self.directory / _segment_name(self._bases[-1])
+        data = path.read_bytes()
+        stop = _scan_whole(data)
+        position, count = stop.position, stop.count
+        if stop.why == "checksum":
+            length, _ = _HEADER.unpack_from(data, position)
+            if position + _HEADER_SIZE + length < len(data):
+                raise CorruptLog(
+                    f"record at offset {self._bases[-1] + count} in {path.name} fails its checksum "
+                    "and whole records follow it; refusing to truncate (restore the segment or replay from a copy)"
+                )
+        if position < len(data):
+            aside = path.with_name(f"{path.name}.torn-{position}")
+            aside.write_bytes(data[position:])
+            with open(path, "r+b") as segment:
+                segment.truncate(position)
+                os.fsync(segment.fileno())
+            _fsync_dir(self.directory)
+            self.recovered.append(
+                f"{path.name}: {len(data) - position} torn bytes after {count} whole records moved to {aside.name}"
+            )
+        return count, position
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(self, payload: bytes) -> int:
+        if not self.writable:
+            raise PermissionError("log opened read-only")
+        length = len(payload)
+        if length > MAX_RECORD_BYTES:
+            raise ValueError(f"record of {length} bytes exceeds {MAX_RECORD_BYTES}")
+        record_size = _HEADER_SIZE + length
+        if self._segment_size + len(self._buffer) + record_size > self.segment_bytes and (
+            self._segment_size + len(self._buffer) > 0
+        ):
+            self._roll()
+        self._buffer += _HEADER.pack(length, zlib.crc32(payload))
+        self._buffer += payload
+        offset = self._end
+        self._end += 1
+        return offset
+
+    def _write_buffer(self) -> None:
+        if self._buffer:
+            self._file.write(self._buffer)
+            self._segment_size += len(self._buffer)
+            self._buffer.clear()
+
+    def _roll(self) -> None:
+        self._write_buffer()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._create_segment(self._end)
+        self._segment_size = 0
+        self._file = open(self.directory / _segment_name(self._end), "ab")
+
+    def commit(self) -> None:
+        if self._file is None:
+            return
+        self._write_buffer()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    # -- reading -------------------------------------------------------------------------
+
+    def end_offset(self) -> int:
+        return self._end
+
+    def read(self, start: int = 0) -> Iterator[tuple[int, memoryview]]:
+        """Committed (written) records from ``start``; raises CorruptLog on a damaged record."""
+        if self._file is not None:
+            self._write_buffer()
+            self._file.flush()
+        bases = self._list_bases()
+        for position, base in enumerate(bases):
+            next_base = bases[position + 1] if position + 1 < len(bases) else None
+            if next_base is not None and next_base <= start:
+                continue
+            path = self.directory / _segment_name(base)
+            view = memoryview(path.read_bytes())
+            stop = ScanStop()
+            for index, begin, end in scan_records(view, stop):
+                offset = base + index
+                if offset >= start:
+                    yield offset, view[begin:end]
+            # a short record at the end of the last segment is one still being written
+            if stop.why == "checksum" or (stop.why == "short" and next_base is not None):
+                raise CorruptLog(f"record at offset {base + stop.count} in {path.name} is damaged ({stop.why})")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self.commit()
+            self._file.close()
+            self._file = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

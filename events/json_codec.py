@@ -1,0 +1,116 @@
+"""JSON Lines <-> domain events, with one stable reason code for every way a line can be bad."""
+
+import json
+
+import msgspec
+
+from ringfence.core import model as m
+from ringfence.core import reasons as r
+from ringfence.core.fixed import format_decimal
+from ringfence.core.limits import DEADLETTER_RAW_BYTES, MAX_LINE_BYTES
+from ringfence.events.wire import InvalidRecord, WireEvent, to_domain
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        self.detail = detail
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise _Rejected(r.DUPLICATE_KEY, f"key {duplicate!r} appears more than once")
+    return result
+
+
+def _no_float(text: str):
+    raise _Rejected(r.INVALID_TYPE, f"JSON number {text[:40]} where a decimal string or an integer is expected")
+
+
+def _no_constant(text: str):
+    raise _Rejected(r.INVALID_DECIMAL, f"{text} is not a number ringfence accepts")
+
+
+_loads = json.JSONDecoder(
+    object_pairs_hook=_pairs_without_duplicates, parse_float=_no_float, parse_constant=_no_constant
+).decode
+_convert_wire = msgspec.convert
+
+
+def _reason_of(error: msgspec.ValidationError) -> str:
+    text = str(error)
+    if text.startswith("Object missing required field"):
+        return r.UNKNOWN_TYPE if "`type`" in text else r.MISSING_FIELD
+    if text.startswith("Object contains unknown field"):
+        return r.UNKNOWN_FIELD
+    if "`$.type`" in text:
+        return r.UNKNOWN_TYPE
+    if text.startswith("Expected `int` >=") or text.startswith("Expected `int` <="):
+        return r.OUT_OF_RANGE
+    if text.startswith("Expected") and ", got `" in text:
+        return r.INVALID_TYPE
+    return r.INVALID_VALUE  # right type, but a length, pattern or enum it does not meet
+
+
+def bounded_raw(raw: bytes) -> bytes:
+    return raw[:DEADLETTER_RAW_BYTES]
+
+
+def decode_line(line: bytes, source: str = "") -> m.Event | m.InvalidInput:
+    """One JSON line -> a domain event, or an InvalidInput carrying the reason and the bounded raw line."""
+    if len(line) > MAX_LINE_BYTES:
+        return m.InvalidInput(
+            r.RECORD_TOO_LARGE, f"line of {len(line)} bytes exceeds {MAX_LINE_BYTES}", bounded_raw(line), source
+        )
+    try:
+        try:
+            obj = _loads(line.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise _Rejected(r.MALFORMED_JSON, f"not UTF-8: {error.reason}") from None
+        except ValueError as error:  # json.JSONDecodeError
+            raise _Rejected(r.MALFORMED_JSON, f"not JSON: {error}") from None
+        except RecursionError:
+            raise _Rejected(r.MALFORMED_JSON, "JSON nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise _Rejected(r.NOT_AN_OBJECT, f"a record is a JSON object, got {type(obj).__name__}")
+        try:
+            wire = _convert_wire(obj, WireEvent, strict=True)
+        except msgspec.ValidationError as error:
+            raise _Rejected(_reason_of(error), str(error)) from None
+        return to_domain(wire)
+    except _Rejected as error:
+        return m.InvalidInput(error.reason, error.detail, bounded_raw(line), source)
+    except InvalidRecord as error:
+        return m.InvalidInput(error.reason, error.detail, bounded_raw(line), source)
+
+
+_DECIMAL_FIELDS = {
+    "amount", "qty", "price", "fee", "rate", "mark_price", "tick_size", "lot_size", "liquidation_fee_rate",
+    "notional_floor", "notional_cap", "mmr", "maint_amount",
+}  # fmt: skip
+
+
+def to_wire(event: m.Event) -> dict:
+    """A domain event as its wire JSON object (decimals as exact strings)."""
+    out: dict = {"type": event.__struct_config__.tag}
+    for field in event.__struct_fields__:
+        value = getattr(event, field)
+        if field == "brackets":
+            value = [
+                {f: (format_decimal(getattr(b, f)) if f in _DECIMAL_FIELDS else getattr(b, f)) for f in b.__struct_fields__}
+                for b in value
+            ]
+        elif field in _DECIMAL_FIELDS:
+            value = format_decimal(value)
+        out[field] = value
+    return out
+
+
+_json_encode = msgspec.json.Encoder().encode
+
+
+def encode_line(event: m.Event) -> bytes:
+    return _json_encode(to_wire(event))

@@ -1,0 +1,232 @@
+"""The public wire contract (DESIGN.md §4.1): one JSON object per record.
+
+Decimals travel as strings and are parsed exactly into the fixed-point
+domain events of ``core.model``. Validation here is stateless (the record
+alone); the reducer does what needs state (unknown market, tick and lot,
+duplicate ids).
+"""
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from ringfence.core import model as m
+from ringfence.core import reasons as r
+from ringfence.core.fixed import INT64_MAX, SCALE, DecimalError, parse_decimal
+from ringfence.core.limits import MAX_BRACKETS, MAX_ID_CHARS, MAX_LEVERAGE
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Ts = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+Dec = Annotated[str, msgspec.Meta(max_length=64)]
+Leverage = Annotated[int, msgspec.Meta(ge=1, le=MAX_LEVERAGE)]
+PositionSide = Literal["BOTH", "LONG", "SHORT"]
+Side = Literal["buy", "sell"]
+
+_opts = dict(tag_field="type", forbid_unknown_fields=True)
+
+
+class WireBracket(msgspec.Struct, forbid_unknown_fields=True):
+    notional_floor: Dec
+    notional_cap: Dec
+    max_leverage: Leverage
+    mmr: Dec
+    maint_amount: Dec
+
+
+class WireMarket(msgspec.Struct, tag="market", **_opts):
+    id: Name
+    ts: Ts
+    market: Name
+    settle: Name
+    tick_size: Dec
+    lot_size: Dec
+    brackets: Annotated[list[WireBracket], msgspec.Meta(min_length=1, max_length=MAX_BRACKETS)]
+    liquidation_fee_rate: Dec = "0"
+
+
+class WireDeposit(msgspec.Struct, tag="deposit", **_opts):
+    id: Name
+    ts: Ts
+    account: Name
+    asset: Name
+    amount: Dec
+
+
+class WireWithdrawal(msgspec.Struct, tag="withdrawal", **_opts):
+    id: Name
+    ts: Ts
+    account: Name
+    asset: Name
+    amount: Dec
+
+
+class WireLeverage(msgspec.Struct, tag="leverage", **_opts):
+    id: Name
+    ts: Ts
+    account: Name
+    market: Name
+    leverage: Leverage
+    position_side: PositionSide = "BOTH"
+
+
+class WireMarginTransfer(msgspec.Struct, tag="margin_transfer", **_opts):
+    id: Name
+    ts: Ts
+    account: Name
+    market: Name
+    amount: Dec
+    position_side: PositionSide = "BOTH"
+
+
+class WireFill(msgspec.Struct, tag="fill", **_opts):
+    id: Name
+    ts: Ts
+    account: Name
+    market: Name
+    side: Side
+    qty: Dec
+    price: Dec
+    fee: Dec
+    position_side: PositionSide = "BOTH"
+
+
+class WireMark(msgspec.Struct, tag="mark", **_opts):
+    id: Name
+    ts: Ts
+    market: Name
+    price: Dec
+
+
+class WireFunding(msgspec.Struct, tag="funding", **_opts):
+    id: Name
+    ts: Ts
+    market: Name
+    rate: Dec
+    mark_price: Dec
+
+
+class WireLiquidationFill(msgspec.Struct, tag="liquidation_fill", **_opts):
+    id: Name
+    ts: Ts
+    command_id: Name
+    account: Name
+    market: Name
+    qty: Dec
+    price: Dec
+    position_side: PositionSide = "BOTH"
+
+
+WireEvent = (
+    WireMarket
+    | WireDeposit
+    | WireWithdrawal
+    | WireLeverage
+    | WireMarginTransfer
+    | WireFill
+    | WireMark
+    | WireFunding
+    | WireLiquidationFill
+)
+
+
+class InvalidRecord(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _units(value: str, field: str, *, positive: bool = False, signed: bool = False) -> int:
+    try:
+        units = parse_decimal(value, allow_negative=signed)
+    except DecimalError as error:
+        raise InvalidRecord(error.reason, f"{field}: {error.detail}") from None
+    if positive and units <= 0:
+        raise InvalidRecord(r.NOT_POSITIVE, f"{field} must be > 0, got {value!r}")
+    return units
+
+
+def _rate(value: str, field: str, *, signed: bool = False, below_one: bool = True) -> int:
+    units = _units(value, field, signed=signed)
+    if below_one and abs(units) >= SCALE:
+        raise InvalidRecord(r.OUT_OF_RANGE, f"{field} must be below 1, got {value!r}")
+    return units
+
+
+def _brackets(wire: list[WireBracket]) -> tuple[m.Bracket, ...]:
+    brackets = []
+    for index, b in enumerate(wire):
+        field = f"brackets[{index}]"
+        bracket = m.Bracket(
+            notional_floor=_units(b.notional_floor, f"{field}.notional_floor"),
+            notional_cap=_units(b.notional_cap, f"{field}.notional_cap", positive=True),
+            max_leverage=b.max_leverage,
+            mmr=_rate(b.mmr, f"{field}.mmr"),
+            maint_amount=_units(b.maint_amount, f"{field}.maint_amount"),
+        )
+        _check_bracket(bracket, brackets[-1] if brackets else None, field)
+        brackets.append(bracket)
+    return tuple(brackets)
+
+
+def _check_bracket(bracket: m.Bracket, previous: m.Bracket | None, field: str) -> None:
+    def bad(why: str) -> InvalidRecord:
+        return InvalidRecord(r.INVALID_BRACKETS, f"{field}: {why}")
+
+    if bracket.mmr <= 0:
+        raise bad("mmr must be > 0")
+    if bracket.notional_cap <= bracket.notional_floor:
+        raise bad("notional_cap must exceed notional_floor")
+    if previous is None:
+        if bracket.notional_floor != 0 or bracket.maint_amount != 0:
+            raise bad("the first bracket starts at notional 0 with maint_amount 0")
+        return
+    if bracket.notional_floor != previous.notional_cap:
+        raise bad("notional_floor must equal the previous bracket's notional_cap")
+    if bracket.mmr < previous.mmr or bracket.max_leverage > previous.max_leverage:
+        raise bad("mmr must not fall and max_leverage must not rise with notional")
+    # MM = N * mmr - cum must be continuous at the floor; it makes B - MM monotone
+    # in the mark, so the self-consistent liquidation bracket is unique
+    floor = bracket.notional_floor
+    if floor * bracket.mmr - bracket.maint_amount * SCALE != floor * previous.mmr - previous.maint_amount * SCALE:
+        raise bad("maint_amount is not continuous with the previous bracket (cum = prev_cum + floor * (mmr - prev_mmr))")
+
+
+def to_domain(wire: WireEvent) -> m.Event:
+    """Turn a structurally valid wire record into its fixed-point domain event, or raise InvalidRecord."""
+    kind = type(wire)
+    if kind is WireFill:
+        return m.Fill(
+            wire.id, wire.ts, wire.account, wire.market, wire.position_side, wire.side,
+            _units(wire.qty, "qty", positive=True), _units(wire.price, "price", positive=True),
+            _units(wire.fee, "fee", signed=True),
+        )  # fmt: skip
+    if kind is WireMark:
+        return m.MarkPrice(wire.id, wire.ts, wire.market, _units(wire.price, "price", positive=True))
+    if kind is WireDeposit or kind is WireWithdrawal:
+        cls = m.Deposit if kind is WireDeposit else m.Withdrawal
+        return cls(wire.id, wire.ts, wire.account, wire.asset, _units(wire.amount, "amount", positive=True))
+    if kind is WireMarginTransfer:
+        amount = _units(wire.amount, "amount", signed=True)
+        if amount == 0:
+            raise InvalidRecord(r.NOT_POSITIVE, "amount must not be zero")
+        return m.MarginTransfer(wire.id, wire.ts, wire.account, wire.market, wire.position_side, amount)
+    if kind is WireLeverage:
+        return m.SetLeverage(wire.id, wire.ts, wire.account, wire.market, wire.leverage, wire.position_side)
+    if kind is WireFunding:
+        return m.Funding(
+            wire.id, wire.ts, wire.market, _rate(wire.rate, "rate", signed=True),
+            _units(wire.mark_price, "mark_price", positive=True),
+        )  # fmt: skip
+    if kind is WireLiquidationFill:
+        return m.LiquidationFill(
+            wire.id, wire.ts, wire.command_id, wire.account, wire.market, wire.position_side,
+            _units(wire.qty, "qty", positive=True), _units(wire.price, "price", positive=True),
+        )  # fmt: skip
+    if kind is WireMarket:
+        return m.MarketConfig(
+            wire.id, wire.ts, wire.market, wire.settle,
+            _units(wire.tick_size, "tick_size", positive=True), _units(wire.lot_size, "lot_size", positive=True),
+            _brackets(wire.brackets), _rate(wire.liquidation_fee_rate, "liquidation_fee_rate"),
+        )  # fmt: skip
+    raise InvalidRecord(r.UNKNOWN_TYPE, f"no domain event for {kind.__name__}")

@@ -1,0 +1,348 @@
+"""The ``ringfence`` command line (DESIGN.md §8.1).
+
+Exit codes: 0 success; 2 usage or unreadable input; 3 finished, but some
+records were dead-lettered or rejected; 1 anything else. Every failure is one
+line on stderr.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+from ringfence.core.digest import compute_digest
+from ringfence.core.limits import MAX_LINE_BYTES
+from ringfence.events.embedded import EmbeddedLog, LogLocked
+from ringfence.events.json_codec import decode_line
+from ringfence.events.log import CorruptLog
+from ringfence.events.log_codec import encode_record
+from ringfence.core.model import InvalidInput
+from ringfence.projections.runner import run_core
+from ringfence.projections.store import StateStore, StoreVersionError
+from ringfence.projections.views import books_view, positions_view, wallets_view
+from ringfence.replay.audit import replay
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
+INGEST_COMMIT_EVERY = 10_000
+
+_json = msgspec.json.Encoder().encode
+
+
+class UsageError(Exception):
+    """Bad arguments or unreadable input (exit 2)."""
+
+
+def log_dir(data: Path) -> Path:
+    return data / "log"
+
+
+def state_dir(data: Path) -> Path:
+    return data / "state"
+
+
+class Progress:
+    """A one-line progress display on stderr, only when it is a terminal."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.2:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        share = f" / {total:,} ({100 * done // max(total, 1)}%)" if total else ""
+        sys.stderr.write(f"\r{self.label} {done:,}{share}  {rate:,.0f}/s ")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.last:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _print_rows(rows: list[dict], as_json: bool, columns: list[str]) -> None:
+    out = sys.stdout
+    if as_json:
+        for row in rows:
+            out.write(_json(row).decode() + "\n")
+        return
+    if not rows:
+        out.write("(none)\n")
+        return
+    cells = [[("-" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    for r in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def _read_lines(stream, name: str):
+    """Lines of at most MAX_LINE_BYTES (+1 to detect longer ones); a longer line is consumed whole."""
+    number = 0
+    while True:
+        line = stream.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            size = len(line)
+            while True:  # skip the rest of an oversized line without holding it
+                chunk = stream.readline(1 << 20)
+                size += len(chunk)
+                if not chunk or chunk.endswith(b"\n"):
+                    break
+            yield number, line[:MAX_LINE_BYTES + 1] + b"...", size
+            continue
+        yield number, line.rstrip(b"\r\n"), len(line)
+
+
+def cmd_ingest(args) -> int:
+    if args.file == "-":
+        stream, name = sys.stdin.buffer, "stdin"
+    else:
+        path = Path(args.file)
+        try:
+            stream = open(path, "rb")
+        except OSError as error:
+            raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
+        name = path.name
+    valid = invalid = blank = 0
+    progress = Progress("ingested")
+    with EmbeddedLog(log_dir(args.data)) as log:
+        for note in log.recovered:
+            print(f"ringfence: recovered log tail: {note}", file=sys.stderr)
+        first = log.end_offset()
+        for number, line, size in _read_lines(stream, name):
+            if not line.strip():
+                blank += 1
+                continue
+            record = decode_line(line, f"{name}:{number}")
+            if type(record) is InvalidInput:
+                invalid += 1
+                if size > MAX_LINE_BYTES:  # the reader cut it; say how big it was
+                    record = InvalidInput(record.reason, f"line of {size} bytes exceeds {MAX_LINE_BYTES}",
+                                          record.raw, record.source)  # fmt: skip
+            else:
+                valid += 1
+            log.append(encode_record(record))
+            if (valid + invalid) % INGEST_COMMIT_EVERY == 0:
+                log.commit()
+                progress(valid + invalid, 0)
+        log.commit()
+        end = log.end_offset()
+    progress.done()
+    if stream is not sys.stdin.buffer:
+        stream.close()
+    span = f"offsets {first}..{end - 1}" if end > first else "nothing appended"
+    print(f"ingested {valid + invalid} records from {name} ({span}): {valid} valid, {invalid} invalid")
+    if invalid:
+        print(f"ringfence: {invalid} invalid records will be dead-lettered by `ringfence run`", file=sys.stderr)
+        return EXIT_FLAGGED
+    return EXIT_OK
+
+
+def _open_store(data: Path) -> StateStore:
+    return StateStore(state_dir(data))
+
+
+def _run_once(args, log) -> int:
+    progress = Progress("applied")
+    with _open_store(args.data) as store:
+        state, report = run_core(log, store, progress=progress)
+        digest = compute_digest(state)
+    progress.done()
+    print(
+        f"applied {report.events} events, state at offset {report.offset}: "
+        f"{len(state.positions)} open positions, {report.rejections} rejections, "
+        f"{report.deadletters} dead letters; digest {digest}"
+    )
+    if report.rejections or report.deadletters:
+        print(
+            f"ringfence: {report.rejections} rejected and {report.deadletters} dead-lettered "
+            "(see `ringfence rejections` / `ringfence deadletters`)",
+            file=sys.stderr,
+        )
+        return EXIT_FLAGGED
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    if not args.follow:
+        if not log_dir(args.data).is_dir():
+            raise UsageError(f"no event log in {args.data} (run `ringfence ingest FILE` first)")
+        with EmbeddedLog(log_dir(args.data)) as log:  # writable: takes the lock and repairs a torn tail
+            for note in log.recovered:
+                print(f"ringfence: recovered log tail: {note}", file=sys.stderr)
+            return _run_once(args, log)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    flagged = False
+    try:
+        while not stopping:
+            log = EmbeddedLog(log_dir(args.data), writable=False)
+            with _open_store(args.data) as store:
+                _, report = run_core(log, store)
+            if report.events:
+                print(f"applied {report.events} events up to offset {report.offset}", flush=True)
+            flagged = flagged or bool(report.rejections or report.deadletters)
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_FLAGGED if flagged else EXIT_OK
+
+
+def _open_reader(data: Path) -> StateStore:
+    try:
+        return StateStore(state_dir(data), read_only=True)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
+
+
+def _load_state(data: Path):
+    with _open_reader(data) as store:
+        return store.load()
+
+
+def cmd_positions(args) -> int:
+    rows = positions_view(_load_state(args.data), args.account, args.market)
+    columns = ["account", "market", "position_side", "size", "entry_price", "isolated_margin", "leverage",
+               "mark_price", "unrealized_pnl", "margin_ratio", "liquidation_price", "bankruptcy_price", "status"]  # fmt: skip
+    _print_rows(rows, args.json, columns)
+    return EXIT_OK
+
+
+def cmd_wallets(args) -> int:
+    state = _load_state(args.data)
+    _print_rows(wallets_view(state), args.json, ["account", "asset", "balance"])
+    return EXIT_OK
+
+
+def cmd_books(args) -> int:
+    _print_rows(books_view(_load_state(args.data)), args.json, ["book", "key", "balance"])
+    return EXIT_OK
+
+
+def _outputs(args, kind: str) -> int:
+    with _open_reader(args.data) as store:
+        records = [msgspec.json.decode(raw) for raw in (store.rejections() if kind == "r" else store.deadletters())]
+    if kind == "r":
+        columns = ["offset", "event_id", "reason", "detail"]
+    else:
+        columns = ["offset", "source", "reason", "detail"]
+    _print_rows(records, args.json, columns)
+    return EXIT_OK
+
+
+def cmd_digest(args) -> int:
+    state = _load_state(args.data)
+    print(f"{state.offset} {compute_digest(state)}")
+    return EXIT_OK
+
+
+def cmd_replay(args) -> int:
+    if not log_dir(args.data).is_dir():
+        raise UsageError(f"no event log in {args.data}")
+    log = EmbeddedLog(log_dir(args.data), writable=False)
+    state = replay(log, args.to)
+    if args.to is not None and state.offset < args.to:
+        raise UsageError(f"the log ends at offset {state.offset}, before --to {args.to}")
+    print(f"{state.offset} {compute_digest(state)}")
+    return EXIT_OK
+
+
+def cmd_generate(args) -> int:
+    from ringfence.events.json_codec import encode_line
+    from ringfence.ops.simulate import Session
+
+    out = sys.stdout.buffer
+    for event in Session(args.seed, args.traders).events(args.events):
+        out.write(encode_line(event) + b"\n")
+    return EXIT_OK
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default_data = os.environ.get("RINGFENCE_DATA", "./ringfence-data")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", type=Path, default=Path(default_data),
+                        help="data directory (default: $RINGFENCE_DATA or ./ringfence-data)")  # fmt: skip
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON Lines")
+
+    parser = argparse.ArgumentParser(prog="ringfence", description="Isolated-margin risk core: exact, deterministic.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("ingest", parents=[common], help="validate JSON Lines and append them to the event log")
+    p.add_argument("file", help="JSON Lines file, or - for stdin")
+    p.set_defaults(handler=cmd_ingest)
+
+    p = commands.add_parser("run", parents=[common], help="reduce every event not yet applied and checkpoint")
+    p.add_argument("--follow", action="store_true", help="keep running and apply new events as they are ingested")
+    p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    p.set_defaults(handler=cmd_run)
+
+    p = commands.add_parser("positions", parents=[common, as_json], help="open positions with their margin state")
+    p.add_argument("--account")
+    p.add_argument("--market")
+    p.set_defaults(handler=cmd_positions)
+
+    for name, handler, text in (
+        ("wallets", cmd_wallets, "free wallet balance per account and asset"),
+        ("books", cmd_books, "insurance fund, fee income, clearing and net deposits"),
+        ("rejections", lambda a: _outputs(a, "r"), "requests the state refused, with reasons"),
+        ("deadletters", lambda a: _outputs(a, "x"), "records that could not be applied, with reasons"),
+    ):
+        p = commands.add_parser(name, parents=[common, as_json], help=text)
+        p.set_defaults(handler=handler)
+
+    p = commands.add_parser("generate", help="write a seeded synthetic exchange session as JSON Lines to stdout")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--events", type=int, default=10_000)
+    p.add_argument("--traders", type=int, default=200)
+    p.set_defaults(handler=cmd_generate)
+
+    p = commands.add_parser("digest", parents=[common], help="print OFFSET DIGEST of the checkpointed state")
+    p.set_defaults(handler=cmd_digest)
+
+    p = commands.add_parser("replay", parents=[common], help="rebuild from offset 0 in memory; print OFFSET DIGEST")
+    p.add_argument("--to", type=int, metavar="OFFSET", help="stop after this offset (inclusive)")
+    p.set_defaults(handler=cmd_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        print(f"ringfence: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (LogLocked, CorruptLog, StoreVersionError) as error:
+        print(f"ringfence: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as error:  # one clear line, never a traceback, for an operator
+        print(f"ringfence: error: {type(error).__name__}: {error}", file=sys.stderr)
+        if os.environ.get("RINGFENCE_DEBUG"):
+            raise
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""A seeded generator of realistic exchange sessions (domain events, fixed point).
+
+Same seed, same events. Used by the example session, the benchmarks and the
+property tests. Markets carry Binance's published BTCUSDT bracket table and
+an ETHUSDT table shaped like Binance's; the maintenance amounts are derived
+(cum = previous cum + floor * (mmr - previous mmr)), which is how the venue
+defines them and what ringfence validates.
+"""
+
+import random
+from collections.abc import Iterator
+
+from ringfence.core import model as m
+from ringfence.core.fixed import SCALE, div_ceil
+
+U = SCALE
+START_TS_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+FUNDING_INTERVAL_MS = 8 * 3600 * 1000
+
+# (notional cap, max leverage, mmr in 1e-4): floors are the previous caps
+BTCUSDT_TIERS = [
+    (50_000, 125, 40), (600_000, 100, 50), (3_000_000, 75, 65), (12_000_000, 50, 100),
+    (70_000_000, 25, 200), (100_000_000, 20, 250), (230_000_000, 10, 500), (480_000_000, 5, 1000),
+    (600_000_000, 4, 1250), (800_000_000, 3, 1500), (1_200_000_000, 2, 2500), (1_800_000_000, 1, 5000),
+]  # fmt: skip
+ETHUSDT_TIERS = [
+    (50_000, 125, 50), (500_000, 100, 65), (8_000_000, 75, 100), (50_000_000, 50, 200),
+    (80_000_000, 25, 250), (150_000_000, 20, 500), (300_000_000, 10, 1000), (400_000_000, 5, 1250),
+    (500_000_000, 4, 1500), (800_000_000, 2, 2500), (1_200_000_000, 1, 5000),
+]  # fmt: skip
+
+
+def bracket_table(tiers) -> tuple[m.Bracket, ...]:
+    brackets = []
+    floor_units = cum_units = previous_mmr = 0
+    for cap, leverage, mmr_bp in tiers:
+        mmr = mmr_bp * U // 10_000
+        cum_units += floor_units * (mmr - previous_mmr) // U
+        brackets.append(m.Bracket(floor_units, cap * U, leverage, mmr, cum_units))
+        floor_units, previous_mmr = cap * U, mmr
+    return tuple(brackets)
+
+
+MARKETS = {
+    # name: (tick, lot, start price, brackets)
+    "BTCUSDT": (U // 10, U // 1000, 60_000 * U, bracket_table(BTCUSDT_TIERS)),
+    "ETHUSDT": (U // 100, U // 1000, 3_000 * U, bracket_table(ETHUSDT_TIERS)),
+}
+LEVERAGE_CHOICES = [1, 2, 3, 5, 10, 10, 20, 20, 20, 25, 50, 75, 100, 125]
+
+
+def market_events(ts: int) -> list[m.MarketConfig]:
+    return [
+        m.MarketConfig(f"cfg-{name}", ts, name, "USDT", tick, lot, brackets, 125 * U // 10_000)
+        for name, (tick, lot, _, brackets) in MARKETS.items()
+    ]
+
+
+class Session:
+    """Generates one session; keeps a shadow of sizes so reductions and hedge legs are plausible."""
+
+    def __init__(self, seed: int, traders: int = 200, hedge_share: float = 0.2):
+        self.rng = random.Random(seed)
+        self.traders = [f"T{n:06d}" for n in range(traders)]
+        self.hedge = {t for t in self.traders if self.rng.random() < hedge_share}
+        self.deposit = {}
+        self.sizes: dict[tuple[str, str, str], int] = {}
+        self.marks = {name: start for name, (_, _, start, _) in MARKETS.items()}
+        self.ts = START_TS_MS
+        self.next_funding = START_TS_MS + FUNDING_INTERVAL_MS
+        self.serial = 0
+
+    def _id(self, prefix: str) -> str:
+        self.serial += 1
+        return f"{prefix}-{self.serial}"
+
+    def _tick(self) -> int:
+        self.ts += self.rng.randint(1, 300)  # ~6 events/s: funding every few 10k events
+        return self.ts
+
+    def opening(self) -> Iterator[m.Event]:
+        yield from market_events(self.ts)
+        for trader in self.traders:
+            amount = int(10 ** self.rng.uniform(3, 6)) * U
+            self.deposit[trader] = amount
+            yield m.Deposit(self._id("dep"), self._tick(), trader, "USDT", amount)
+            for market in MARKETS:
+                yield m.SetLeverage(self._id("lev"), self._tick(), trader, market, self.rng.choice(LEVERAGE_CHOICES))
+
+    def events(self, count: int) -> Iterator[m.Event]:
+        """The opening (markets, deposits, leverage), then ``count`` mixed events."""
+        produced = 0
+        for event in self.opening():
+            yield event
+            produced += 1
+        rng = self.rng
+        while produced < count:
+            roll = rng.random()
+            if self.ts >= self.next_funding:
+                for market in MARKETS:
+                    rate = rng.randint(-20_000, 40_000)  # -0.02 % .. +0.04 %, 1e-8
+                    yield m.Funding(self._id("fund"), self.next_funding, market, rate, self.marks[market])
+                    produced += 1
+                self.next_funding += FUNDING_INTERVAL_MS
+            elif roll < 0.30:
+                yield self._mark()
+                produced += 1
+            elif roll < 0.94:
+                for fill in self._trade():
+                    yield fill
+                    produced += 1
+            elif roll < 0.97:
+                yield self._margin_transfer()
+                produced += 1
+            elif roll < 0.99:
+                trader = rng.choice(self.traders)
+                amount = int(self.deposit[trader] * rng.uniform(0.01, 0.25)) // U * U or U
+                yield m.Withdrawal(self._id("wd"), self._tick(), trader, "USDT", amount)
+                produced += 1
+            else:
+                trader = rng.choice(self.traders)
+                amount = int(10 ** rng.uniform(2, 5)) * U
+                self.deposit[trader] += amount
+                yield m.Deposit(self._id("dep"), self._tick(), trader, "USDT", amount)
+                produced += 1
+
+    def _mark(self) -> m.MarkPrice:
+        rng = self.rng
+        market = rng.choice(list(MARKETS))
+        tick = MARKETS[market][0]
+        mark = self.marks[market]
+        # random walk of a few basis points, with an occasional jump of up to 8 %
+        move_bp = rng.gauss(0, 3) if rng.random() > 0.002 else rng.uniform(-800, 800)
+        mark = max(tick, mark + int(mark * move_bp) // 10_000 // tick * tick)
+        self.marks[market] = mark
+        return m.MarkPrice(self._id("mark"), self._tick(), market, mark)
+
+    def _leg(self, trader: str, market: str, buying: bool, qty: int) -> str:
+        if trader not in self.hedge:
+            return m.BOTH
+        closing_leg = m.SHORT if buying else m.LONG
+        held = abs(self.sizes.get((trader, market, closing_leg), 0))
+        if held >= qty and self.rng.random() < 0.45:
+            return closing_leg
+        return m.LONG if buying else m.SHORT
+
+    def _trade(self) -> list[m.Fill]:
+        rng = self.rng
+        market = rng.choice(list(MARKETS))
+        tick, lot, _, _ = MARKETS[market]
+        mark = self.marks[market]
+        price = max(tick, (mark + int(mark * rng.gauss(0, 2)) // 10_000) // tick * tick)
+        buyer, seller = rng.sample(self.traders, 2)
+        capacity = min(self.deposit[buyer], self.deposit[seller])
+        notional = int(capacity * rng.uniform(0.02, 0.6)) * rng.choice(LEVERAGE_CHOICES[:9]) // 4
+        qty = max(lot, notional * U // price // lot * lot)
+        fills = []
+        taker_buys = rng.random() < 0.5
+        for trader, buying in ((buyer, True), (seller, False)):
+            leg = self._leg(trader, market, buying, qty)
+            key = (trader, market, leg)
+            self.sizes[key] = self.sizes.get(key, 0) + (qty if buying else -qty)
+            taker = buying == taker_buys
+            rate_bp10 = 5 if taker else (2 if rng.random() > 0.1 else -1)  # 0.05 %, 0.02 %, -0.01 % rebate
+            fee = div_ceil(qty * price * rate_bp10, U * 10_000)
+            side = m.BUY if buying else m.SELL
+            fills.append(m.Fill(self._id("fill"), self._tick(), trader, market, leg, side, qty, price, fee))
+        return fills
+
+    def _margin_transfer(self) -> m.Event:
+        rng = self.rng
+        open_keys = [k for k, size in self.sizes.items() if size] if len(self.sizes) < 2000 else None
+        if open_keys:
+            trader, market, leg = rng.choice(open_keys)
+        else:
+            trader, market = rng.choice(self.traders), rng.choice(list(MARKETS))
+            leg = m.BOTH if trader not in self.hedge else rng.choice((m.LONG, m.SHORT))
+        amount = int(10 ** rng.uniform(1, 4)) * U
+        if rng.random() < 0.3:
+            amount = -amount // 10
+        return m.MarginTransfer(self._id("xfer"), self._tick(), trader, market, leg, amount)
+
+
+def generate(seed: int, count: int, traders: int = 200) -> list[m.Event]:
+    return list(Session(seed, traders).events(count))

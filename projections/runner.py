@@ -1,0 +1,122 @@
+"""Read -> apply -> checkpoint: the loop that keeps the core's store in step with the log."""
+
+import gc
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import msgspec
+
+from ringfence.core import reasons as r
+from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS
+from ringfence.core.model import InvalidInput, Verdict
+from ringfence.core.reducer import apply_event
+from ringfence.core.state import State
+from ringfence.events.json_codec import bounded_raw, to_wire
+from ringfence.events.log_codec import decode_record
+from ringfence.projections.store import DEADLETTER, REJECTION, StateStore, offset_key
+
+_json = msgspec.json.Encoder().encode
+
+
+@dataclass
+class RunReport:
+    events: int = 0
+    rejections: int = 0
+    deadletters: int = 0
+    offset: int = -1
+
+
+def output_record(offset: int, record, verdict: Verdict) -> tuple[bytes, bytes]:
+    """The stored output for an event the reducer did not apply (DESIGN.md §4.1 fields)."""
+    if verdict.kind == "rejection":
+        body = {"type": "rejection", "event_id": record.id, "offset": offset, "ts": record.ts,
+                "reason": verdict.reason, "detail": verdict.detail}  # fmt: skip
+        return offset_key(REJECTION, offset), _json(body)
+    if type(record) is InvalidInput:
+        raw, source = record.raw, record.source
+    else:
+        raw, source = bounded_raw(_json(to_wire(record))), ""
+    body = {"type": "deadletter", "offset": offset, "source": source, "reason": verdict.reason,
+            "detail": verdict.detail, "raw": raw.decode("utf-8", "replace")}  # fmt: skip
+    return offset_key(DEADLETTER, offset), _json(body)
+
+
+def decode_or_invalid(payload) -> object:
+    try:
+        return decode_record(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        return InvalidInput(r.UNDECODABLE_RECORD, f"log record does not decode: {error}", bounded_raw(bytes(payload)))
+
+
+def reduce_records(
+    state: State,
+    records: Iterable[tuple[int, object]],
+    *,
+    until: int | None = None,
+    on_verdict: Callable[[int, object, Verdict], None] | None = None,
+) -> int:
+    """Apply (offset, payload) records to ``state`` in memory; return how many were applied."""
+    count = 0
+    for offset, payload in records:
+        if until is not None and offset > until:
+            break
+        record = decode_or_invalid(payload)
+        verdict = apply_event(state, offset, record)
+        count += 1
+        if verdict is not None and on_verdict is not None:
+            on_verdict(offset, record, verdict)
+    return count
+
+
+def run_core(
+    log,
+    store: StateStore,
+    *,
+    until: int | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY_EVENTS,
+    progress: Callable[[int, int], None] | None = None,
+    state: State | None = None,
+) -> tuple[State, RunReport]:
+    """Reduce every record after the store's offset, checkpointing every ``checkpoint_every`` events."""
+    if state is None:
+        state = store.load()
+        gc.freeze()  # the restored state lives long; keep the collector from walking it
+    report = RunReport(offset=state.offset)
+    outputs: list[tuple[bytes, bytes]] = []
+
+    def collect(offset: int, record, verdict: Verdict) -> None:
+        outputs.append(output_record(offset, record, verdict))
+        if verdict.kind == "rejection":
+            report.rejections += 1
+        else:
+            report.deadletters += 1
+
+    end = log.end_offset()
+    since_checkpoint = 0
+    records = log.read(state.offset + 1)
+    while True:
+        batch = _take(records, checkpoint_every)
+        applied = reduce_records(state, batch, until=until, on_verdict=collect)
+        if applied == 0:
+            break
+        report.events += applied
+        since_checkpoint += applied
+        store.checkpoint(state, outputs)
+        outputs.clear()
+        since_checkpoint = 0
+        if progress is not None:
+            progress(state.offset + 1, end)
+        if until is not None and state.offset >= until:
+            break
+    if since_checkpoint:
+        store.checkpoint(state, outputs)
+    report.offset = state.offset
+    return state, report
+
+
+def _take(iterator, count: int):
+    for _ in range(count):
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return

@@ -1,0 +1,223 @@
+"""The core's durable state in RocksDB (rocksdict, raw mode).
+
+A checkpoint writes what changed since the last one, the outputs of the
+events in between, and the applied offset in one write batch, so the store
+always reflects exactly one log prefix. It is a cache: deleting the directory
+and running again rebuilds it by replay.
+
+Keys (named prefixes; offsets as fixed-width big-endian so RocksDB order is
+numeric order):
+
+    meta:version           snapshot format (int)
+    meta:offset            last applied offset (signed 8 bytes)
+    p:<acct>\\0<mkt>\\0<side>  position  [size, cost, margin, shortfall]
+    w:<acct>\\0<asset>       wallet balance
+    l:<acct>\\0<mkt>\\0<side>  leverage setting
+    m:<market>             [config, mark, mark_ts]
+    b:books                the insurance, fee income, clearing and net deposit books
+    d:<offset>             event id in the duplicate window
+    r:<offset>             rejection record (JSON, the output contract)
+    x:<offset>             dead-letter record (JSON)
+
+Identifiers never contain NUL (validated on input), so NUL separates key parts.
+Ints that may exceed 64 bits (the cost basis) are stored as signed bytes.
+"""
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+
+from ringfence.core.check import check
+from ringfence.core.model import MarketConfig
+from ringfence.core.state import MarketState, Position, State
+
+FORMAT_VERSION = 1
+
+META_VERSION = b"meta:version"
+META_OFFSET = b"meta:offset"
+POSITION = b"p:"
+WALLET = b"w:"
+LEVERAGE = b"l:"
+MARKET = b"m:"
+BOOKS = b"b:books"
+DEDUP = b"d:"
+REJECTION = b"r:"
+DEADLETTER = b"x:"
+
+_OFFSET = struct.Struct(">q")
+_SEP = "\x00"
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_market = msgspec.msgpack.Decoder(tuple[MarketConfig, int, int]).decode
+_decode_list = msgspec.msgpack.Decoder(list).decode
+
+
+class StoreVersionError(Exception):
+    """The store was written by another snapshot format."""
+
+
+def int_to_bytes(value: int) -> bytes:
+    return value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
+
+
+def bytes_to_int(data: bytes) -> int:
+    return int.from_bytes(data, "big", signed=True)
+
+
+def offset_key(prefix: bytes, offset: int) -> bytes:
+    return prefix + _OFFSET.pack(offset)
+
+
+def _join(*parts: str) -> bytes:
+    return _SEP.join(parts).encode()
+
+
+def _split(key: bytes, prefix: bytes) -> list[str]:
+    return key[len(prefix) :].decode().split(_SEP)
+
+
+class StateStore:
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        """Open (or create) the store; ``read_only`` lets queries run beside a writer."""
+        self.path = Path(path)
+        options = Options(raw_mode=True)
+        if read_only:
+            if not (self.path / "CURRENT").exists():
+                raise FileNotFoundError(f"no state in {self.path} (run `ringfence run` first)")
+            self._db = Rdict(str(self.path), options, access_type=AccessType.read_only())
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            options.create_if_missing(True)
+            self._db = Rdict(str(self.path), options)
+        self._sync = WriteOptions()
+        self._sync.sync = True
+        version = self._db.get(META_VERSION)
+        if version is None:
+            if self._db.get(META_OFFSET) is not None:
+                raise StoreVersionError(f"{self.path} has state but no format version; delete it to rebuild by replay")
+        elif bytes_to_int(version) != FORMAT_VERSION:
+            raise StoreVersionError(
+                f"{self.path} holds state format v{bytes_to_int(version)}, this ringfence reads v{FORMAT_VERSION}; "
+                "delete the directory and run again to rebuild it by replay from offset 0"
+            )
+        self._checkpointed_offset = self.stored_offset()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def stored_offset(self) -> int:
+        raw = self._db.get(META_OFFSET)
+        return -1 if raw is None else _OFFSET.unpack(raw)[0]
+
+    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        iterator = self._db.iter()
+        iterator.seek(prefix)
+        while iterator.valid():
+            key = iterator.key()
+            if not key.startswith(prefix):
+                break
+            yield key, iterator.value()
+            iterator.next()
+
+    # -- restore -------------------------------------------------------------------------
+
+    def load(self) -> State:
+        """The state as of the last checkpoint (an empty state for an empty store)."""
+        state = State()
+        state.offset = self.stored_offset()
+        for key, value in self._scan(MARKET):
+            config, mark, mark_ts = _decode_market(value)
+            state.markets[config.market] = MarketState(config, mark, mark_ts)
+        for key, value in self._scan(POSITION):
+            account, market, side = _split(key, POSITION)
+            size, cost, margin, shortfall = _decode_list(value)
+            position = state.add_position((account, market, side))
+            position.size, position.cost, position.margin, position.shortfall = size, bytes_to_int(cost), margin, shortfall
+        for key, value in self._scan(WALLET):
+            account, asset = _split(key, WALLET)
+            state.wallets[(account, asset)] = bytes_to_int(value)
+        for key, value in self._scan(LEVERAGE):
+            account, market, side = _split(key, LEVERAGE)
+            state.leverage[(account, market, side)] = bytes_to_int(value)
+        books = self._db.get(BOOKS)
+        if books is not None:
+            for book, entries in zip(
+                (state.insurance, state.fee_income, state.clearing, state.net_deposits), _decode_list(books)
+            ):
+                book.update((name, bytes_to_int(value)) for name, value in entries)
+        for key, value in self._scan(DEDUP):
+            offset = _OFFSET.unpack(key[len(DEDUP) :])[0]
+            event_id = value.decode()
+            state.seen_ids[event_id] = offset
+            state.id_window.append((offset, event_id))
+        return state
+
+    # -- checkpoint ----------------------------------------------------------------------
+
+    def checkpoint(self, state: State, outputs: list[tuple[bytes, bytes]]) -> None:
+        """Persist the state's changes, the outputs and the offset atomically.
+
+        1. Check the offset moves forward (a stored offset never goes back).
+        2. Put or delete every dirty position, wallet, leverage and market key.
+        3. Rewrite the (small) balance books if any balance moved.
+        4. Add the duplicate-window ids accepted since the last checkpoint and
+           range-delete the ids that left the window.
+        5. Add the output records (rejections, dead letters) of those events.
+        6. Set meta:offset, then write the batch with sync: all or nothing.
+        7. Only after the write succeeds, forget the dirty sets. If the process
+           dies before step 6 completes, nothing of this batch is stored and a
+           restart replays from the previous offset.
+        """
+        check(state.offset >= self._checkpointed_offset, "a checkpoint never moves the offset back")
+        batch = WriteBatch(raw_mode=True)
+        batch.put(META_VERSION, int_to_bytes(FORMAT_VERSION))
+        for key in state.dirty_positions:
+            db_key = POSITION + _join(*key)
+            position = state.positions.get(key)
+            if position is None:
+                batch.delete(db_key)
+            else:
+                batch.put(db_key, _encode([position.size, int_to_bytes(position.cost), position.margin, position.shortfall]))
+        for key in state.dirty_wallets:
+            batch.put(WALLET + _join(*key), int_to_bytes(state.wallets.get(key, 0)))
+        for key in state.dirty_leverage:
+            batch.put(LEVERAGE + _join(*key), int_to_bytes(state.leverage[key]))
+        for name in state.dirty_markets:
+            market = state.markets[name]
+            batch.put(MARKET + name.encode(), _encode((market.config, market.mark, market.mark_ts)))
+        if state.dirty_balances:
+            books = [
+                [[name, int_to_bytes(value)] for name, value in sorted(book.items())]
+                for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits)
+            ]
+            batch.put(BOOKS, _encode(books))
+        window = state.id_window
+        for offset, event_id in reversed(window):
+            if offset <= self._checkpointed_offset:
+                break
+            batch.put(offset_key(DEDUP, offset), event_id.encode())
+        oldest_kept = window[0][0] if window else state.offset + 1
+        batch.delete_range(offset_key(DEDUP, 0), offset_key(DEDUP, oldest_kept))
+        for key, record in outputs:
+            batch.put(key, record)
+        batch.put(META_OFFSET, _OFFSET.pack(state.offset))
+        self._db.write(batch, self._sync)
+        self._checkpointed_offset = state.offset
+        state.clear_dirty()
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def rejections(self) -> Iterator[bytes]:
+        return (value for _, value in self._scan(REJECTION))
+
+    def deadletters(self) -> Iterator[bytes]:
+        return (value for _, value in self._scan(DEADLETTER))

@@ -1,0 +1,74 @@
+"""Small builders for tests: wire-like events in decimal strings, turned into domain events."""
+
+from ringfence.core import model as m
+from ringfence.core.fixed import parse_decimal
+from ringfence.core.reducer import apply_event
+from ringfence.core.state import State
+from ringfence.ops.simulate import BTCUSDT_TIERS, bracket_table
+
+
+def d(text: str) -> int:
+    return parse_decimal(str(text), allow_negative=True)
+
+
+BTC_BRACKETS = bracket_table(BTCUSDT_TIERS)
+
+
+def market(name="BTCUSDT", tick="0.1", lot="0.001", brackets=BTC_BRACKETS, id=None, ts=0, settle="USDT"):
+    return m.MarketConfig(id or f"cfg-{name}-{ts}", ts, name, settle, d(tick), d(lot), brackets)
+
+
+class Book:
+    """Applies events to a State with automatic ids and offsets; remembers verdicts."""
+
+    def __init__(self):
+        self.state = State()
+        self.serial = 0
+        self.verdicts = []
+
+    def apply(self, event):
+        verdict = apply_event(self.state, self.state.offset + 1, event)
+        self.verdicts.append(verdict)
+        return verdict
+
+    def _id(self):
+        self.serial += 1
+        return f"e{self.serial}"
+
+    def market(self, **kw):
+        return self.apply(market(**kw))
+
+    def deposit(self, account, amount, asset="USDT"):
+        return self.apply(m.Deposit(self._id(), 0, account, asset, d(amount)))
+
+    def withdraw(self, account, amount, asset="USDT"):
+        return self.apply(m.Withdrawal(self._id(), 0, account, asset, d(amount)))
+
+    def leverage(self, account, leverage, market="BTCUSDT", side="BOTH"):
+        return self.apply(m.SetLeverage(self._id(), 0, account, market, leverage, side))
+
+    def fill(self, account, side, qty, price, fee="0", market="BTCUSDT", position_side="BOTH"):
+        return self.apply(m.Fill(self._id(), 0, account, market, position_side, side, d(qty), d(price), d(fee)))
+
+    def mark(self, price, market="BTCUSDT", ts=0):
+        return self.apply(m.MarkPrice(self._id(), ts, market, d(price)))
+
+    def transfer(self, account, amount, market="BTCUSDT", side="BOTH"):
+        return self.apply(m.MarginTransfer(self._id(), 0, account, market, side, d(amount)))
+
+    def funding(self, rate, mark_price, market="BTCUSDT"):
+        return self.apply(m.Funding(self._id(), 0, market, d(rate), d(mark_price)))
+
+    def liquidation(self, account, qty, price, market="BTCUSDT", side="BOTH"):
+        return self.apply(m.LiquidationFill(self._id(), 0, "cmd", account, market, side, d(qty), d(price)))
+
+    def position(self, account, market="BTCUSDT", side="BOTH"):
+        return self.state.positions.get((account, market, side))
+
+    def wallet(self, account, asset="USDT"):
+        return self.state.wallets.get((account, asset), 0)
+
+    def conserved(self) -> bool:
+        totals = self.state.asset_totals()
+        expected = {a: v for a, v in self.state.net_deposits.items() if v}
+        return totals == expected
