@@ -1,0 +1,93 @@
+"""Every way a JSON line can be bad gives exactly one InvalidInput with a stable reason."""
+
+import json
+
+import pytest
+
+from ringfence.core import model as m
+from ringfence.events.json_codec import decode_line, encode_line
+from ringfence.ops.simulate import generate
+
+FILL = {"type": "fill", "id": "f1", "ts": 1, "account": "a", "market": "BTCUSDT", "side": "buy",
+        "qty": "1", "price": "60000", "fee": "0"}  # fmt: skip
+
+
+def line(**changes) -> bytes:
+    record = {**FILL, **changes}
+    return json.dumps({k: v for k, v in record.items() if v is not ...}).encode()
+
+
+def reason(raw: bytes) -> str:
+    record = decode_line(raw, "t:1")
+    assert type(record) is m.InvalidInput, record
+    assert record.raw == raw[:2048] and record.source == "t:1"
+    return record.reason
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (line(price="NaN"), "invalid_decimal"),
+        (line(price="Infinity"), "invalid_decimal"),
+        (line(price="1e400"), "invalid_decimal"),
+        (line().replace(b'"60000"', b"NaN"), "invalid_decimal"),
+        (line().replace(b'"60000"', b"Infinity"), "invalid_decimal"),
+        (line().replace(b'"60000"', b"1e400"), "invalid_type"),
+        (line().replace(b'"60000"', b"60000.5"), "invalid_type"),
+        (line(price="60000.123456789"), "too_many_decimals"),
+        (line(qty="-1"), "negative_value"),
+        (line(qty="0"), "not_positive"),
+        (line(price="0"), "not_positive"),
+        (line(type="teleport"), "unknown_type"),
+        (line(type=...), "unknown_type"),
+        (line(qty=...), "missing_field"),
+        (line(qty=1), "invalid_type"),
+        (line(ts="1"), "invalid_type"),
+        (line(side="hold"), "invalid_value"),
+        (line(account=""), "invalid_value"),
+        (line(account="a\u0000b"), "invalid_value"),
+        (line(extra="1"), "unknown_field"),
+        (line(ts=2**70), "out_of_range"),
+        (line(ts=-1), "out_of_range"),
+        (line(qty=str(2**70)), "out_of_range"),
+        (line()[:-1] + b',"qty":"2"}', "duplicate_key"),
+        (line()[:40], "malformed_json"),
+        (b"\xff\xfe", "malformed_json"),
+        (b"[1, 2]", "not_an_object"),
+        (b"[" * 60_000, "malformed_json"),
+        (b'{"type": "fill"' + b" " * (70 * 1024) + b"}", "record_too_large"),
+    ],
+)
+def test_malformed_lines(raw, expected):
+    assert reason(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "brackets, expected",
+    [
+        ([], "invalid_value"),
+        ([{"notional_floor": "10", "notional_cap": "100", "max_leverage": 10, "mmr": "0.01", "maint_amount": "0"}],
+         "invalid_brackets"),
+        ([{"notional_floor": "0", "notional_cap": "100", "max_leverage": 10, "mmr": "0.01", "maint_amount": "0"},
+          {"notional_floor": "100", "notional_cap": "1000", "max_leverage": 5, "mmr": "0.02", "maint_amount": "2"}],
+         "invalid_brackets"),  # continuous would be maint_amount 1
+        ([{"notional_floor": "0", "notional_cap": "100", "max_leverage": 10, "mmr": "1", "maint_amount": "0"}],
+         "out_of_range"),
+        ([{"notional_floor": "0", "notional_cap": "100", "max_leverage": 0, "mmr": "0.1", "maint_amount": "0"}],
+         "out_of_range"),
+    ],
+)  # fmt: skip
+def test_bad_bracket_tables(brackets, expected):
+    raw = json.dumps({"type": "market", "id": "m", "ts": 0, "market": "X", "settle": "USDT", "tick_size": "0.1",
+                      "lot_size": "0.001", "brackets": brackets}).encode()  # fmt: skip
+    assert reason(raw) == expected
+
+
+def test_every_generated_event_round_trips_through_json():
+    for event in generate(seed=3, count=3000, traders=30):
+        assert decode_line(encode_line(event)) == event
+
+
+def test_position_side_defaults_to_both():
+    assert decode_line(line()).position_side == "BOTH"
+    assert decode_line(line(position_side="LONG")).position_side == "LONG"
