@@ -29,13 +29,17 @@ class DecimalError(ValueError):
         self.detail = detail
 
 
+# The helpers below are on the hot path; every caller divides by a positive
+# scale, leverage or position size, so they do not re-check the sign.
+
+
 def div_floor(numerator: int, denominator: int) -> int:
-    check(denominator > 0, "divide by a positive denominator")
+    """floor(numerator / denominator), denominator > 0."""
     return numerator // denominator
 
 
 def div_ceil(numerator: int, denominator: int) -> int:
-    check(denominator > 0, "divide by a positive denominator")
+    """ceil(numerator / denominator), denominator > 0."""
     return -((-numerator) // denominator)
 
 

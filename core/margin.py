@@ -20,9 +20,6 @@ self-consistent. Displayed values round in the exchange's favour: MM up, PnL
 down, a long's liquidation price up and a short's down.
 """
 
-from bisect import bisect_right
-
-from ringfence.core.check import check
 from ringfence.core.fixed import SCALE, div_ceil, div_floor
 from ringfence.core.model import Bracket
 
@@ -31,9 +28,17 @@ S2 = SCALE * SCALE
 
 
 def bracket_index(brackets: tuple[Bracket, ...], notional_e16: int) -> int:
-    """Index of the bracket with floor <= N < cap (the last bracket has no cap)."""
-    floors = [b.notional_floor * S for b in brackets]
-    return max(0, bisect_right(floors, notional_e16) - 1)
+    """Index of the bracket with floor <= N < cap (the last bracket has no cap).
+
+    A linear scan: tables are short (limits.MAX_BRACKETS) and most positions
+    sit in the first few brackets, where this beats building a bisect key.
+    """
+    index = 0
+    for candidate in range(1, len(brackets)):
+        if brackets[candidate].notional_floor * S > notional_e16:
+            break
+        index = candidate
+    return index
 
 
 def maintenance_margin_e24(brackets: tuple[Bracket, ...], notional_e16: int) -> int:
@@ -71,8 +76,7 @@ def notional_units(size: int, price: int) -> int:
 
 def initial_margin_units(qty: int, price: int, leverage: int) -> int:
     """Initial margin notional / L, rounded up."""
-    check(leverage >= 1, "leverage is at least 1")
-    return div_ceil(qty * price, S * leverage)
+    return div_ceil(qty * price, S * leverage)  # leverage >= 1: validated on input, capped by brackets
 
 
 def max_leverage_at(brackets: tuple[Bracket, ...], notional_e16: int) -> int:

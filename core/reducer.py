@@ -11,7 +11,7 @@ transfer below is two updates that sum to zero.
 
 from ringfence.core import margin as mm
 from ringfence.core import reasons as r
-from ringfence.core.check import check
+from ringfence.core.check import InvariantError, check
 from ringfence.core.fixed import INT64_MAX, SCALE, div_floor, format_decimal as dec, mul_div_ceil, mul_div_floor
 from ringfence.core.limits import DEDUP_WINDOW_EVENTS
 from ringfence.core.model import (
@@ -33,6 +33,8 @@ from ringfence.core.model import (
 )
 from ringfence.core.state import MarketState, Position, PositionKey, State
 
+_CANONICAL_SIDE = {BOTH: BOTH, LONG: LONG, SHORT: SHORT}
+
 # Leverage of a position whose account never set one (Binance's default),
 # capped by the bracket's maximum.
 DEFAULT_LEVERAGE = 20
@@ -48,28 +50,27 @@ def _reject(reason: str, detail: str) -> Verdict:
 
 def apply_event(state: State, offset: int, event) -> Verdict | None:
     """Apply one log record at ``offset``; return None, or the verdict on a record not applied."""
-    check(offset > state.offset, "offsets only move forward")
+    if offset <= state.offset:
+        raise InvariantError(f"offset {offset} after {state.offset}: offsets only move forward")
     state.offset = offset
-    if type(event) is InvalidInput:
+    handler = _HANDLERS.get(type(event))
+    if handler is None:
+        check(type(event) is InvalidInput, "every log record type has a handler")
         return _dead(event.reason, event.detail)
     event_id = event.id
-    seen_at = state.seen_ids.get(event_id)
-    if seen_at is not None:
-        return _dead(r.DUPLICATE_ID, f"id {event_id!r} was already accepted at offset {seen_at}")
-    verdict = _HANDLERS[type(event)](state, event)
+    seen = state.seen_ids
+    if event_id in seen:
+        return _dead(r.DUPLICATE_ID, f"id {event_id!r} was already accepted at offset {seen[event_id]}")
+    verdict = handler(state, event)
     if verdict is None or verdict.kind == "rejection":
-        _remember_id(state, offset, event_id)
+        # remember accepted ids; they leave the window by offset distance, so the
+        # window does not depend on how the log was batched
+        seen[event_id] = offset
+        window = state.id_window
+        window.append((offset, event_id))
+        while window[0][0] <= offset - DEDUP_WINDOW_EVENTS:
+            del seen[window.popleft()[1]]
     return verdict
-
-
-def _remember_id(state: State, offset: int, event_id: str) -> None:
-    state.seen_ids[event_id] = offset
-    window = state.id_window
-    window.append((offset, event_id))
-    # ids leave the window by offset distance, so the window does not depend on batching
-    while window[0][0] <= offset - DEDUP_WINDOW_EVENTS:
-        _, old_id = window.popleft()
-        del state.seen_ids[old_id]
 
 
 # -- configuration -----------------------------------------------------------------------
@@ -114,6 +115,10 @@ def _apply_leverage(state: State, event: SetLeverage) -> Verdict | None:
     key = (event.account, event.market, event.position_side)
     state.leverage[key] = event.leverage
     state.dirty_leverage.add(key)
+    for side in sides:  # positions recompute their cached leverage on the next fill
+        position = state.positions.get((event.account, event.market, side))
+        if position is not None:
+            position.leverage_cache = 0
     return None
 
 
@@ -199,13 +204,18 @@ def _apply_fill(state: State, event: Fill) -> Verdict | None:
         return _dead(r.PRICE_NOT_ON_TICK, f"price {dec(event.price)} is not a multiple of the tick {dec(config.tick_size)}")
     if event.qty % config.lot_size:
         return _dead(r.QTY_NOT_ON_LOT, f"qty {dec(event.qty)} is not a multiple of the lot {dec(config.lot_size)}")
-    key = (event.account, event.market, event.position_side)
-    conflict = _check_mode(state, key)
-    if conflict is not None:
-        return conflict
-    delta = event.qty if event.side == BUY else -event.qty
+    # the market and side strings of the key are the canonical objects, so key
+    # comparisons in every dict are identity checks (a measurable share of a fill)
+    key = (event.account, config.market, _CANONICAL_SIDE[event.position_side])
     position = state.positions.get(key)
-    size = position.size if position is not None else 0
+    if position is None:  # an existing position already passed the mode check
+        conflict = _check_mode(state, key)
+        if conflict is not None:
+            return conflict
+        size = 0
+    else:
+        size = position.size
+    delta = event.qty if event.side == BUY else -event.qty
     if event.position_side != BOTH:
         # a hedge-mode leg keeps its sign: LONG >= 0, SHORT <= 0
         new_size = size + delta
@@ -216,7 +226,7 @@ def _apply_fill(state: State, event: Fill) -> Verdict | None:
 
     settle = config.settle
     if size == 0 or (size > 0) == (delta > 0):
-        _open(state, key, settle, config, delta, event.price, event.fee)
+        _open(state, key, position, settle, config, delta, event.price, event.fee)
         return None
     closing = min(event.qty, abs(size))
     if closing == event.qty:
@@ -226,39 +236,55 @@ def _apply_fill(state: State, event: Fill) -> Verdict | None:
     fee_close = mul_div_floor(event.fee, closing, event.qty)
     _close(state, key, settle, closing, event.price, fee_close)
     rest = event.qty - closing
-    _open(state, key, settle, config, rest if delta > 0 else -rest, event.price, event.fee - fee_close)
+    _open(state, key, state.positions.get(key), settle, config, rest if delta > 0 else -rest, event.price,
+          event.fee - fee_close)  # fmt: skip
     return None
 
 
-def _open(state: State, key: PositionKey, settle: str, config: MarketConfig, delta: int, price: int, fee: int) -> None:
+def _open(
+    state: State, key: PositionKey, position: Position | None, settle: str, config: MarketConfig, delta: int,
+    price: int, fee: int,
+) -> None:  # fmt: skip
     """Grow a position by ``delta`` at ``price``: initial margin and fee come from the wallet."""
-    position = state.positions.get(key)
     if position is None:
         position = state.add_position(key)
     new_size = position.size + delta
-    leverage = min(effective_leverage(state, key), mm.max_leverage_at(config.brackets, abs(new_size) * price))
-    initial = mm.initial_margin_units(abs(delta), price, leverage)
+    # margin.max_leverage_at and margin.initial_margin_units inlined: this is the hottest path
+    notional = abs(new_size) * price
+    bracket = config.brackets[0]
+    for candidate in config.brackets:
+        if candidate.notional_floor * SCALE > notional:
+            break
+        bracket = candidate
+    leverage = position.leverage_cache or effective_leverage(state, key)
+    position.leverage_cache = leverage
+    if leverage > bracket.max_leverage:
+        leverage = bracket.max_leverage
+    initial = -((-abs(delta) * price) // (SCALE * leverage))  # notional / L, rounded up
     wallet_key = (key[0], settle)
-    wallet = state.wallets.get(wallet_key, 0)
+    wallets = state.wallets
+    wallet = wallets.get(wallet_key, 0)
+    if fee:
+        fee_income = state.fee_income
+        fee_income[settle] = fee_income.get(settle, 0) + fee
+        state.dirty_balances = True
     if fee < 0:  # rebate: fee income -> wallet
         wallet -= fee
-        state.fee_income[settle] = state.fee_income.get(settle, 0) + fee
         fee = 0
     # the fee is taken first, then the initial margin; what the wallet cannot
-    # cover is recorded as shortfall and a fee it cannot cover comes from margin
+    # cover is recorded as shortfall, and a fee it cannot cover comes from margin
     taken = min(wallet, initial + fee)
     fee_from_wallet = min(fee, taken)
     to_margin = taken - fee_from_wallet
     fee_from_margin = fee - fee_from_wallet
-    state.wallets[wallet_key] = wallet - taken
-    state.fee_income[settle] = state.fee_income.get(settle, 0) + fee
+    wallets[wallet_key] = wallet - taken
     position.margin += to_margin - fee_from_margin
-    position.shortfall += initial - to_margin + fee_from_margin
+    if taken < initial + fee:
+        position.shortfall += initial - to_margin + fee_from_margin
     position.size = new_size
     position.cost += delta * price
     state.dirty_positions.add(key)
     state.dirty_wallets.add(wallet_key)
-    state.dirty_balances = True
 
 
 def _realize(state: State, key: PositionKey, position: Position, closing: int, price: int) -> int:

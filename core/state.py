@@ -32,6 +32,9 @@ class Position(msgspec.Struct, gc=False):
     cost: int = 0  # signed cost basis sum(q_i * p_i), 1e-16
     margin: int = 0  # isolated margin, amount units
     shortfall: int = 0  # initial margin + fees the wallet could not cover (recorded, not owed)
+    # derived, not state: the effective leverage setting, 0 = look it up; never
+    # stored nor digested (a restored position starts at 0 and looks it up again)
+    leverage_cache: int = 0
 
 
 class MarketState(msgspec.Struct, gc=False):

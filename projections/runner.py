@@ -1,12 +1,14 @@
 """Read -> apply -> checkpoint: the loop that keeps the core's store in step with the log."""
 
 import gc
+from itertools import islice
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import msgspec
 
 from ringfence.core import reasons as r
+from ringfence.core.fixed import INT64_MAX
 from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS
 from ringfence.core.model import InvalidInput, Verdict
 from ringfence.core.reducer import apply_event
@@ -57,11 +59,16 @@ def reduce_records(
 ) -> int:
     """Apply (offset, payload) records to ``state`` in memory; return how many were applied."""
     count = 0
+    last = INT64_MAX if until is None else until
+    decode, apply = decode_record, apply_event
     for offset, payload in records:
-        if until is not None and offset > until:
+        if offset > last:
             break
-        record = decode_or_invalid(payload)
-        verdict = apply_event(state, offset, record)
+        try:
+            record = decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            record = decode_or_invalid(payload)
+        verdict = apply(state, offset, record)
         count += 1
         if verdict is not None and on_verdict is not None:
             on_verdict(offset, record, verdict)
@@ -92,31 +99,17 @@ def run_core(
             report.deadletters += 1
 
     end = log.end_offset()
-    since_checkpoint = 0
     records = log.read(state.offset + 1)
     while True:
-        batch = _take(records, checkpoint_every)
-        applied = reduce_records(state, batch, until=until, on_verdict=collect)
+        applied = reduce_records(state, islice(records, checkpoint_every), until=until, on_verdict=collect)
         if applied == 0:
             break
         report.events += applied
-        since_checkpoint += applied
         store.checkpoint(state, outputs)
         outputs.clear()
-        since_checkpoint = 0
         if progress is not None:
             progress(state.offset + 1, end)
         if until is not None and state.offset >= until:
             break
-    if since_checkpoint:
-        store.checkpoint(state, outputs)
     report.offset = state.offset
     return state, report
-
-
-def _take(iterator, count: int):
-    for _ in range(count):
-        try:
-            yield next(iterator)
-        except StopIteration:
-            return
