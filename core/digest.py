@@ -27,7 +27,7 @@ def canonical_sections(state: State):
     yield [
         [*key, p.size, p.cost, p.margin, p.shortfall] for key, p in sorted(state.positions.items())
     ]
-    yield [[*key, value] for key, value in sorted(state.wallets.items()) if value != 0]
+    yield [[*key, wallet.balance] for key, wallet in sorted(state.wallets.items()) if wallet.balance != 0]
     yield [[*key, value] for key, value in sorted(state.leverage.items())]
     for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits):
         yield _nonzero_sorted(book)

@@ -9,6 +9,8 @@ Money moves only by transfers between the named balances of core.state; each
 transfer below is two updates that sum to zero.
 """
 
+from bisect import bisect_right
+
 from ringfence.core import margin as mm
 from ringfence.core import reasons as r
 from ringfence.core.check import InvariantError, check
@@ -59,15 +61,20 @@ def apply_event(state: State, offset: int, event) -> Verdict | None:
         return _dead(event.reason, event.detail)
     event_id = event.id
     seen = state.seen_ids
-    if event_id in seen:
-        return _dead(r.DUPLICATE_ID, f"id {event_id!r} was already accepted at offset {seen[event_id]}")
+    # one dict operation both checks and remembers the id; a record that
+    # turns out to be a dead letter is forgotten again below
+    first_offset = seen.setdefault(event_id, offset)
+    if first_offset != offset:
+        return _dead(r.DUPLICATE_ID, f"id {event_id!r} was already accepted at offset {first_offset}")
     verdict = handler(state, event)
-    if verdict is None or verdict.kind == "rejection":
-        # remember accepted ids; they leave the window by offset distance, so the
-        # window does not depend on how the log was batched
-        seen[event_id] = offset
-        window = state.id_window
-        window.append((offset, event_id))
+    if verdict is not None and verdict.kind == "deadletter":
+        del seen[event_id]
+        return verdict
+    # accepted (applied or rejected); ids leave the window by offset distance,
+    # so the window does not depend on how the log was batched
+    window = state.id_window
+    window.append((offset, event_id))
+    if window[0][0] <= offset - DEDUP_WINDOW_EVENTS:
         while window[0][0] <= offset - DEDUP_WINDOW_EVENTS:
             del seen[window.popleft()[1]]
     return verdict
@@ -85,7 +92,7 @@ def _apply_market(state: State, event: MarketConfig) -> Verdict | None:
         for field in ("settle", "tick_size", "lot_size"):
             if getattr(old, field) != getattr(event, field):
                 return _dead(r.IMMUTABLE_MARKET_FIELD, f"{event.market}: {field} cannot change once the market exists")
-        existing.config = event
+        state.markets[event.market] = MarketState(event, existing.mark, existing.mark_ts)
     state.dirty_markets.add(event.market)
     return None
 
@@ -126,25 +133,25 @@ def _apply_leverage(state: State, event: SetLeverage) -> Verdict | None:
 
 
 def _apply_deposit(state: State, event: Deposit) -> Verdict | None:
-    key = (event.account, event.asset)
-    balance = state.wallets.get(key, 0) + event.amount
-    if balance > INT64_MAX:
+    existing = state.wallets.get((event.account, event.asset))
+    if existing is not None and existing.balance + event.amount > INT64_MAX:
         return _dead(r.BALANCE_OVERFLOW, f"wallet {event.account}/{event.asset} would exceed int64 units")
-    state.wallets[key] = balance
+    wallet = existing or state.wallet(event.account, event.asset)
+    wallet.balance += event.amount
     state.net_deposits[event.asset] = state.net_deposits.get(event.asset, 0) + event.amount
-    state.dirty_wallets.add(key)
+    state.touch_wallet(event.account, event.asset, wallet)
     state.dirty_balances = True
     return None
 
 
 def _apply_withdrawal(state: State, event: Withdrawal) -> Verdict | None:
-    key = (event.account, event.asset)
-    balance = state.wallets.get(key, 0)
+    wallet = state.wallets.get((event.account, event.asset))
+    balance = 0 if wallet is None else wallet.balance
     if event.amount > balance:
         return _reject(r.INSUFFICIENT_BALANCE, f"withdrawal of {dec(event.amount)} exceeds the free balance {dec(balance)}")
-    state.wallets[key] = balance - event.amount
+    wallet.balance -= event.amount
     state.net_deposits[event.asset] -= event.amount
-    state.dirty_wallets.add(key)
+    state.touch_wallet(event.account, event.asset, wallet)
     state.dirty_balances = True
     return None
 
@@ -157,12 +164,12 @@ def _apply_margin_transfer(state: State, event: MarginTransfer) -> Verdict | Non
     position = state.positions.get(key)
     if position is None:
         return _reject(r.NO_OPEN_POSITION, f"no open position {key}")
-    wallet_key = (event.account, market.config.settle)
-    wallet = state.wallets.get(wallet_key, 0)
+    settle = market.config.settle
+    wallet = state.wallet(event.account, settle)
     amount = event.amount
     if amount > 0:
-        if amount > wallet:
-            return _reject(r.INSUFFICIENT_BALANCE, f"transfer of {dec(amount)} exceeds the free balance {dec(wallet)}")
+        if amount > wallet.balance:
+            return _reject(r.INSUFFICIENT_BALANCE, f"transfer of {dec(amount)} exceeds the free balance {dec(wallet.balance)}")
     else:
         if market.mark == 0:
             return _reject(r.NO_MARK_PRICE, f"{event.market} has no mark price yet")
@@ -176,10 +183,10 @@ def _apply_margin_transfer(state: State, event: MarginTransfer) -> Verdict | Non
         )
         if -amount > removable:
             return _reject(r.MARGIN_TRANSFER_EXCEEDS_MAX, f"removing {dec(-amount)} exceeds the maximum removable {dec(removable)}")
-    state.wallets[wallet_key] = wallet - amount
+    wallet.balance -= amount
     position.margin += amount
-    state.dirty_wallets.add(wallet_key)
-    state.dirty_positions.add(key)
+    state.touch_wallet(event.account, settle, wallet)
+    state.touch_position(key, position)
     return None
 
 
@@ -226,7 +233,7 @@ def _apply_fill(state: State, event: Fill) -> Verdict | None:
 
     settle = config.settle
     if size == 0 or (size > 0) == (delta > 0):
-        _open(state, key, position, settle, config, delta, event.price, event.fee)
+        _open(state, key, position, settle, market, delta, event.price, event.fee)
         return None
     closing = min(event.qty, abs(size))
     if closing == event.qty:
@@ -236,13 +243,13 @@ def _apply_fill(state: State, event: Fill) -> Verdict | None:
     fee_close = mul_div_floor(event.fee, closing, event.qty)
     _close(state, key, settle, closing, event.price, fee_close)
     rest = event.qty - closing
-    _open(state, key, state.positions.get(key), settle, config, rest if delta > 0 else -rest, event.price,
+    _open(state, key, state.positions.get(key), settle, market, rest if delta > 0 else -rest, event.price,
           event.fee - fee_close)  # fmt: skip
     return None
 
 
 def _open(
-    state: State, key: PositionKey, position: Position | None, settle: str, config: MarketConfig, delta: int,
+    state: State, key: PositionKey, position: Position | None, settle: str, market: MarketState, delta: int,
     price: int, fee: int,
 ) -> None:  # fmt: skip
     """Grow a position by ``delta`` at ``price``: initial margin and fee come from the wallet."""
@@ -250,41 +257,41 @@ def _open(
         position = state.add_position(key)
     new_size = position.size + delta
     # margin.max_leverage_at and margin.initial_margin_units inlined: this is the hottest path
-    notional = abs(new_size) * price
-    bracket = config.brackets[0]
-    for candidate in config.brackets:
-        if candidate.notional_floor * SCALE > notional:
-            break
-        bracket = candidate
+    bracket = market.config.brackets[bisect_right(market.floors_e16, abs(new_size) * price) - 1]
     leverage = position.leverage_cache or effective_leverage(state, key)
     position.leverage_cache = leverage
     if leverage > bracket.max_leverage:
         leverage = bracket.max_leverage
     initial = -((-abs(delta) * price) // (SCALE * leverage))  # notional / L, rounded up
-    wallet_key = (key[0], settle)
-    wallets = state.wallets
-    wallet = wallets.get(wallet_key, 0)
+    wallet = position.wallet
+    if wallet is None:
+        wallet = position.wallet = state.wallet(key[0], settle)
+    balance = wallet.balance
     if fee:
         fee_income = state.fee_income
         fee_income[settle] = fee_income.get(settle, 0) + fee
         state.dirty_balances = True
     if fee < 0:  # rebate: fee income -> wallet
-        wallet -= fee
+        balance -= fee
         fee = 0
     # the fee is taken first, then the initial margin; what the wallet cannot
     # cover is recorded as shortfall, and a fee it cannot cover comes from margin
-    taken = min(wallet, initial + fee)
+    taken = min(balance, initial + fee)
     fee_from_wallet = min(fee, taken)
     to_margin = taken - fee_from_wallet
     fee_from_margin = fee - fee_from_wallet
-    wallets[wallet_key] = wallet - taken
+    wallet.balance = balance - taken
     position.margin += to_margin - fee_from_margin
     if taken < initial + fee:
         position.shortfall += initial - to_margin + fee_from_margin
     position.size = new_size
     position.cost += delta * price
-    state.dirty_positions.add(key)
-    state.dirty_wallets.add(wallet_key)
+    if not position.dirty:
+        position.dirty = True
+        state.dirty_positions.append(key)
+    if not wallet.dirty:
+        wallet.dirty = True
+        state.dirty_wallets.append((key[0], settle))
 
 
 def _realize(state: State, key: PositionKey, position: Position, closing: int, price: int) -> int:
@@ -293,15 +300,20 @@ def _realize(state: State, key: PositionKey, position: Position, closing: int, p
     The removed cost basis rounds up (signed), so realized PnL rounds down for
     both sides; the dust stays in the clearing balance.
     """
-    magnitude = abs(position.size)
-    cost_removed = mul_div_ceil(position.cost, closing, magnitude)
-    direction = 1 if position.size > 0 else -1
-    realized = div_floor(direction * closing * price - cost_removed, SCALE)
-    position.cost -= cost_removed
-    position.size -= direction * closing
+    size, cost = position.size, position.cost
+    if size > 0:
+        cost_removed = -((-cost * closing) // size)  # ceil(cost * closing / |size|)
+        realized = (closing * price - cost_removed) // SCALE  # floor
+        position.size = size - closing
+    else:
+        cost_removed = -((cost * closing) // size)  # ceil(cost * closing / |size|), size < 0
+        realized = (-closing * price - cost_removed) // SCALE  # floor
+        position.size = size + closing
+    position.cost = cost - cost_removed
     position.margin += realized
+    clearing = state.clearing
     market = key[1]
-    state.clearing[market] = state.clearing.get(market, 0) - realized
+    clearing[market] = clearing.get(market, 0) - realized
     return realized
 
 
@@ -312,24 +324,28 @@ def _close(state: State, key: PositionKey, settle: str, closing: int, price: int
     _realize(state, key, position, closing, price)
     position.margin -= fee
     state.fee_income[settle] = state.fee_income.get(settle, 0) + fee
-    wallet_key = (key[0], settle)
+    state.dirty_balances = True
     if position.size == 0:
         _settle_flat(state, key, position, settle)
-    elif position.margin > 0:
+        return
+    state.touch_position(key, position)
+    if position.margin > 0:
         release = mul_div_floor(position.margin, closing, before)
         position.margin -= release
-        state.wallets[wallet_key] = state.wallets.get(wallet_key, 0) + release
-    state.dirty_positions.add(key)
-    state.dirty_wallets.add(wallet_key)
-    state.dirty_balances = True
+        wallet = position.wallet
+        if wallet is None:
+            wallet = position.wallet = state.wallet(key[0], settle)
+        wallet.balance += release
+        state.touch_wallet(key[0], settle, wallet)
 
 
 def _settle_flat(state: State, key: PositionKey, position: Position, settle: str) -> None:
     """A flat position hands its margin back; a negative margin is a bankruptcy loss of the fund."""
     check(position.cost == 0, "a flat position has no cost basis left")
     if position.margin >= 0:
-        wallet_key = (key[0], settle)
-        state.wallets[wallet_key] = state.wallets.get(wallet_key, 0) + position.margin
+        wallet = state.wallet(key[0], settle)
+        wallet.balance += position.margin
+        state.touch_wallet(key[0], settle, wallet)
     else:
         state.insurance[settle] = state.insurance.get(settle, 0) + position.margin
     position.margin = 0
@@ -358,10 +374,11 @@ def _apply_liquidation_fill(state: State, event: LiquidationFill) -> Verdict | N
     to_fund = realized + lost_share
     position.margin -= to_fund
     state.insurance[settle] = state.insurance.get(settle, 0) + to_fund
+    state.dirty_balances = True
     if position.size == 0:
         _settle_flat(state, key, position, settle)
-    state.dirty_positions.add(key)
-    state.dirty_balances = True
+    else:
+        state.touch_position(key, position)
     return None
 
 
@@ -393,7 +410,7 @@ def _apply_funding(state: State, event: Funding) -> Verdict | None:
         if payment:
             position.margin -= payment
             total += payment
-            state.dirty_positions.add(key)
+            state.touch_position(key, position)
     state.clearing[name] = state.clearing.get(name, 0) + total
     state.dirty_balances = True
     return None

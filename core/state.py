@@ -3,7 +3,7 @@
 Money lives only in these balances, per asset (a market's balances are in its
 settle asset):
 
-    wallets[(account, asset)]      free collateral of an account
+    wallets[(account, asset)]      free collateral of an account (a Wallet)
     positions[key].margin          isolated margin ring-fenced for one position
     insurance[asset]               the insurance fund
     fee_income[asset]              fees charged minus rebates paid
@@ -14,17 +14,24 @@ Conservation: for each asset, the sum of the first five equals the sixth, at
 every offset. Every update in the reducer is a transfer between two of them.
 
 The state is mutated in place by the reducer (a copy per event would cost more
-than the event); ``dirty_*`` sets record what changed since the last
-checkpoint so the store writes only that.
+than the event). Changed positions and wallets carry a ``dirty`` flag and are
+listed once in ``dirty_*`` so the store writes only what changed since the
+last checkpoint (a flag check on an object in hand is cheaper than a set).
 """
 
 from collections import deque
 
 import msgspec
 
+from ringfence.core.fixed import SCALE
 from ringfence.core.model import MarketConfig
 
 PositionKey = tuple[str, str, str]  # account, market, position side
+
+
+class Wallet(msgspec.Struct, gc=False):
+    balance: int = 0  # amount units, never negative
+    dirty: bool = False  # changed since the last checkpoint (not state)
 
 
 class Position(msgspec.Struct, gc=False):
@@ -32,15 +39,22 @@ class Position(msgspec.Struct, gc=False):
     cost: int = 0  # signed cost basis sum(q_i * p_i), 1e-16
     margin: int = 0  # isolated margin, amount units
     shortfall: int = 0  # initial margin + fees the wallet could not cover (recorded, not owed)
-    # derived, not state: the effective leverage setting, 0 = look it up; never
-    # stored nor digested (a restored position starts at 0 and looks it up again)
-    leverage_cache: int = 0
+    # Below: derived caches and bookkeeping, never stored nor digested. A
+    # restored position starts empty and looks them up again.
+    leverage_cache: int = 0  # the effective leverage setting, 0 = look it up
+    wallet: Wallet | None = None  # the account's wallet in the settle asset
+    dirty: bool = False
 
 
 class MarketState(msgspec.Struct, gc=False):
     config: MarketConfig
     mark: int = 0  # 0 until the first mark
     mark_ts: int = -1
+    # derived from config: bracket floors in 1e-16 notional, for bisect on the hot path
+    floors_e16: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.floors_e16 = tuple(bracket.notional_floor * SCALE for bracket in self.config.brackets)
 
 
 class State:
@@ -70,7 +84,7 @@ class State:
         self.positions: dict[PositionKey, Position] = {}
         # the same positions per market, in insertion order (funding walks one market)
         self.by_market: dict[str, dict[PositionKey, Position]] = {}
-        self.wallets: dict[tuple[str, str], int] = {}
+        self.wallets: dict[tuple[str, str], Wallet] = {}
         self.leverage: dict[PositionKey, int] = {}
         self.insurance: dict[str, int] = {}
         self.fee_income: dict[str, int] = {}
@@ -79,23 +93,50 @@ class State:
         # duplicate recognition: id -> offset, and the window in offset order
         self.seen_ids: dict[str, int] = {}
         self.id_window: deque[tuple[int, str]] = deque()
-        self.dirty_positions: set[PositionKey] = set()
-        self.dirty_wallets: set[tuple[str, str]] = set()
+        self.dirty_positions: list[PositionKey] = []  # may repeat a key; the store dedupes
+        self.dirty_wallets: list[tuple[str, str]] = []
         self.dirty_leverage: set[PositionKey] = set()
         self.dirty_markets: set[str] = set()
         self.dirty_balances = False
 
     def add_position(self, key: PositionKey) -> Position:
-        position = Position()
+        position = Position(dirty=True)
         self.positions[key] = position
         self.by_market.setdefault(key[1], {})[key] = position
+        self.dirty_positions.append(key)
         return position
 
     def remove_position(self, key: PositionKey) -> None:
-        del self.positions[key]
+        position = self.positions.pop(key)
         del self.by_market[key[1]][key]
+        if not position.dirty:
+            self.dirty_positions.append(key)
+
+    def touch_position(self, key: PositionKey, position: Position) -> None:
+        if not position.dirty:
+            position.dirty = True
+            self.dirty_positions.append(key)
+
+    def wallet(self, account: str, asset: str) -> Wallet:
+        """The wallet, created empty if the account never held the asset."""
+        key = (account, asset)
+        wallet = self.wallets.get(key)
+        if wallet is None:
+            wallet = self.wallets[key] = Wallet()
+        return wallet
+
+    def touch_wallet(self, account: str, asset: str, wallet: Wallet) -> None:
+        if not wallet.dirty:
+            wallet.dirty = True
+            self.dirty_wallets.append((account, asset))
 
     def clear_dirty(self) -> None:
+        for key in self.dirty_positions:
+            position = self.positions.get(key)
+            if position is not None:
+                position.dirty = False
+        for key in self.dirty_wallets:
+            self.wallets[key].dirty = False
         self.dirty_positions.clear()
         self.dirty_wallets.clear()
         self.dirty_leverage.clear()
@@ -105,8 +146,8 @@ class State:
     def asset_totals(self) -> dict[str, int]:
         """Sum of every balance per asset (the left side of the conservation law)."""
         totals: dict[str, int] = {}
-        for (_, asset), balance in self.wallets.items():
-            totals[asset] = totals.get(asset, 0) + balance
+        for (_, asset), wallet in self.wallets.items():
+            totals[asset] = totals.get(asset, 0) + wallet.balance
         for (_, market, _), position in self.positions.items():
             asset = self.markets[market].config.settle
             totals[asset] = totals.get(asset, 0) + position.margin

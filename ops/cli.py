@@ -186,20 +186,22 @@ def cmd_run(args) -> int:
             for note in log.recovered:
                 print(f"ringfence: recovered log tail: {note}", file=sys.stderr)
             return _run_once(args, log)
+    # follow: keep the state in memory, poll the log, checkpoint what arrives
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     flagged = False
-    try:
-        while not stopping:
-            log = EmbeddedLog(log_dir(args.data), writable=False)
-            with _open_store(args.data) as store:
-                _, report = run_core(log, store)
-            if report.events:
-                print(f"applied {report.events} events up to offset {report.offset}", flush=True)
-            flagged = flagged or bool(report.rejections or report.deadletters)
-            time.sleep(args.interval)
-    except KeyboardInterrupt:
-        pass
+    log = EmbeddedLog(log_dir(args.data), writable=False)  # ingest keeps the writer lock
+    with _open_store(args.data) as store:
+        state = None
+        try:
+            while not stopping:
+                state, report = run_core(log, store, state=state)
+                if report.events:
+                    print(f"applied {report.events} events, state at offset {report.offset}", flush=True)
+                flagged = flagged or bool(report.rejections or report.deadletters)
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            pass
     return EXIT_FLAGGED if flagged else EXIT_OK
 
 

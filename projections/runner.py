@@ -19,6 +19,9 @@ from ringfence.projections.store import DEADLETTER, REJECTION, StateStore, offse
 
 _json = msgspec.json.Encoder().encode
 
+# progress is reported (and `until` checked) at least this often, in events
+PROGRESS_EVERY = 50_000
+
 
 @dataclass
 class RunReport:
@@ -84,10 +87,19 @@ def run_core(
     progress: Callable[[int, int], None] | None = None,
     state: State | None = None,
 ) -> tuple[State, RunReport]:
-    """Reduce every record after the store's offset, checkpointing every ``checkpoint_every`` events."""
+    """Reduce every record after the state's offset, checkpointing every ``checkpoint_every`` events.
+
+    1. Restore the state from the store (unless the caller passes the live one).
+    2. Apply records in slices of at most PROGRESS_EVERY, collecting outputs.
+    3. After ``checkpoint_every`` events, and at the end, checkpoint state,
+       outputs and offset in one batch (projections.store). A crash before that
+       write loses nothing: the next run replays from the previous checkpoint.
+    4. Freeze what survived into the collector's permanent generation: the
+       state is long-lived and acyclic, so full collections need not walk it.
+    """
     if state is None:
         state = store.load()
-        gc.freeze()  # the restored state lives long; keep the collector from walking it
+        gc.freeze()
     report = RunReport(offset=state.offset)
     outputs: list[tuple[bytes, bytes]] = []
 
@@ -100,16 +112,22 @@ def run_core(
 
     end = log.end_offset()
     records = log.read(state.offset + 1)
+    since_checkpoint = 0
     while True:
-        applied = reduce_records(state, islice(records, checkpoint_every), until=until, on_verdict=collect)
-        if applied == 0:
-            break
+        applied = reduce_records(
+            state, islice(records, min(PROGRESS_EVERY, checkpoint_every)), until=until, on_verdict=collect
+        )
         report.events += applied
-        store.checkpoint(state, outputs)
-        outputs.clear()
-        if progress is not None:
+        since_checkpoint += applied
+        finished = applied == 0 or (until is not None and state.offset >= until)
+        if since_checkpoint and (since_checkpoint >= checkpoint_every or finished):
+            store.checkpoint(state, outputs)
+            outputs.clear()
+            since_checkpoint = 0
+            gc.freeze()
+        if progress is not None and applied:
             progress(state.offset + 1, end)
-        if until is not None and state.offset >= until:
+        if finished:
             break
     report.offset = state.offset
     return state, report

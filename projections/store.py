@@ -144,7 +144,7 @@ class StateStore:
             position.size, position.cost, position.margin, position.shortfall = size, bytes_to_int(cost), margin, shortfall
         for key, value in self._scan(WALLET):
             account, asset = _split(key, WALLET)
-            state.wallets[(account, asset)] = bytes_to_int(value)
+            state.wallet(account, asset).balance = bytes_to_int(value)
         for key, value in self._scan(LEVERAGE):
             account, market, side = _split(key, LEVERAGE)
             state.leverage[(account, market, side)] = bytes_to_int(value)
@@ -179,7 +179,7 @@ class StateStore:
         check(state.offset >= self._checkpointed_offset, "a checkpoint never moves the offset back")
         batch = WriteBatch(raw_mode=True)
         batch.put(META_VERSION, int_to_bytes(FORMAT_VERSION))
-        for key in state.dirty_positions:
+        for key in dict.fromkeys(state.dirty_positions):
             db_key = POSITION + _join(*key)
             position = state.positions.get(key)
             if position is None:
@@ -187,7 +187,7 @@ class StateStore:
             else:
                 batch.put(db_key, _encode([position.size, int_to_bytes(position.cost), position.margin, position.shortfall]))
         for key in state.dirty_wallets:
-            batch.put(WALLET + _join(*key), int_to_bytes(state.wallets.get(key, 0)))
+            batch.put(WALLET + _join(*key), int_to_bytes(state.wallets[key].balance))
         for key in state.dirty_leverage:
             batch.put(LEVERAGE + _join(*key), int_to_bytes(state.leverage[key]))
         for name in state.dirty_markets:

@@ -70,9 +70,9 @@ def positions_view(state: State, account: str | None = None, market: str | None 
 
 def wallets_view(state: State) -> list[dict]:
     return [
-        {"account": account, "asset": asset, "balance": format_decimal(balance)}
-        for (account, asset), balance in sorted(state.wallets.items())
-        if balance
+        {"account": account, "asset": asset, "balance": format_decimal(wallet.balance)}
+        for (account, asset), wallet in sorted(state.wallets.items())
+        if wallet.balance
     ]
 
 

@@ -66,7 +66,8 @@ class Book:
         return self.state.positions.get((account, market, side))
 
     def wallet(self, account, asset="USDT"):
-        return self.state.wallets.get((account, asset), 0)
+        wallet = self.state.wallets.get((account, asset))
+        return 0 if wallet is None else wallet.balance
 
     def conserved(self) -> bool:
         totals = self.state.asset_totals()

@@ -90,7 +90,7 @@ def measure_memory(positions: int) -> dict:
         account = f"A{n // 2:07d}"
         market = "BTCUSDT" if n % 2 == 0 else "ETHUSDT"
         # a realistic open position: wallet, leverage default, one fill
-        state.wallets[(account, "USDT")] = 10**12
+        state.wallet(account, "USDT").balance = 10**12
         apply_event(state, offset, Fill(f"f{n}", n, account, market, "BOTH", "buy", qty, price // (1 if n % 2 == 0 else 20), 0))
         offset += 1
     state.seen_ids.clear()  # the duplicate window is bounded separately (DEDUP_WINDOW_EVENTS)

@@ -119,3 +119,65 @@ def test_stdin_ingest_and_views(tmp_path, cli):
     wallets = [json.loads(x) for x in cli("wallets", "--json", data=data)[1].splitlines()]
     assert wallets and set(wallets[0]) == {"account", "asset", "balance"}
     assert "account" in cli("positions", data=data)[1].splitlines()[0]
+
+
+def test_run_follow_applies_what_is_ingested_later_and_stops_on_sigterm(tmp_path, cli):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "d"
+    lines = session_file(tmp_path, seed=15, count=600, traders=8).read_bytes().splitlines(keepends=True)
+    (tmp_path / "a.jsonl").write_bytes(b"".join(lines[:300]))
+    (tmp_path / "b.jsonl").write_bytes(b"".join(lines[300:]))
+    cli("ingest", str(tmp_path / "a.jsonl"), data=data)
+    env = {**os.environ, "RINGFENCE_DATA": str(data)}
+    follower = subprocess.Popen([sys.executable, "-m", "ringfence.ops.cli", "run", "--follow", "--interval", "0.1"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        cli("ingest", str(tmp_path / "b.jsonl"), data=data)  # the follower does not hold the writer lock
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rc, out, _ = cli("digest", data=data, check_rc=None)
+            if rc == 0 and out.split()[0] == str(len(lines) - 1):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the follower did not catch up")
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        follower.wait(timeout=30)
+    assert follower.returncode in (0, 3)
+    assert cli("digest", data=data)[1] == cli("replay", data=data)[1]
+
+
+def test_progress_is_shown_on_a_terminal_only(tmp_path, cli):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    data = tmp_path / "d"
+    cli("ingest", str(session_file(tmp_path, seed=16, count=150_000, traders=300)), data=data)
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "RINGFENCE_DATA": str(data)}
+    process = subprocess.Popen([sys.executable, "-m", "ringfence.ops.cli", "run"], env=env,
+                               stdout=subprocess.PIPE, stderr=terminal)  # fmt: skip
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    process.wait(timeout=120)
+    os.close(controller)
+    assert b"\rapplied 50,000 / " in shown, shown[-500:]
+    # and not when stderr is a file
+    rc, out, err = cli("replay", data=data)
+    assert "\r" not in err

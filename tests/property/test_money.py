@@ -22,8 +22,8 @@ def check_conservation(seed: int, count: int) -> None:
         totals = state.asset_totals()
         expected = {asset: v for asset, v in state.net_deposits.items() if v}
         assert totals == expected, f"offset {state.offset}"
-        for (account, asset), balance in state.wallets.items():
-            assert balance >= 0, f"wallet {account}/{asset} negative at offset {state.offset}"
+        for (account, asset), wallet in state.wallets.items():
+            assert wallet.balance >= 0, f"wallet {account}/{asset} negative at offset {state.offset}"
         checked += 1
     assert checked >= count
 

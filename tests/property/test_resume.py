@@ -62,4 +62,4 @@ def test_duplicate_window_survives_checkpoints_and_forgets_old_ids(tmp_path, mon
     assert len(letters) == 1 and b"duplicate_id" in letters[0]
     assert [event_id for _, event_id in restored.id_window] == ["d9", "d10", "d11", "d0"]
     assert compute_digest(restored) == compute_digest(state) == compute_digest(replay(log))
-    assert restored.wallets[("a", "USDT")] == 13
+    assert restored.wallets[("a", "USDT")].balance == 13
