@@ -31,7 +31,8 @@ def canonical_sections(state: State):
     yield [[*key, value] for key, value in sorted(state.leverage.items())]
     for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits):
         yield _nonzero_sorted(book)
-    yield [[offset, event_id] for offset, event_id in state.id_window]
+    # both generations in insertion order, which is offset order
+    yield [state.id_generation, list(state.older_ids.items()), list(state.recent_ids.items())]
 
 
 def compute_digest(state: State) -> str:

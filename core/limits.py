@@ -1,9 +1,13 @@
 """Every bound in one place, with the reason beside it."""
 
-# Ids of the last N accepted events are remembered to recognise duplicates.
-# Producers retry within seconds; 100k events is minutes of a busy exchange's
-# log and costs ~10 MB of state. A duplicate older than this is applied again.
-DEDUP_WINDOW_EVENTS = 100_000
+# Ids of accepted events are remembered in generations of N offsets (offset //
+# N): the current and the previous generation, so an id is recognised as a
+# duplicate for at least N and at most 2N events after it. Producers retry
+# within seconds; 50k-100k events is many seconds of a busy exchange's log and
+# costs ~10 MB of state. A duplicate older than that is applied again.
+# Generations (rather than a sliding window) make forgetting free: a whole
+# generation is dropped at once instead of one dict deletion per event.
+DEDUP_GENERATION_EVENTS = 50_000
 
 # A market with more brackets than this is a configuration error (Binance's
 # largest table has 11); it also bounds the liquidation-price solve.

@@ -15,7 +15,7 @@ from ringfence.core import margin as mm
 from ringfence.core import reasons as r
 from ringfence.core.check import InvariantError, check
 from ringfence.core.fixed import INT64_MAX, SCALE, div_floor, format_decimal as dec, mul_div_ceil, mul_div_floor
-from ringfence.core.limits import DEDUP_WINDOW_EVENTS
+from ringfence.core.limits import DEDUP_GENERATION_EVENTS
 from ringfence.core.model import (
     BOTH,
     BUY,
@@ -59,25 +59,30 @@ def apply_event(state: State, offset: int, event) -> Verdict | None:
     if handler is None:
         check(type(event) is InvalidInput, "every log record type has a handler")
         return _dead(event.reason, event.detail)
+    generation = offset // DEDUP_GENERATION_EVENTS
+    if generation != state.id_generation:
+        _rotate_ids(state, generation)
     event_id = event.id
-    seen = state.seen_ids
+    if event_id in state.older_ids:
+        return _dead(r.DUPLICATE_ID, f"id {event_id!r} was already accepted at offset {state.older_ids[event_id]}")
+    recent = state.recent_ids
     # one dict operation both checks and remembers the id; a record that
     # turns out to be a dead letter is forgotten again below
-    first_offset = seen.setdefault(event_id, offset)
+    first_offset = recent.setdefault(event_id, offset)
     if first_offset != offset:
         return _dead(r.DUPLICATE_ID, f"id {event_id!r} was already accepted at offset {first_offset}")
     verdict = handler(state, event)
     if verdict is not None and verdict.kind == "deadletter":
-        del seen[event_id]
-        return verdict
-    # accepted (applied or rejected); ids leave the window by offset distance,
-    # so the window does not depend on how the log was batched
-    window = state.id_window
-    window.append((offset, event_id))
-    if window[0][0] <= offset - DEDUP_WINDOW_EVENTS:
-        while window[0][0] <= offset - DEDUP_WINDOW_EVENTS:
-            del seen[window.popleft()[1]]
+        del recent[event_id]
     return verdict
+
+
+def _rotate_ids(state: State, generation: int) -> None:
+    """Start a new generation of remembered ids; generations are fixed by offset, not by batching."""
+    check(generation > state.id_generation, "id generations only move forward")
+    state.older_ids = state.recent_ids if generation == state.id_generation + 1 else {}
+    state.recent_ids = {}
+    state.id_generation = generation
 
 
 # -- configuration -----------------------------------------------------------------------

@@ -19,8 +19,6 @@ listed once in ``dirty_*`` so the store writes only what changed since the
 last checkpoint (a flag check on an object in hand is cheaper than a set).
 """
 
-from collections import deque
-
 import msgspec
 
 from ringfence.core.fixed import SCALE
@@ -69,8 +67,9 @@ class State:
         "fee_income",
         "clearing",
         "net_deposits",
-        "seen_ids",
-        "id_window",
+        "id_generation",
+        "recent_ids",
+        "older_ids",
         "dirty_positions",
         "dirty_wallets",
         "dirty_leverage",
@@ -90,9 +89,11 @@ class State:
         self.fee_income: dict[str, int] = {}
         self.clearing: dict[str, int] = {}
         self.net_deposits: dict[str, int] = {}
-        # duplicate recognition: id -> offset, and the window in offset order
-        self.seen_ids: dict[str, int] = {}
-        self.id_window: deque[tuple[int, str]] = deque()
+        # duplicate recognition (limits.DEDUP_GENERATION_EVENTS): id -> offset of
+        # the current generation of offsets and of the one before it
+        self.id_generation = 0
+        self.recent_ids: dict[str, int] = {}
+        self.older_ids: dict[str, int] = {}
         self.dirty_positions: list[PositionKey] = []  # may repeat a key; the store dedupes
         self.dirty_wallets: list[tuple[str, str]] = []
         self.dirty_leverage: set[PositionKey] = set()

@@ -15,7 +15,7 @@ numeric order):
     l:<acct>\\0<mkt>\\0<side>  leverage setting
     m:<market>             [config, mark, mark_ts]
     b:books                the insurance, fee income, clearing and net deposit books
-    d:window               the duplicate window: [[offset, id], ...] in offset order
+    d:window               remembered ids: [generation, [[id, offset]...] older, [[id, offset]...] recent]
     r:<offset>             rejection record (JSON, the output contract)
     x:<offset>             dead-letter record (JSON)
 
@@ -156,9 +156,10 @@ class StateStore:
                 book.update((name, bytes_to_int(value)) for name, value in entries)
         window = self._db.get(DEDUP_WINDOW)
         if window is not None:
-            for offset, event_id in _decode_list(window):
-                state.seen_ids[event_id] = offset
-                state.id_window.append((offset, event_id))
+            generation, older, recent = _decode_list(window)
+            state.id_generation = generation
+            state.older_ids = dict(older)
+            state.recent_ids = dict(recent)
         return state
 
     # -- checkpoint ----------------------------------------------------------------------
@@ -199,9 +200,10 @@ class StateStore:
                 for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits)
             ]
             batch.put(BOOKS, _encode(books))
-        # one value for the whole window: rewriting ~100k short ids as one blob
+        # one value for all remembered ids: rewriting ~100k short ids as one blob
         # costs far less than a put and a delete per id
-        batch.put(DEDUP_WINDOW, _encode(list(state.id_window)))
+        batch.put(DEDUP_WINDOW, _encode([state.id_generation, list(state.older_ids.items()),
+                                         list(state.recent_ids.items())]))  # fmt: skip
         for key, record in outputs:
             batch.put(key, record)
         batch.put(META_OFFSET, _OFFSET.pack(state.offset))

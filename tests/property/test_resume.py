@@ -46,12 +46,12 @@ def test_duplicate_window_survives_checkpoints_and_forgets_old_ids(tmp_path, mon
     import ringfence.core.reducer as reducer
     from ringfence.core import model as m
 
-    monkeypatch.setattr(reducer, "DEDUP_WINDOW_EVENTS", 5)
+    monkeypatch.setattr(reducer, "DEDUP_GENERATION_EVENTS", 5)
     log = EmbeddedLog(tmp_path / "log")
     for n in range(12):
         log.append(encode_record(m.Deposit(f"d{n}", n, "a", "USDT", 1)))
-    log.append(encode_record(m.Deposit("d11", 12, "a", "USDT", 1)))  # inside the window: duplicate
-    log.append(encode_record(m.Deposit("d0", 13, "a", "USDT", 1)))  # long gone from the window: applied
+    log.append(encode_record(m.Deposit("d11", 12, "a", "USDT", 1)))  # previous generation: duplicate
+    log.append(encode_record(m.Deposit("d0", 13, "a", "USDT", 1)))  # two generations back: applied again
     log.commit()
     for until in (3, 7, 11, None):
         with StateStore(tmp_path / "state") as store:
@@ -60,6 +60,8 @@ def test_duplicate_window_survives_checkpoints_and_forgets_old_ids(tmp_path, mon
         restored = store.load()
         letters = list(store.deadletters())
     assert len(letters) == 1 and b"duplicate_id" in letters[0]
-    assert [event_id for _, event_id in restored.id_window] == ["d9", "d10", "d11", "d0"]
+    assert restored.id_generation == 2  # offsets 10..14
+    assert list(restored.older_ids) == ["d5", "d6", "d7", "d8", "d9"]
+    assert list(restored.recent_ids) == ["d10", "d11", "d0"]
     assert compute_digest(restored) == compute_digest(state) == compute_digest(replay(log))
     assert restored.wallets[("a", "USDT")].balance == 13
