@@ -35,9 +35,13 @@ def canonical_sections(state: State):
     yield [state.id_generation, list(state.older_ids.items()), list(state.recent_ids.items())]
 
 
-def compute_digest(state: State) -> str:
+def compute_digest(state: State, extra_sections=()) -> str:
+    """Digest of the core state, followed by ``extra_sections`` (e.g. a projection's own state)."""
     hasher = hashlib.blake2b(digest_size=32)
     for section in canonical_sections(state):
+        hasher.update(_encode(section))
+        hasher.update(b"\n")
+    for section in extra_sections:
         hasher.update(_encode(section))
         hasher.update(b"\n")
     return hasher.hexdigest()

@@ -41,6 +41,9 @@ class MarketConfig(msgspec.Struct, tag="market", **_opts):
     lot_size: int
     brackets: tuple[Bracket, ...]
     liquidation_fee_rate: int = 0
+    # a mark that moves more than this fraction from the previous mark pauses
+    # liquidations in the market until a mark moves less (0 = no band)
+    mark_band: int = 0
 
 
 class Deposit(msgspec.Struct, tag="deposit", **_opts):

@@ -88,7 +88,7 @@ def decode_line(line: bytes, source: str = "") -> m.Event | m.InvalidInput:
 
 
 _DECIMAL_FIELDS = {
-    "amount", "qty", "price", "fee", "rate", "mark_price", "tick_size", "lot_size", "liquidation_fee_rate",
+    "amount", "qty", "price", "fee", "rate", "mark_price", "tick_size", "lot_size", "liquidation_fee_rate", "mark_band",
     "notional_floor", "notional_cap", "mmr", "maint_amount",
 }  # fmt: skip
 

@@ -42,6 +42,7 @@ class WireMarket(msgspec.Struct, tag="market", **_opts):
     lot_size: Dec
     brackets: Annotated[list[WireBracket], msgspec.Meta(min_length=1, max_length=MAX_BRACKETS)]
     liquidation_fee_rate: Dec = "0"
+    mark_band: Dec = "0"
 
 
 class WireDeposit(msgspec.Struct, tag="deposit", **_opts):
@@ -228,5 +229,6 @@ def to_domain(wire: WireEvent) -> m.Event:
             wire.id, wire.ts, wire.market, wire.settle,
             _units(wire.tick_size, "tick_size", positive=True), _units(wire.lot_size, "lot_size", positive=True),
             _brackets(wire.brackets), _rate(wire.liquidation_fee_rate, "liquidation_fee_rate"),
+            _rate(wire.mark_band, "mark_band"),
         )  # fmt: skip
     raise InvalidRecord(r.UNKNOWN_TYPE, f"no domain event for {kind.__name__}")

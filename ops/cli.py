@@ -24,7 +24,8 @@ from ringfence.core.model import InvalidInput
 from ringfence.projections.runner import run_core
 from ringfence.projections.store import StateStore, StoreVersionError
 from ringfence.projections.views import books_view, positions_view, wallets_view
-from ringfence.replay.audit import replay
+from ringfence.projections.outbox import publish_pending
+from ringfence.replay.audit import replay_digest
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
 INGEST_COMMIT_EVERY = 10_000
@@ -42,6 +43,10 @@ def log_dir(data: Path) -> Path:
 
 def state_dir(data: Path) -> Path:
     return data / "state"
+
+
+def commands_dir(data: Path) -> Path:
+    return data / "commands"
 
 
 class Progress:
@@ -159,14 +164,16 @@ def _open_store(data: Path) -> StateStore:
 
 def _run_once(args, log) -> int:
     progress = Progress("applied")
-    with _open_store(args.data) as store:
-        state, report = run_core(log, store, progress=progress)
-        digest = compute_digest(state)
+    with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
+        publish = lambda: publish_pending(store, commands_log)  # noqa: E731
+        publish()  # what a previous run stored but did not get to publish
+        state, report = run_core(log, store, progress=progress, publish=publish)
+        digest = compute_digest(state, report.projection.canonical_sections())
     progress.done()
     print(
         f"applied {report.events} events, state at offset {report.offset}: "
-        f"{len(state.positions)} open positions, {report.rejections} rejections, "
-        f"{report.deadletters} dead letters; digest {digest}"
+        f"{len(state.positions)} open positions, {report.commands} liquidation commands, "
+        f"{report.rejections} rejections, {report.deadletters} dead letters; digest {digest}"
     )
     if report.rejections or report.deadletters:
         print(
@@ -191,11 +198,14 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     flagged = False
     log = EmbeddedLog(log_dir(args.data), writable=False)  # ingest keeps the writer lock
-    with _open_store(args.data) as store:
-        state = None
+    with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
+        publish = lambda: publish_pending(store, commands_log)  # noqa: E731
+        publish()
+        state = projection = None
         try:
             while not stopping:
-                state, report = run_core(log, store, state=state)
+                state, report = run_core(log, store, state=state, projection=projection, publish=publish)
+                projection = report.projection
                 if report.events:
                     print(f"applied {report.events} events, state at offset {report.offset}", flush=True)
                 flagged = flagged or bool(report.rejections or report.deadletters)
@@ -236,20 +246,33 @@ def cmd_books(args) -> int:
     return EXIT_OK
 
 
+_OUTPUT_COLUMNS = {
+    "rejections": ["offset", "event_id", "reason", "detail"],
+    "deadletters": ["offset", "source", "reason", "detail"],
+    "commands": ["command_id", "account", "market", "position_side", "side", "qty", "bankruptcy_price",
+                 "mark_price", "trigger_offset"],
+    "alerts": ["alert_id", "market", "reason", "mark_price", "previous_mark", "offset"],
+}  # fmt: skip
+
+
 def _outputs(args, kind: str) -> int:
     with _open_reader(args.data) as store:
-        records = [msgspec.json.decode(raw) for raw in (store.rejections() if kind == "r" else store.deadletters())]
-    if kind == "r":
-        columns = ["offset", "event_id", "reason", "detail"]
-    else:
-        columns = ["offset", "source", "reason", "detail"]
-    _print_rows(records, args.json, columns)
+        source = {
+            "rejections": store.rejections,
+            "deadletters": store.deadletters,
+            "commands": lambda: (record for _, record in store.commands()),
+            "alerts": store.alerts,
+        }[kind]
+        records = [msgspec.json.decode(raw) for raw in source()]
+    _print_rows(records, args.json, _OUTPUT_COLUMNS[kind])
     return EXIT_OK
 
 
 def cmd_digest(args) -> int:
-    state = _load_state(args.data)
-    print(f"{state.offset} {compute_digest(state)}")
+    with _open_reader(args.data) as store:
+        state = store.load()
+        projection = store.load_projection(state)
+    print(f"{state.offset} {compute_digest(state, projection.canonical_sections())}")
     return EXIT_OK
 
 
@@ -257,10 +280,10 @@ def cmd_replay(args) -> int:
     if not log_dir(args.data).is_dir():
         raise UsageError(f"no event log in {args.data}")
     log = EmbeddedLog(log_dir(args.data), writable=False)
-    state = replay(log, args.to)
-    if args.to is not None and state.offset < args.to:
-        raise UsageError(f"the log ends at offset {state.offset}, before --to {args.to}")
-    print(f"{state.offset} {compute_digest(state)}")
+    offset, digest = replay_digest(log, args.to)
+    if args.to is not None and offset < args.to:
+        raise UsageError(f"the log ends at offset {offset}, before --to {args.to}")
+    print(f"{offset} {digest}")
     return EXIT_OK
 
 
@@ -305,8 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, text in (
         ("wallets", cmd_wallets, "free wallet balance per account and asset"),
         ("books", cmd_books, "insurance fund, fee income, clearing and net deposits"),
-        ("rejections", lambda a: _outputs(a, "r"), "requests the state refused, with reasons"),
-        ("deadletters", lambda a: _outputs(a, "x"), "records that could not be applied, with reasons"),
+        ("rejections", lambda a: _outputs(a, "rejections"), "requests the state refused, with reasons"),
+        ("deadletters", lambda a: _outputs(a, "deadletters"), "records that could not be applied, with reasons"),
+        ("commands", lambda a: _outputs(a, "commands"), "liquidation commands emitted so far (the outbox)"),
+        ("alerts", lambda a: _outputs(a, "alerts"), "mark-price alerts (liquidations paused / resumed)"),
     ):
         p = commands.add_parser(name, parents=[common, as_json], help=text)
         p.set_defaults(handler=handler)

@@ -15,7 +15,8 @@ from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
 from ringfence.events.json_codec import bounded_raw, to_wire
 from ringfence.events.log_codec import decode_record
-from ringfence.projections.store import DEADLETTER, REJECTION, StateStore, offset_key
+from ringfence.projections.liquidation import LiquidateCommand, LiquidationProjection
+from ringfence.projections.store import ALERT, COMMAND, DEADLETTER, REJECTION, StateStore, offset_key
 
 _json = msgspec.json.Encoder().encode
 
@@ -28,7 +29,10 @@ class RunReport:
     events: int = 0
     rejections: int = 0
     deadletters: int = 0
+    commands: int = 0
+    alerts: int = 0
     offset: int = -1
+    projection: LiquidationProjection | None = None
 
 
 def output_record(offset: int, record, verdict: Verdict) -> tuple[bytes, bytes]:
@@ -59,11 +63,14 @@ def reduce_records(
     *,
     until: int | None = None,
     on_verdict: Callable[[int, object, Verdict], None] | None = None,
+    projection: LiquidationProjection | None = None,
+    on_outputs: Callable[[list, int], None] | None = None,
 ) -> int:
-    """Apply (offset, payload) records to ``state`` in memory; return how many were applied."""
+    """Apply (offset, payload) records to ``state`` (and the projection) in memory; return how many."""
     count = 0
     last = INT64_MAX if until is None else until
     decode, apply = decode_record, apply_event
+    decide = projection.after_event if projection is not None else None
     for offset, payload in records:
         if offset > last:
             break
@@ -71,10 +78,15 @@ def reduce_records(
             record = decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError):
             record = decode_or_invalid(payload)
-        verdict = apply(state, offset, record)
+        verdict = apply(state, offset, record)  # apply the fact first, decide what to emit second
         count += 1
         if verdict is not None and on_verdict is not None:
             on_verdict(offset, record, verdict)
+        if decide is not None:
+            sequence = projection.sequence
+            outputs = decide(state, offset, record, verdict is None)
+            if outputs and on_outputs is not None:
+                on_outputs(outputs, sequence)
     return count
 
 
@@ -86,6 +98,9 @@ def run_core(
     checkpoint_every: int = CHECKPOINT_EVERY_EVENTS,
     progress: Callable[[int, int], None] | None = None,
     state: State | None = None,
+    projection: LiquidationProjection | None = None,
+    liquidations: bool = True,
+    publish: Callable[[], None] | None = None,
 ) -> tuple[State, RunReport]:
     """Reduce every record after the state's offset, checkpointing every ``checkpoint_every`` events.
 
@@ -99,6 +114,8 @@ def run_core(
     """
     if state is None:
         state = store.load()
+        if liquidations:
+            projection = store.load_projection(state)
         gc.freeze()
     report = RunReport(offset=state.offset)
     outputs: list[tuple[bytes, bytes]] = []
@@ -110,24 +127,38 @@ def run_core(
         else:
             report.deadletters += 1
 
+    def collect_decisions(decisions: list, sequence: int) -> None:
+        for decision in decisions:
+            if type(decision) is LiquidateCommand:
+                sequence += 1  # the outbox position the projection gave this command
+                report.commands += 1
+                outputs.append((offset_key(COMMAND, sequence), _json(decision)))
+            else:
+                report.alerts += 1
+                outputs.append((offset_key(ALERT, decision.offset), _json(decision)))
+
     end = log.end_offset()
     records = log.read(state.offset + 1)
     since_checkpoint = 0
     while True:
         applied = reduce_records(
-            state, islice(records, min(PROGRESS_EVERY, checkpoint_every)), until=until, on_verdict=collect
-        )
+            state, islice(records, min(PROGRESS_EVERY, checkpoint_every)), until=until, on_verdict=collect,
+            projection=projection, on_outputs=collect_decisions,
+        )  # fmt: skip
         report.events += applied
         since_checkpoint += applied
         finished = applied == 0 or (until is not None and state.offset >= until)
         if since_checkpoint and (since_checkpoint >= checkpoint_every or finished):
-            store.checkpoint(state, outputs)
+            store.checkpoint(state, outputs, projection)
             outputs.clear()
             since_checkpoint = 0
             gc.freeze()
+            if publish is not None:
+                publish()  # only after the commands are durable (the outbox)
         if progress is not None and applied:
             progress(state.offset + 1, end)
         if finished:
             break
     report.offset = state.offset
+    report.projection = projection
     return state, report

@@ -18,6 +18,10 @@ numeric order):
     d:window               remembered ids: [generation, [[id, offset]...] older, [[id, offset]...] recent]
     r:<offset>             rejection record (JSON, the output contract)
     x:<offset>             dead-letter record (JSON)
+    c:<sequence>           liquidation command (JSON), the outbox
+    a:<offset>             alert (JSON)
+    j:liquidation          the liquidation projection's own state
+    meta:published         last command sequence published to the commands log
 
 Identifiers never contain NUL (validated on input), so NUL separates key parts.
 Ints that may exceed 64 bits (the cost basis) are stored as signed bytes.
@@ -46,6 +50,10 @@ BOOKS = b"b:books"
 DEDUP_WINDOW = b"d:window"
 REJECTION = b"r:"
 DEADLETTER = b"x:"
+COMMAND = b"c:"
+ALERT = b"a:"
+PROJECTION = b"j:liquidation"
+META_PUBLISHED = b"meta:published"
 
 _OFFSET = struct.Struct(">q")
 _SEP = "\x00"
@@ -164,14 +172,15 @@ class StateStore:
 
     # -- checkpoint ----------------------------------------------------------------------
 
-    def checkpoint(self, state: State, outputs: list[tuple[bytes, bytes]]) -> None:
+    def checkpoint(self, state: State, outputs: list[tuple[bytes, bytes]], projection=None) -> None:
         """Persist the state's changes, the outputs and the offset atomically.
 
         1. Check the offset moves forward (a stored offset never goes back).
         2. Put or delete every dirty position, wallet, leverage and market key.
         3. Rewrite the (small) balance books if any balance moved.
         4. Rewrite the duplicate window (one value).
-        5. Add the output records (rejections, dead letters) of those events.
+        5. Add the output records (rejections, dead letters, commands, alerts)
+           of those events, and the liquidation projection's state.
         6. Set meta:offset, then write the batch with sync: all or nothing.
         7. Only after the write succeeds, forget the dirty sets. If the process
            dies before step 6 completes, nothing of this batch is stored and a
@@ -206,12 +215,43 @@ class StateStore:
                                          list(state.recent_ids.items())]))  # fmt: skip
         for key, record in outputs:
             batch.put(key, record)
+        if projection is not None:
+            batch.put(PROJECTION, _encode(projection.snapshot()))
         batch.put(META_OFFSET, _OFFSET.pack(state.offset))
         self._db.write(batch, self._sync)
         self._checkpointed_offset = state.offset
         state.clear_dirty()
 
+    def load_projection(self, state: State):
+        """The liquidation projection as of the last checkpoint, its index rebuilt from ``state``."""
+        from ringfence.projections.liquidation import LiquidationProjection
+
+        projection = LiquidationProjection()
+        snapshot = self._db.get(PROJECTION)
+        if snapshot is None:
+            projection.rebuild(state)
+        else:
+            projection.restore(_decode_list(snapshot), state)
+        return projection
+
     # -- outputs -------------------------------------------------------------------------
+
+    def commands(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(sequence, command) of the outbox, after sequence ``after``."""
+        for key, value in self._scan(COMMAND):
+            sequence = _OFFSET.unpack(key[len(COMMAND) :])[0]
+            if sequence > after:
+                yield sequence, value
+
+    def alerts(self) -> Iterator[bytes]:
+        return (value for _, value in self._scan(ALERT))
+
+    def published(self) -> int:
+        raw = self._db.get(META_PUBLISHED)
+        return 0 if raw is None else _OFFSET.unpack(raw)[0]
+
+    def set_published(self, sequence: int) -> None:
+        self._db.put(META_PUBLISHED, _OFFSET.pack(sequence), self._sync)
 
     def rejections(self) -> Iterator[bytes]:
         return (value for _, value in self._scan(REJECTION))

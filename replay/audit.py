@@ -2,16 +2,26 @@
 
 from ringfence.core.digest import compute_digest
 from ringfence.core.state import State
+from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.runner import reduce_records
 
 
 def replay(log, until: int | None = None) -> State:
-    """The state after every record of ``log`` up to ``until`` (inclusive; None = the end)."""
+    """The core state after every record of ``log`` up to ``until`` (inclusive; None = the end)."""
     state = State()
     reduce_records(state, log.read(0), until=until)
     return state
 
 
+def replay_with_liquidations(log, until: int | None = None) -> tuple[State, LiquidationProjection, list]:
+    """Core state, liquidation projection and every command and alert, as `run` makes them."""
+    state, projection, decisions = State(), LiquidationProjection(), []
+    reduce_records(state, log.read(0), until=until, projection=projection,
+                   on_outputs=lambda outputs, _: decisions.extend(outputs))  # fmt: skip
+    return state, projection, decisions
+
+
 def replay_digest(log, until: int | None = None) -> tuple[int, str]:
-    state = replay(log, until)
-    return state.offset, compute_digest(state)
+    """``OFFSET DIGEST`` of core and projection, as `ringfence digest` prints after `run`."""
+    state, projection, _ = replay_with_liquidations(log, until)
+    return state.offset, compute_digest(state, projection.canonical_sections())

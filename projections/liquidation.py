@@ -1,0 +1,287 @@
+"""The liquidation projection: decides, after each reduced event, which positions to liquidate.
+
+It never scans every position. Per market and side it keeps a heap of open
+positions keyed by their liquidation price, rounded so that the index never
+misses one (a long's price up, a short's down): a long is a candidate when
+``mark <= price``, a short when ``mark >= price``. A mark costs O(log n + k):
+peek, and pop only the k candidates; each candidate then gets the exact
+``B <= MM`` check (core.margin) and a candidate that fails it goes back.
+
+Heaps are lazy: a changed position pushes a new entry with a new version and
+old entries are skipped when they surface; a heap is rebuilt when stale
+entries outnumber live ones. The index is derived from the core state and is
+rebuilt on restore; what is not derivable (outstanding commands, paused
+markets, the command sequence) is the projection's state, stored with the
+core's checkpoint and part of the digest.
+
+Rules:
+- at most one outstanding command per position, until a liquidation fill or
+  a full close arrives; after a partial liquidation fill the position is
+  evaluated again at once and re-commanded for the rest if still liquidatable;
+- command ids are ``liq-<trigger offset>-<n>`` (n: the command's place among
+  those of that event), so a replay re-emits identical ids;
+- a stale mark (rejected by the reducer) liquidates nothing;
+- a mark that jumps beyond the market's ``mark_band`` from the previous mark
+  pauses the market's liquidations and raises an alert; the first mark within
+  the band of its previous mark resumes them (event time only).
+"""
+
+from heapq import heapify, heappop, heappush
+
+import msgspec
+
+from ringfence.core import margin as mm
+from ringfence.core.fixed import SCALE, decimals_of, format_decimal, format_units
+from ringfence.core.model import (
+    BUY,
+    SELL,
+    Fill,
+    Funding,
+    LiquidationFill,
+    MarginTransfer,
+    MarketConfig,
+    MarkPrice,
+)
+from ringfence.core.state import PositionKey, State
+
+
+class LiquidateCommand(msgspec.Struct, frozen=True, gc=False, tag="liquidate", tag_field="type"):
+    command_id: str
+    account: str
+    market: str
+    position_side: str
+    side: str  # the closing side
+    qty: str
+    bankruptcy_price: str
+    mark_price: str
+    trigger_offset: int
+    ts: int
+
+
+class Alert(msgspec.Struct, frozen=True, gc=False, tag="alert", tag_field="type"):
+    alert_id: str
+    market: str
+    reason: str  # mark_jump / mark_resumed
+    mark_price: str
+    previous_mark: str
+    offset: int
+    ts: int
+
+
+class Outstanding(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    command_id: str
+    qty: int
+
+
+class _SideIndex:
+    """A lazy heap of (key, position key, version); key is -price for longs so the top is the riskiest."""
+
+    __slots__ = ("heap", "live")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, PositionKey, int]] = []
+        self.live = 0
+
+
+class LiquidationProjection:
+    def __init__(self) -> None:
+        self.outstanding: dict[PositionKey, Outstanding] = {}
+        self.paused: dict[str, int] = {}  # market -> offset of the jump that paused it
+        self.sequence = 0  # commands emitted so far (the outbox position)
+        self.last_marks: dict[str, int] = {}  # the previous applied mark, for the band check
+        self._versions: dict[PositionKey, int] = {}
+        self._index: dict[tuple[str, bool], _SideIndex] = {}
+        self._version_counter = 0
+
+    # -- index ---------------------------------------------------------------------------
+
+    def rebuild(self, state: State) -> None:
+        """Derive the index from the core state (after a restore)."""
+        self._index.clear()
+        self._versions.clear()
+        for key in sorted(state.positions):
+            self._reindex(state, key, heapify_later=True)
+        for side_index in self._index.values():
+            heapify(side_index.heap)
+
+    def _side(self, market: str, long: bool) -> _SideIndex:
+        side_index = self._index.get((market, long))
+        if side_index is None:
+            side_index = self._index[(market, long)] = _SideIndex()
+        return side_index
+
+    def _reindex(self, state: State, key: PositionKey, heapify_later: bool = False) -> bool:
+        """Re-key one position; True when it is a liquidation candidate at the current mark."""
+        self._version_counter += 1
+        version = self._version_counter
+        previous = self._versions.pop(key, None)
+        position = state.positions.get(key)
+        if previous is not None:
+            old = self._index.get((key[1], previous[1]))
+            if old is not None:
+                old.live -= 1
+        if position is None or key in self.outstanding:
+            return False
+        market = state.markets[key[1]]
+        solved = mm.liquidation_price_fraction(market.config.brackets, position.size, position.cost, position.margin)
+        if solved is None:
+            return False
+        numerator, denominator, _ = solved
+        long = position.size > 0
+        # a long is a candidate when mark <= ceil(p) (key -ceil(p)), a short when mark >= floor(p)
+        sort_key = (-numerator) // denominator if long else numerator // denominator
+        side_index = self._side(key[1], long)
+        entry = (sort_key, key, version)
+        if heapify_later:
+            side_index.heap.append(entry)
+        else:
+            heappush(side_index.heap, entry)
+            if len(side_index.heap) > 64 and len(side_index.heap) > 2 * (side_index.live + 1):
+                self._compact(side_index)
+        side_index.live += 1
+        self._versions[key] = (version, long)
+        mark = market.mark
+        return mark != 0 and (mark <= -sort_key if long else mark >= sort_key)
+
+    def _compact(self, side_index: _SideIndex) -> None:
+        versions = self._versions
+        side_index.heap = [e for e in side_index.heap if versions.get(e[1], (None,))[0] == e[2]]
+        heapify(side_index.heap)
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def after_event(self, state: State, offset: int, event, applied: bool) -> list:
+        """Outputs (commands, alerts) after ``event`` was reduced at ``offset``; ``applied`` is False if refused."""
+        if not applied:
+            return []
+        kind = type(event)
+        outputs: list = []
+        if kind is MarkPrice:
+            self._on_mark(state, offset, event, outputs)
+        elif kind is Fill or kind is MarginTransfer:
+            key = (event.account, event.market, event.position_side)
+            if key not in state.positions:
+                self.outstanding.pop(key, None)  # a full close ends an episode
+            if self._reindex(state, key):
+                self._check_one(state, key, offset, event.ts, outputs)
+        elif kind is LiquidationFill:
+            key = (event.account, event.market, event.position_side)
+            self.outstanding.pop(key, None)  # executed (the rest, if any, is judged again now)
+            if self._reindex(state, key):
+                self._check_one(state, key, offset, event.ts, outputs)
+        elif kind is Funding or kind is MarketConfig:
+            positions = state.by_market.get(event.market, {})
+            for key in sorted(positions):
+                self._reindex(state, key)
+            self._evaluate_market(state, event.market, offset, event.ts, outputs)
+        return outputs
+
+    def _on_mark(self, state: State, offset: int, event: MarkPrice, outputs: list) -> None:
+        market = state.markets[event.market]
+        band = market.config.mark_band
+        previous = self.last_marks.get(event.market)
+        self.last_marks[event.market] = event.price
+        if band and previous:
+            jump = abs(event.price - previous) * SCALE > band * previous
+            paused = event.market in self.paused
+            if jump and not paused:
+                self.paused[event.market] = offset
+                outputs.append(self._alert(state, event, previous, offset, "mark_jump"))
+                return
+            if paused:
+                if jump:
+                    return
+                del self.paused[event.market]
+                outputs.append(self._alert(state, event, previous, offset, "mark_resumed"))
+        self._evaluate_market(state, event.market, offset, event.ts, outputs)
+
+    def _alert(self, state: State, event: MarkPrice, previous: int, offset: int, reason: str) -> Alert:
+        return Alert(f"alert-{offset}", event.market, reason, format_decimal(event.price), format_decimal(previous),
+                     offset, event.ts)  # fmt: skip
+
+    def _evaluate_market(self, state: State, name: str, offset: int, ts: int, outputs: list) -> None:
+        market = state.markets.get(name)
+        if market is None or market.mark == 0 or name in self.paused:
+            return
+        mark = market.mark
+        for long in (True, False):
+            side_index = self._index.get((name, long))
+            if side_index is None:
+                continue
+            heap = side_index.heap
+            back = []
+            while heap:
+                sort_key, key, version = heap[0]
+                price = -sort_key if long else sort_key
+                if (long and mark > price) or (not long and mark < price):
+                    break
+                heappop(heap)
+                current = self._versions.get(key)
+                if current is None or current[0] != version:
+                    continue  # stale entry
+                if self._liquidatable(state, key):
+                    side_index.live -= 1
+                    del self._versions[key]
+                    outputs.append(self._command(state, key, offset, ts, len(outputs)))
+                else:
+                    back.append((sort_key, key, version))
+            for entry in back:
+                heappush(heap, entry)
+
+    def _check_one(self, state: State, key: PositionKey, offset: int, ts: int, outputs: list) -> None:
+        market = state.markets.get(key[1])
+        if market is None or market.mark == 0 or key[1] in self.paused or key in self.outstanding:
+            return
+        if key in state.positions and self._liquidatable(state, key):
+            current = self._versions.pop(key, None)
+            if current is not None:
+                self._index[(key[1], current[1])].live -= 1
+            outputs.append(self._command(state, key, offset, ts, len(outputs)))
+
+    @staticmethod
+    def _liquidatable(state: State, key: PositionKey) -> bool:
+        position = state.positions.get(key)
+        if position is None:
+            return False
+        market = state.markets[key[1]]
+        return mm.is_liquidatable(market.config.brackets, position.size, position.cost, position.margin, market.mark)
+
+    def _command(self, state: State, key: PositionKey, offset: int, ts: int, number: int) -> LiquidateCommand:
+        position = state.positions[key]
+        market = state.markets[key[1]]
+        config = market.config
+        long = position.size > 0
+        bankruptcy = mm.bankruptcy_price_fraction(position.size, position.cost, position.margin)
+        bankruptcy_price = max(0, mm.price_to_tick(bankruptcy, config.tick_size, round_up=long))
+        command_id = f"liq-{offset}-{number}"
+        qty = abs(position.size)
+        self.outstanding[key] = Outstanding(command_id, qty)
+        self.sequence += 1
+        return LiquidateCommand(
+            command_id, key[0], key[1], key[2], SELL if long else BUY,
+            format_units(qty, decimals_of(config.lot_size)),
+            format_units(bankruptcy_price, decimals_of(config.tick_size)),
+            format_decimal(market.mark), offset, ts,
+        )  # fmt: skip
+
+    # -- state ---------------------------------------------------------------------------
+
+    def canonical_sections(self):
+        yield ["liquidation-v1", self.sequence]
+        yield [[*key, o.command_id, o.qty] for key, o in sorted(self.outstanding.items())]
+        yield sorted(self.paused.items())
+        yield sorted(self.last_marks.items())
+
+    def snapshot(self) -> list:
+        """What the store keeps (everything but the derived index)."""
+        return [self.sequence, [[*k, o.command_id, o.qty] for k, o in sorted(self.outstanding.items())],
+                sorted(self.paused.items()), sorted(self.last_marks.items())]  # fmt: skip
+
+    def restore(self, snapshot: list, state: State) -> None:
+        sequence, outstanding, paused, last_marks = snapshot
+        self.sequence = sequence
+        self.outstanding = {(a, m, s): Outstanding(c, q) for a, m, s, c, q in outstanding}
+        self.paused = dict(paused)
+        self.last_marks = dict(last_marks)
+        self.rebuild(state)
+
