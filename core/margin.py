@@ -108,8 +108,9 @@ def liquidation_price_fraction(
 ) -> tuple[int, int, int] | None:
     """Exact liquidation price as (numerator, denominator > 0, bracket index), or None.
 
-    None when flat or when no positive price liquidates (a long whose margin
-    covers the whole notional).
+    None when flat or when no positive price solves B = MM: a long whose margin
+    covers the whole notional is then safe at every mark, a short whose margin
+    is already gone is liquidatable at every mark.
     """
     if size == 0:
         return None

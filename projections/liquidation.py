@@ -124,22 +124,25 @@ class LiquidationProjection:
             return False
         market = state.markets[key[1]]
         solved = mm.liquidation_price_fraction(market.config.brackets, position.size, position.cost, position.margin)
-        if solved is None:
-            return False
-        numerator, denominator, _ = solved
         long = position.size > 0
-        # a long is a candidate when mark <= ceil(p) (key -ceil(p)), a short when mark >= floor(p)
-        sort_key = (-numerator) // denominator if long else numerator // denominator
+        if solved is None:
+            if long:
+                return False  # safe at every positive mark
+            sort_key = 0  # a short with no positive root is liquidatable at every mark
+        else:
+            numerator, denominator, _ = solved
+            # a long is a candidate when mark <= ceil(p) (key -ceil(p)), a short when mark >= floor(p)
+            sort_key = (-numerator) // denominator if long else numerator // denominator
         side_index = self._side(key[1], long)
+        self._versions[key] = (version, long)  # before a compaction, which keeps current versions only
+        side_index.live += 1
         entry = (sort_key, key, version)
         if heapify_later:
             side_index.heap.append(entry)
         else:
             heappush(side_index.heap, entry)
-            if len(side_index.heap) > 64 and len(side_index.heap) > 2 * (side_index.live + 1):
+            if len(side_index.heap) > 64 and len(side_index.heap) > 2 * side_index.live:
                 self._compact(side_index)
-        side_index.live += 1
-        self._versions[key] = (version, long)
         mark = market.mark
         return mark != 0 and (mark <= -sort_key if long else mark >= sort_key)
 

@@ -4,6 +4,7 @@ from ringfence.core import model as m
 from ringfence.core.fixed import parse_decimal
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
+from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.ops.simulate import BTCUSDT_TIERS, bracket_table
 
 
@@ -19,17 +20,29 @@ def market(name="BTCUSDT", tick="0.1", lot="0.001", brackets=BTC_BRACKETS, id=No
 
 
 class Book:
-    """Applies events to a State with automatic ids and offsets; remembers verdicts."""
+    """Applies events to a State with automatic ids and offsets; remembers verdicts.
 
-    def __init__(self):
+    With ``liquidations=True`` the liquidation projection runs after each event
+    and its commands and alerts collect in ``outputs``.
+    """
+
+    def __init__(self, liquidations: bool = False):
         self.state = State()
         self.serial = 0
         self.verdicts = []
+        self.projection = LiquidationProjection() if liquidations else None
+        self.outputs = []
 
     def apply(self, event):
-        verdict = apply_event(self.state, self.state.offset + 1, event)
+        offset = self.state.offset + 1
+        verdict = apply_event(self.state, offset, event)
         self.verdicts.append(verdict)
+        if self.projection is not None:
+            self.outputs.extend(self.projection.after_event(self.state, offset, event, verdict is None))
         return verdict
+
+    def commands(self):
+        return [o for o in self.outputs if o.__struct_config__.tag == "liquidate"]
 
     def _id(self):
         self.serial += 1
@@ -61,6 +74,12 @@ class Book:
 
     def liquidation(self, account, qty, price, market="BTCUSDT", side="BOTH"):
         return self.apply(m.LiquidationFill(self._id(), 0, "cmd", account, market, side, d(qty), d(price)))
+
+    def market_with_band(self, band, **kw):
+        config = market(**kw)
+        import msgspec
+
+        return self.apply(msgspec.structs.replace(config, mark_band=d(band), id=f"band-{self.serial}"))
 
     def position(self, account, market="BTCUSDT", side="BOTH"):
         return self.state.positions.get((account, market, side))
