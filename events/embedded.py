@@ -30,6 +30,7 @@ from ringfence.events.log import CorruptLog
 _HEADER = struct.Struct(">II")
 _HEADER_SIZE = _HEADER.size
 _SUFFIX = ".seg"
+_MARK_EVERY = 1024
 
 
 class LogLocked(Exception):
@@ -102,7 +103,7 @@ class EmbeddedLog:
         self._lock_fd: int | None = None
         self._file = None
         self._buffer = bytearray()
-        self._pending = 0
+        self._marks: dict[int, list[int]] = {}  # segment base -> byte position of every _MARK_EVERY-th record
         if writable:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock()
@@ -179,9 +180,12 @@ class EmbeddedLog:
             self._segment_size + len(self._buffer) > 0
         ):
             self._roll()
+        offset = self._end
+        base = self._bases[-1]
+        if (offset - base) % _MARK_EVERY == 0:
+            self._mark(base, offset, self._segment_size + len(self._buffer))
         self._buffer += _HEADER.pack(length, zlib.crc32(payload))
         self._buffer += payload
-        offset = self._end
         self._end += 1
         return offset
 
@@ -212,8 +216,26 @@ class EmbeddedLog:
     def end_offset(self) -> int:
         return self._end
 
+    def _hint(self, base: int, start: int) -> tuple[int, int]:
+        """(offset, byte position) of a known record at or before ``start`` in segment ``base``."""
+        marks = self._marks.get(base)
+        if marks and start > base:
+            slot = min((start - base) // _MARK_EVERY, len(marks) - 1)
+            return base + slot * _MARK_EVERY, marks[slot]
+        return base, 0
+
+    def _mark(self, base: int, offset: int, position: int) -> None:
+        marks = self._marks.setdefault(base, [0])
+        if (offset - base) // _MARK_EVERY == len(marks):
+            marks.append(position)
+
     def read(self, start: int = 0) -> Iterator[tuple[int, memoryview]]:
-        """Committed (written) records from ``start``; raises CorruptLog on a damaged record."""
+        """Committed (written) records from ``start``; raises CorruptLog on a damaged record.
+
+        A sparse index of byte positions (every _MARK_EVERY records, learnt while
+        writing and reading) lets a read start near ``start`` instead of at the
+        beginning of its segment.
+        """
         if self._file is not None:
             self._write_buffer()
             self._file.flush()
@@ -223,15 +245,20 @@ class EmbeddedLog:
             if next_base is not None and next_base <= start:
                 continue
             path = self.directory / _segment_name(base)
-            view = memoryview(path.read_bytes())
+            first, byte_position = self._hint(base, start)
+            with open(path, "rb") as segment:
+                segment.seek(byte_position)
+                view = memoryview(segment.read())
             stop = ScanStop()
             for index, begin, end in scan_records(view, stop):
-                offset = base + index
+                offset = first + index
+                if (offset - base) % _MARK_EVERY == 0:
+                    self._mark(base, offset, byte_position + begin - _HEADER_SIZE)
                 if offset >= start:
                     yield offset, view[begin:end]
             # a short record at the end of the last segment is one still being written
             if stop.why == "checksum" or (stop.why == "short" and next_base is not None):
-                raise CorruptLog(f"record at offset {base + stop.count} in {path.name} is damaged ({stop.why})")
+                raise CorruptLog(f"record at offset {first + stop.count} in {path.name} is damaged ({stop.why})")
 
     def close(self) -> None:
         if self._file is not None:

@@ -287,6 +287,36 @@ def cmd_replay(args) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args) -> int:
+    import tempfile
+
+    from ringfence.ops.demo import run_demo
+
+    data = args.data if args.data is not None else Path(tempfile.mkdtemp(prefix="ringfence-demo-"))
+    if (data / "log").exists():
+        raise UsageError(f"{data} already holds an event log; the demo needs a fresh --data directory")
+    print(f"demo: seed {args.seed}, {args.traders} traders, {args.events:,} events, data in {data}")
+    progress = Progress("events")
+    summary = run_demo(data, seed=args.seed, traders=args.traders, events=args.events, progress=progress)
+    progress.done()
+    rows = [
+        ("events", f"{summary.events:,}"),
+        ("events/s", f"{summary.events / summary.seconds:,.0f} (generate, log, reduce, project, checkpoint)"),
+        ("open positions", f"{summary.open_positions:,}"),
+        ("liquidation commands", f"{summary.commands:,}"),
+        ("liquidation fills", f"{summary.liquidation_fills:,}"),
+        ("ADL commands", "0 (not built yet)"),
+        ("insurance fund", f"{summary.insurance_fund} USDT"),
+        ("rejections", f"{summary.rejections:,}"),
+        ("dead letters", f"{summary.deadletters:,}"),
+        ("digest", f"{summary.offset} {summary.digest}"),
+    ]
+    for name, value in rows:
+        print(f"  {name:<22}{value}")
+    print(f"explore it: ringfence positions --data {data}   (also commands, books, wallets, rejections)")
+    return EXIT_OK
+
+
 def cmd_generate(args) -> int:
     from ringfence.events.json_codec import encode_line
     from ringfence.ops.simulate import Session
@@ -335,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = commands.add_parser(name, parents=[common, as_json], help=text)
         p.set_defaults(handler=handler)
+
+    p = commands.add_parser("demo", help="the main job: simulate an exchange session end to end and summarise it")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--traders", type=int, default=2_000)
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--data", type=Path, default=None, help="a fresh data directory (default: a new temporary one)")
+    p.set_defaults(handler=cmd_demo)
 
     p = commands.add_parser("generate", help="write a seeded synthetic exchange session as JSON Lines to stdout")
     p.add_argument("--seed", type=int, default=1)

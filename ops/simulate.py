@@ -59,16 +59,19 @@ def market_events(ts: int) -> list[m.MarketConfig]:
 class Session:
     """Generates one session; keeps a shadow of sizes so reductions and hedge legs are plausible."""
 
-    def __init__(self, seed: int, traders: int = 200, hedge_share: float = 0.2):
+    def __init__(self, seed: int, traders: int = 200, hedge_share: float = 0.2, free_balance=None):
+        """``free_balance(trader)`` -> units, when given, is the order-entry margin check of a live exchange."""
         self.rng = random.Random(seed)
         self.traders = [f"T{n:06d}" for n in range(traders)]
         self.hedge = {t for t in self.traders if self.rng.random() < hedge_share}
         self.deposit = {}
+        self.leverage: dict[tuple[str, str], int] = {}
         self.sizes: dict[tuple[str, str, str], int] = {}
         self.marks = {name: start for name, (_, _, start, _) in MARKETS.items()}
         self.ts = START_TS_MS
         self.next_funding = START_TS_MS + FUNDING_INTERVAL_MS
         self.serial = 0
+        self.free_balance = free_balance
 
     def _id(self, prefix: str) -> str:
         self.serial += 1
@@ -85,7 +88,9 @@ class Session:
             self.deposit[trader] = amount
             yield m.Deposit(self._id("dep"), self._tick(), trader, "USDT", amount)
             for market in MARKETS:
-                yield m.SetLeverage(self._id("lev"), self._tick(), trader, market, self.rng.choice(LEVERAGE_CHOICES))
+                leverage = self.rng.choice(LEVERAGE_CHOICES)
+                self.leverage[(trader, market)] = leverage
+                yield m.SetLeverage(self._id("lev"), self._tick(), trader, market, leverage)
 
     def events(self, count: int) -> Iterator[m.Event]:
         """The opening (markets, deposits, leverage), then ``count`` mixed events."""
@@ -129,8 +134,8 @@ class Session:
         market = rng.choice(list(MARKETS))
         tick = MARKETS[market][0]
         mark = self.marks[market]
-        # random walk of a few basis points, with an occasional jump of up to 8 %
-        move_bp = rng.gauss(0, 3) if rng.random() > 0.002 else rng.uniform(-800, 800)
+        # random walk of a few basis points, with a rare jump of 1-4 %
+        move_bp = rng.gauss(0, 3) if rng.random() > 0.0005 else rng.choice((-1, 1)) * rng.uniform(100, 400)
         mark = max(tick, mark + int(mark * move_bp) // 10_000 // tick * tick)
         self.marks[market] = mark
         return m.MarkPrice(self._id("mark"), self._tick(), market, mark)
@@ -151,8 +156,10 @@ class Session:
         mark = self.marks[market]
         price = max(tick, (mark + int(mark * rng.gauss(0, 2)) // 10_000) // tick * tick)
         buyer, seller = rng.sample(self.traders, 2)
-        capacity = min(self.deposit[buyer], self.deposit[seller])
-        notional = int(capacity * rng.uniform(0.02, 0.6)) * rng.choice(LEVERAGE_CHOICES[:9]) // 4
+        # each side commits 1-20 % of its free balance (its deposit, without a live check) as initial margin
+        funds = self.free_balance or self.deposit.get
+        capacity = min(funds(buyer) * self.leverage[(buyer, market)], funds(seller) * self.leverage[(seller, market)])
+        notional = int(capacity * rng.uniform(0.01, 0.2))
         qty = max(lot, notional * U // price // lot * lot)
         fills = []
         taker_buys = rng.random() < 0.5

@@ -15,7 +15,8 @@ numeric order):
     l:<acct>\\0<mkt>\\0<side>  leverage setting
     m:<market>             [config, mark, mark_ts]
     b:books                the insurance, fee income, clearing and net deposit books
-    d:window               remembered ids: [generation, [[id, offset]...] older, [[id, offset]...] recent]
+    i:<generation><offset> a remembered event id (duplicate recognition)
+    meta:id_generation     the current id generation
     r:<offset>             rejection record (JSON, the output contract)
     x:<offset>             dead-letter record (JSON)
     c:<sequence>           liquidation command (JSON), the outbox
@@ -47,7 +48,8 @@ WALLET = b"w:"
 LEVERAGE = b"l:"
 MARKET = b"m:"
 BOOKS = b"b:books"
-DEDUP_WINDOW = b"d:window"
+REMEMBERED_ID = b"i:"
+META_ID_GENERATION = b"meta:id_generation"
 REJECTION = b"r:"
 DEADLETTER = b"x:"
 COMMAND = b"c:"
@@ -56,6 +58,7 @@ PROJECTION = b"j:liquidation"
 META_PUBLISHED = b"meta:published"
 
 _OFFSET = struct.Struct(">q")
+_TWO_OFFSETS = struct.Struct(">qq")
 _SEP = "\x00"
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -126,9 +129,9 @@ class StateStore:
         raw = self._db.get(META_OFFSET)
         return -1 if raw is None else _OFFSET.unpack(raw)[0]
 
-    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         iterator = self._db.iter()
-        iterator.seek(prefix)
+        iterator.seek(start or prefix)
         while iterator.valid():
             key = iterator.key()
             if not key.startswith(prefix):
@@ -162,12 +165,13 @@ class StateStore:
                 (state.insurance, state.fee_income, state.clearing, state.net_deposits), _decode_list(books)
             ):
                 book.update((name, bytes_to_int(value)) for name, value in entries)
-        window = self._db.get(DEDUP_WINDOW)
-        if window is not None:
-            generation, older, recent = _decode_list(window)
-            state.id_generation = generation
-            state.older_ids = dict(older)
-            state.recent_ids = dict(recent)
+        generation = self._db.get(META_ID_GENERATION)
+        if generation is not None:
+            state.id_generation = _OFFSET.unpack(generation)[0]
+            for key, value in self._scan(REMEMBERED_ID):
+                id_generation, offset = _TWO_OFFSETS.unpack(key[len(REMEMBERED_ID) :])
+                book = state.recent_ids if id_generation == state.id_generation else state.older_ids
+                book[value.decode()] = offset
         return state
 
     # -- checkpoint ----------------------------------------------------------------------
@@ -178,7 +182,8 @@ class StateStore:
         1. Check the offset moves forward (a stored offset never goes back).
         2. Put or delete every dirty position, wallet, leverage and market key.
         3. Rewrite the (small) balance books if any balance moved.
-        4. Rewrite the duplicate window (one value).
+        4. Add the event ids remembered since the last checkpoint and drop the
+           generations of ids that were forgotten.
         5. Add the output records (rejections, dead letters, commands, alerts)
            of those events, and the liquidation projection's state.
         6. Set meta:offset, then write the batch with sync: all or nothing.
@@ -209,10 +214,18 @@ class StateStore:
                 for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits)
             ]
             batch.put(BOOKS, _encode(books))
-        # one value for all remembered ids: rewriting ~100k short ids as one blob
-        # costs far less than a put and a delete per id
-        batch.put(DEDUP_WINDOW, _encode([state.id_generation, list(state.older_ids.items()),
-                                         list(state.recent_ids.items())]))  # fmt: skip
+        # ids accepted since the last checkpoint (both generations may have new
+        # ones), newest first until the first one already stored
+        for generation, ids in ((state.id_generation - 1, state.older_ids), (state.id_generation, state.recent_ids)):
+            for event_id, offset in reversed(ids.items()):
+                if offset <= self._checkpointed_offset:
+                    break
+                batch.put(REMEMBERED_ID + _TWO_OFFSETS.pack(generation, offset), event_id.encode())
+        # whole generations older than the previous one are forgotten at once
+        if state.id_generation > 1:
+            batch.delete_range(REMEMBERED_ID + _TWO_OFFSETS.pack(0, 0),
+                               REMEMBERED_ID + _TWO_OFFSETS.pack(state.id_generation - 1, 0))  # fmt: skip
+        batch.put(META_ID_GENERATION, _OFFSET.pack(state.id_generation))
         for key, record in outputs:
             batch.put(key, record)
         if projection is not None:
@@ -238,10 +251,8 @@ class StateStore:
 
     def commands(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
         """(sequence, command) of the outbox, after sequence ``after``."""
-        for key, value in self._scan(COMMAND):
-            sequence = _OFFSET.unpack(key[len(COMMAND) :])[0]
-            if sequence > after:
-                yield sequence, value
+        for key, value in self._scan(COMMAND, start=offset_key(COMMAND, after + 1)):
+            yield _OFFSET.unpack(key[len(COMMAND) :])[0], value
 
     def alerts(self) -> Iterator[bytes]:
         return (value for _, value in self._scan(ALERT))

@@ -99,3 +99,16 @@ def test_commit_makes_records_visible_to_a_reader(tmp_path):
         log.commit()
         assert [bytes(p) for _, p in EmbeddedLog(tmp_path, writable=False).read(0)] == [b"a"]
         assert os.path.getsize(next(tmp_path.glob("*.seg"))) == 9
+
+
+def test_reads_from_any_offset_use_the_sparse_index_correctly(tmp_path):
+    data = payloads(5000)
+    with EmbeddedLog(tmp_path, segment_bytes=40_000) as log:
+        for payload in data:
+            log.append(payload)
+        log.commit()
+        for start in (0, 1, 1023, 1024, 1025, 2049, 4999, 5000):
+            assert [(o, bytes(p)) for o, p in log.read(start)] == list(enumerate(data))[start:]
+    reopened = EmbeddedLog(tmp_path, writable=False)
+    for start in (4999, 3000, 0, 2048):  # learnt while reading, out of order
+        assert [o for o, _ in reopened.read(start)] == list(range(start, 5000))
