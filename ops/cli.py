@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 
 from ringfence.core.digest import compute_digest
-from ringfence.core.limits import MAX_LINE_BYTES
+from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS, MAX_LINE_BYTES
 from ringfence.events.embedded import EmbeddedLog, LogLocked
 from ringfence.events.json_codec import decode_line
 from ringfence.events.log import CorruptLog
@@ -167,7 +167,7 @@ def _run_once(args, log) -> int:
     with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
         publish = lambda: publish_pending(store, commands_log)  # noqa: E731
         publish()  # what a previous run stored but did not get to publish
-        state, report = run_core(log, store, progress=progress, publish=publish)
+        state, report = run_core(log, store, progress=progress, publish=publish, checkpoint_every=args.checkpoint_every)
         digest = compute_digest(state, report.projection.canonical_sections())
     progress.done()
     print(
@@ -204,7 +204,8 @@ def cmd_run(args) -> int:
         state = projection = None
         try:
             while not stopping:
-                state, report = run_core(log, store, state=state, projection=projection, publish=publish)
+                state, report = run_core(log, store, state=state, projection=projection, publish=publish,
+                                         checkpoint_every=args.checkpoint_every)  # fmt: skip
                 projection = report.projection
                 if report.events:
                     print(f"applied {report.events} events, state at offset {report.offset}", flush=True)
@@ -348,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("run", parents=[common], help="reduce every event not yet applied and checkpoint")
     p.add_argument("--follow", action="store_true", help="keep running and apply new events as they are ingested")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY_EVENTS, metavar="EVENTS",
+                   help=f"checkpoint at least every EVENTS events (default {CHECKPOINT_EVERY_EVENTS:,})")  # fmt: skip
     p.set_defaults(handler=cmd_run)
 
     p = commands.add_parser("positions", parents=[common, as_json], help="open positions with their margin state")
