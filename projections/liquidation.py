@@ -73,83 +73,69 @@ class Outstanding(msgspec.Struct, frozen=True, array_like=True, gc=False):
     qty: int
 
 
-class _SideIndex:
-    """A lazy heap of (key, position key, version); key is -price for longs so the top is the riskiest."""
-
-    __slots__ = ("heap", "live")
-
-    def __init__(self) -> None:
-        self.heap: list[tuple[int, PositionKey, int]] = []
-        self.live = 0
-
-
 class LiquidationProjection:
     def __init__(self) -> None:
         self.outstanding: dict[PositionKey, Outstanding] = {}
         self.paused: dict[str, int] = {}  # market -> offset of the jump that paused it
         self.sequence = 0  # commands emitted so far (the outbox position)
         self.last_marks: dict[str, int] = {}  # the previous applied mark, for the band check
-        self._versions: dict[PositionKey, int] = {}
-        self._index: dict[tuple[str, bool], _SideIndex] = {}
+        # derived index: per market [short heap, long heap] of (key, position key, version);
+        # the key is -price for longs so that the top is always the riskiest
+        self._heaps: dict[str, list[list[tuple[int, PositionKey, int]]]] = {}
+        self._versions: dict[PositionKey, int] = {}  # the live entry of each indexed position
         self._version_counter = 0
 
     # -- index ---------------------------------------------------------------------------
 
     def rebuild(self, state: State) -> None:
         """Derive the index from the core state (after a restore)."""
-        self._index.clear()
+        self._heaps.clear()
         self._versions.clear()
         for key in sorted(state.positions):
             self._reindex(state, key, heapify_later=True)
-        for side_index in self._index.values():
-            heapify(side_index.heap)
-
-    def _side(self, market: str, long: bool) -> _SideIndex:
-        side_index = self._index.get((market, long))
-        if side_index is None:
-            side_index = self._index[(market, long)] = _SideIndex()
-        return side_index
+        for heaps in self._heaps.values():
+            for heap in heaps:
+                heapify(heap)
 
     def _reindex(self, state: State, key: PositionKey, heapify_later: bool = False) -> bool:
         """Re-key one position; True when it is a liquidation candidate at the current mark."""
-        self._version_counter += 1
-        version = self._version_counter
-        previous = self._versions.pop(key, None)
         position = state.positions.get(key)
-        if previous is not None:
-            old = self._index.get((key[1], previous[1]))
-            if old is not None:
-                old.live -= 1
         if position is None or key in self.outstanding:
+            self._versions.pop(key, None)
             return False
         market = state.markets[key[1]]
         solved = mm.liquidation_price_fraction(market.config.brackets, position.size, position.cost, position.margin)
         long = position.size > 0
         if solved is None:
             if long:
+                self._versions.pop(key, None)
                 return False  # safe at every positive mark
             sort_key = 0  # a short with no positive root is liquidatable at every mark
         else:
             numerator, denominator, _ = solved
             # a long is a candidate when mark <= ceil(p) (key -ceil(p)), a short when mark >= floor(p)
             sort_key = (-numerator) // denominator if long else numerator // denominator
-        side_index = self._side(key[1], long)
-        self._versions[key] = (version, long)  # before a compaction, which keeps current versions only
-        side_index.live += 1
-        entry = (sort_key, key, version)
+        self._version_counter = version = self._version_counter + 1
+        self._versions[key] = version  # old entries of this position are now stale
+        heaps = self._heaps.get(key[1])
+        if heaps is None:
+            heaps = self._heaps[key[1]] = [[], []]
+        heap = heaps[long]
         if heapify_later:
-            side_index.heap.append(entry)
+            heap.append((sort_key, key, version))
         else:
-            heappush(side_index.heap, entry)
-            if len(side_index.heap) > 64 and len(side_index.heap) > 2 * side_index.live:
-                self._compact(side_index)
+            heappush(heap, (sort_key, key, version))
+            if len(heap) > 2 * len(state.by_market[key[1]]) + 64:
+                self._compact(heaps, long)
         mark = market.mark
         return mark != 0 and (mark <= -sort_key if long else mark >= sort_key)
 
-    def _compact(self, side_index: _SideIndex) -> None:
+    def _compact(self, heaps: list, long: bool) -> None:
+        """Drop stale entries (more than half of the heap) in one pass."""
         versions = self._versions
-        side_index.heap = [e for e in side_index.heap if versions.get(e[1], (None,))[0] == e[2]]
-        heapify(side_index.heap)
+        heap = [entry for entry in heaps[long] if versions.get(entry[1]) == entry[2]]
+        heapify(heap)
+        heaps[long] = heap
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -204,30 +190,26 @@ class LiquidationProjection:
 
     def _evaluate_market(self, state: State, name: str, offset: int, ts: int, outputs: list) -> None:
         market = state.markets.get(name)
-        if market is None or market.mark == 0 or name in self.paused:
+        heaps = self._heaps.get(name)
+        if market is None or heaps is None or market.mark == 0 or name in self.paused:
             return
         mark = market.mark
+        versions = self._versions
         for long in (True, False):
-            side_index = self._index.get((name, long))
-            if side_index is None:
-                continue
-            heap = side_index.heap
+            heap = heaps[long]
             back = []
             while heap:
                 sort_key, key, version = heap[0]
-                price = -sort_key if long else sort_key
-                if (long and mark > price) or (not long and mark < price):
+                if (mark > -sort_key) if long else (mark < sort_key):
                     break
                 heappop(heap)
-                current = self._versions.get(key)
-                if current is None or current[0] != version:
+                if versions.get(key) != version:
                     continue  # stale entry
                 if self._liquidatable(state, key):
-                    side_index.live -= 1
-                    del self._versions[key]
+                    del versions[key]
                     outputs.append(self._command(state, key, offset, ts, len(outputs)))
                 else:
-                    back.append((sort_key, key, version))
+                    back.append((sort_key, key, version))  # within rounding of its price: keep it
             for entry in back:
                 heappush(heap, entry)
 
@@ -236,9 +218,7 @@ class LiquidationProjection:
         if market is None or market.mark == 0 or key[1] in self.paused or key in self.outstanding:
             return
         if key in state.positions and self._liquidatable(state, key):
-            current = self._versions.pop(key, None)
-            if current is not None:
-                self._index[(key[1], current[1])].live -= 1
+            self._versions.pop(key, None)
             outputs.append(self._command(state, key, offset, ts, len(outputs)))
 
     @staticmethod
