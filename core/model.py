@@ -118,6 +118,19 @@ class LiquidationFill(msgspec.Struct, tag="liquidation_fill", **_opts):
     price: int
 
 
+class AdlFill(msgspec.Struct, tag="adl_fill", **_opts):
+    """One side of an auto-deleveraging trade, closed at the bankrupt position's bankruptcy price."""
+
+    id: str
+    ts: int
+    command_id: str
+    account: str
+    market: str
+    position_side: str
+    qty: int
+    price: int
+
+
 class InvalidInput(msgspec.Struct, tag="invalid", **_opts):
     """A record that failed stateless validation at the edge.
 
@@ -141,6 +154,7 @@ Event = (
     | MarkPrice
     | Funding
     | LiquidationFill
+    | AdlFill
 )
 LogRecord = Event | InvalidInput
 

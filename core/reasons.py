@@ -40,6 +40,7 @@ NO_OPEN_POSITION = "no_open_position"
 NO_MARK_PRICE = "no_mark_price"
 MARGIN_TRANSFER_EXCEEDS_MAX = "margin_transfer_exceeds_max"
 LEVERAGE_EXCEEDS_BRACKET = "leverage_exceeds_bracket"
+ADL_EXCEEDS_POSITION = "adl_exceeds_position"  # dead letter (listed last to keep the numbers)
 
 ORDER = (
     MALFORMED_JSON,
@@ -73,5 +74,6 @@ ORDER = (
     NO_MARK_PRICE,
     MARGIN_TRANSFER_EXCEEDS_MAX,
     LEVERAGE_EXCEEDS_BRACKET,
+    ADL_EXCEEDS_POSITION,
 )
 NUMBER = {code: number for number, code in enumerate(ORDER, start=1)}

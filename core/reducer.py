@@ -18,6 +18,7 @@ from ringfence.core.fixed import INT64_MAX, SCALE, div_floor, format_decimal as 
 from ringfence.core.limits import DEDUP_GENERATION_EVENTS
 from ringfence.core.model import (
     BOTH,
+    AdlFill,
     BUY,
     LONG,
     SHORT,
@@ -387,6 +388,25 @@ def _apply_liquidation_fill(state: State, event: LiquidationFill) -> Verdict | N
     return None
 
 
+def _apply_adl_fill(state: State, event: AdlFill) -> Verdict | None:
+    """An ADL trade closes a position at the given price like a reducing fill without a fee."""
+    market = state.markets.get(event.market)
+    if market is None:
+        return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
+    config = market.config
+    if event.price % config.tick_size:
+        return _dead(r.PRICE_NOT_ON_TICK, f"price {dec(event.price)} is not a multiple of the tick {dec(config.tick_size)}")
+    if event.qty % config.lot_size:
+        return _dead(r.QTY_NOT_ON_LOT, f"qty {dec(event.qty)} is not a multiple of the lot {dec(config.lot_size)}")
+    key = (event.account, config.market, _CANONICAL_SIDE[event.position_side])
+    position = state.positions.get(key)
+    if position is None or event.qty > abs(position.size):
+        held = 0 if position is None else abs(position.size)
+        return _dead(r.ADL_EXCEEDS_POSITION, f"ADL of {dec(event.qty)} exceeds the open size {dec(held)}")
+    _close(state, key, config.settle, event.qty, event.price, 0)
+    return None
+
+
 # -- market data -------------------------------------------------------------------------
 
 
@@ -431,4 +451,5 @@ _HANDLERS = {
     MarkPrice: _apply_mark,
     Funding: _apply_funding,
     LiquidationFill: _apply_liquidation_fill,
+    AdlFill: _apply_adl_fill,
 }

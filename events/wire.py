@@ -117,6 +117,17 @@ class WireLiquidationFill(msgspec.Struct, tag="liquidation_fill", **_opts):
     position_side: PositionSide = "BOTH"
 
 
+class WireAdlFill(msgspec.Struct, tag="adl_fill", **_opts):
+    id: Name
+    ts: Ts
+    command_id: Name
+    account: Name
+    market: Name
+    qty: Dec
+    price: Dec
+    position_side: PositionSide = "BOTH"
+
+
 WireEvent = (
     WireMarket
     | WireDeposit
@@ -127,6 +138,7 @@ WireEvent = (
     | WireMark
     | WireFunding
     | WireLiquidationFill
+    | WireAdlFill
 )
 
 
@@ -221,6 +233,11 @@ def to_domain(wire: WireEvent) -> m.Event:
         )  # fmt: skip
     if kind is WireLiquidationFill:
         return m.LiquidationFill(
+            wire.id, wire.ts, wire.command_id, wire.account, wire.market, wire.position_side,
+            _units(wire.qty, "qty", positive=True), _units(wire.price, "price", positive=True),
+        )  # fmt: skip
+    if kind is WireAdlFill:
+        return m.AdlFill(
             wire.id, wire.ts, wire.command_id, wire.account, wire.market, wire.position_side,
             _units(wire.qty, "qty", positive=True), _units(wire.price, "price", positive=True),
         )  # fmt: skip

@@ -250,8 +250,8 @@ def cmd_books(args) -> int:
 _OUTPUT_COLUMNS = {
     "rejections": ["offset", "event_id", "reason", "detail"],
     "deadletters": ["offset", "source", "reason", "detail"],
-    "commands": ["command_id", "account", "market", "position_side", "side", "qty", "bankruptcy_price",
-                 "mark_price", "trigger_offset"],
+    "commands": ["type", "command_id", "account", "market", "position_side", "side", "qty", "bankruptcy_price",
+                 "price", "bankrupt_account", "trigger_offset"],
     "alerts": ["alert_id", "market", "reason", "mark_price", "previous_mark", "offset"],
 }  # fmt: skip
 
@@ -304,9 +304,9 @@ def cmd_demo(args) -> int:
         ("events", f"{summary.events:,}"),
         ("events/s", f"{summary.events / summary.seconds:,.0f} (generate, log, reduce, project, checkpoint)"),
         ("open positions", f"{summary.open_positions:,}"),
-        ("liquidation commands", f"{summary.commands:,}"),
+        ("commands", f"{summary.commands:,} (liquidations and ADL)"),
         ("liquidation fills", f"{summary.liquidation_fills:,}"),
-        ("ADL commands", "0 (not built yet)"),
+        ("ADL trades", f"{summary.adl_commands:,}"),
         ("insurance fund", f"{summary.insurance_fund} USDT"),
         ("rejections", f"{summary.rejections:,}"),
         ("dead letters", f"{summary.deadletters:,}"),

@@ -36,6 +36,7 @@ class DemoSummary:
     seconds: float
     open_positions: int
     commands: int
+    adl_commands: int
     liquidation_fills: int
     rejections: int
     deadletters: int
@@ -53,6 +54,8 @@ class MatchingEngine:
         self.serial = 0
 
     def answer(self, command: dict, ts: int) -> list[m.Event]:
+        if command["type"] == "adl":
+            return self._deleverage(command, ts)
         market = command["market"]
         tick, _, _, _ = MARKETS[market]
         mark = parse_decimal(command["mark_price"])
@@ -84,6 +87,29 @@ class MatchingEngine:
         ]  # fmt: skip
 
 
+    def _deleverage(self, command: dict, ts: int) -> list[m.Event]:
+        """Both sides of an ADL trade at the bankruptcy price: the counterparty closes, the bankrupt is liquidated."""
+        market = command["market"]
+        price = parse_decimal(command["price"])
+        qty = parse_decimal(command["qty"])
+        counter_key = (command["account"], market, command["position_side"])
+        bankrupt_key = (command["bankrupt_account"], market, command["bankrupt_position_side"])
+        counter_held, bankrupt_held = self.session.sizes.get(counter_key, 0), self.session.sizes.get(bankrupt_key, 0)
+        # both positions may have traded since the command: trade what both still hold
+        counter_buys = command["side"] == m.BUY
+        qty = min(qty, -counter_held if counter_buys else counter_held, bankrupt_held if counter_buys else -bankrupt_held)
+        if qty <= 0:
+            return []
+        self.session.sizes[counter_key] = counter_held + (qty if counter_buys else -qty)
+        self.session.sizes[bankrupt_key] = bankrupt_held + (-qty if counter_buys else qty)
+        return [
+            m.AdlFill(f"af-{command['command_id']}", ts, command["command_id"], command["account"], market,
+                      command["position_side"], qty, price),
+            m.LiquidationFill(f"ab-{command['command_id']}", ts, command["command_id"], command["bankrupt_account"],
+                              market, command["bankrupt_position_side"], qty, price),
+        ]  # fmt: skip
+
+
 def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None) -> DemoSummary:
     live: dict = {}
 
@@ -97,7 +123,7 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None)
     started = time.perf_counter()
     decode_command = msgspec.json.Decoder().decode
     state = projection = None
-    totals = {"events": 0, "commands": 0, "fills": 0, "rejections": 0, "deadletters": 0}
+    totals = {"events": 0, "commands": 0, "adl": 0, "fills": 0, "rejections": 0, "deadletters": 0}
     pending: list[m.Event] = []
     with EmbeddedLog(data / "log") as log, StateStore(data / "state") as store, \
             EmbeddedLog(data / "commands") as commands_log:  # fmt: skip
@@ -126,8 +152,9 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None)
             totals["deadletters"] += report.deadletters
             for sequence, record in store.commands(after=seen):
                 seen = sequence
-                answer = engine.answer(decode_command(record), session.ts)
-                totals["fills"] += bool(answer)
+                command = decode_command(record)
+                answer = engine.answer(command, session.ts)
+                totals["adl" if command["type"] == "adl" else "fills"] += bool(answer)
                 pending.extend(answer)
             if progress is not None:
                 progress(totals["events"], events)
@@ -137,6 +164,7 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None)
         seconds=time.perf_counter() - started,
         open_positions=len(state.positions),
         commands=totals["commands"],
+        adl_commands=totals["adl"],
         liquidation_fills=totals["fills"],
         rejections=totals["rejections"],
         deadletters=totals["deadletters"],

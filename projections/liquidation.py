@@ -26,6 +26,7 @@ Rules:
   the band of its previous mark resumes them (event time only).
 """
 
+from fractions import Fraction
 from heapq import heapify, heappop, heappush
 
 import msgspec
@@ -34,6 +35,7 @@ from ringfence.core import margin as mm
 from ringfence.core.fixed import SCALE, decimals_of, format_decimal, format_units
 from ringfence.core.model import (
     BUY,
+    AdlFill,
     SELL,
     Fill,
     Funding,
@@ -54,6 +56,27 @@ class LiquidateCommand(msgspec.Struct, frozen=True, gc=False, tag="liquidate", t
     qty: str
     bankruptcy_price: str
     mark_price: str
+    trigger_offset: int
+    ts: int
+
+
+class AdlCommand(msgspec.Struct, frozen=True, gc=False, tag="adl", tag_field="type"):
+    """Close ``qty`` of a profitable opposite position at the bankrupt position's bankruptcy price.
+
+    The matching engine answers with both sides of the trade at ``price``: an
+    ``adl_fill`` for this position and a ``liquidation_fill`` (with this
+    command's id) for the bankrupt one, which so closes without touching the fund.
+    """
+
+    command_id: str
+    account: str
+    market: str
+    position_side: str
+    side: str  # the closing side of this position
+    qty: str
+    price: str
+    bankrupt_account: str
+    bankrupt_position_side: str
     trigger_offset: int
     ts: int
 
@@ -79,6 +102,8 @@ class LiquidationProjection:
         self.paused: dict[str, int] = {}  # market -> offset of the jump that paused it
         self.sequence = 0  # commands emitted so far (the outbox position)
         self.last_marks: dict[str, int] = {}  # the previous applied mark, for the band check
+        self.adl_pending: dict[PositionKey, int] = {}  # counterparty qty under ADL commands not yet filled
+        self.adl_bankrupt: dict[PositionKey, int] = {}  # bankrupt qty deleveraged but not yet filled
         # derived index: per market [short heap, long heap] of (key, position key, version);
         # the key is -price for longs so that the top is always the riskiest
         self._heaps: dict[str, list[list[tuple[int, PositionKey, int]]]] = {}
@@ -155,7 +180,29 @@ class LiquidationProjection:
                 self._check_one(state, key, offset, event.ts, outputs)
         elif kind is LiquidationFill:
             key = (event.account, event.market, event.position_side)
-            self.outstanding.pop(key, None)  # executed (the rest, if any, is judged again now)
+            waiting = self.adl_bankrupt.get(key, 0)
+            if waiting and event.command_id.startswith("adl-"):  # the bankrupt side of an ADL trade
+                waiting -= event.qty
+                if waiting > 0:
+                    self.adl_bankrupt[key] = waiting
+                else:
+                    del self.adl_bankrupt[key]
+            if key not in state.positions:
+                self.adl_bankrupt.pop(key, None)
+                self.outstanding.pop(key, None)
+            elif key not in self.adl_bankrupt:
+                self.outstanding.pop(key, None)  # executed: the rest, if any, is judged again now
+            if self._reindex(state, key):
+                self._check_one(state, key, offset, event.ts, outputs)
+        elif kind is AdlFill:
+            key = (event.account, event.market, event.position_side)
+            left = self.adl_pending.get(key, 0) - event.qty
+            if left > 0:
+                self.adl_pending[key] = left
+            else:
+                self.adl_pending.pop(key, None)
+            if key not in state.positions:
+                self.outstanding.pop(key, None)
             if self._reindex(state, key):
                 self._check_one(state, key, offset, event.ts, outputs)
         elif kind is Funding or kind is MarketConfig:
@@ -207,7 +254,7 @@ class LiquidationProjection:
                     continue  # stale entry
                 if self._liquidatable(state, key):
                     del versions[key]
-                    outputs.append(self._command(state, key, offset, ts, len(outputs)))
+                    self._decide(state, key, offset, ts, outputs)
                 else:
                     back.append((sort_key, key, version))  # within rounding of its price: keep it
             for entry in back:
@@ -219,7 +266,7 @@ class LiquidationProjection:
             return
         if key in state.positions and self._liquidatable(state, key):
             self._versions.pop(key, None)
-            outputs.append(self._command(state, key, offset, ts, len(outputs)))
+            self._decide(state, key, offset, ts, outputs)
 
     @staticmethod
     def _liquidatable(state: State, key: PositionKey) -> bool:
@@ -229,23 +276,88 @@ class LiquidationProjection:
         market = state.markets[key[1]]
         return mm.is_liquidatable(market.config.brackets, position.size, position.cost, position.margin, market.mark)
 
-    def _command(self, state: State, key: PositionKey, offset: int, ts: int, number: int) -> LiquidateCommand:
+    def _decide(self, state: State, key: PositionKey, offset: int, ts: int, outputs: list) -> None:
+        """Commands for one liquidatable position: ADL for what the fund cannot absorb, a liquidation for the rest.
+
+        A position beyond bankruptcy at the mark (B < 0) is expected to cost the
+        fund -B when it is closed near the mark. If the fund (of the settle
+        asset) is smaller, the share of the position whose expected loss it
+        cannot cover is deleveraged against profitable opposite positions at
+        the bankruptcy price, where it costs the fund nothing.
+        """
         position = state.positions[key]
         market = state.markets[key[1]]
         config = market.config
         long = position.size > 0
-        bankruptcy = mm.bankruptcy_price_fraction(position.size, position.cost, position.margin)
-        bankruptcy_price = max(0, mm.price_to_tick(bankruptcy, config.tick_size, round_up=long))
-        command_id = f"liq-{offset}-{number}"
         qty = abs(position.size)
+        bankruptcy = mm.bankruptcy_price_fraction(position.size, position.cost, position.margin)
+        bankruptcy_price = max(config.tick_size, mm.price_to_tick(bankruptcy, config.tick_size, round_up=long))
+        adl_qty = 0
+        balance = position.margin + mm.unrealized_pnl_units(position.size, position.cost, market.mark)
+        if balance < 0:
+            fund = max(0, state.insurance.get(config.settle, 0))
+            if -balance > fund:
+                coverable = fund * qty // -balance // config.lot_size * config.lot_size
+                adl_qty = qty - coverable
+        if adl_qty:
+            adl_qty = self._deleverage(state, key, adl_qty, bankruptcy_price, offset, ts, outputs)
+            if adl_qty:
+                self.adl_bankrupt[key] = adl_qty
+        liquidate_qty = qty - adl_qty
+        command_id = f"liq-{offset}-{len(outputs)}"
         self.outstanding[key] = Outstanding(command_id, qty)
-        self.sequence += 1
-        return LiquidateCommand(
-            command_id, key[0], key[1], key[2], SELL if long else BUY,
-            format_units(qty, decimals_of(config.lot_size)),
-            format_units(bankruptcy_price, decimals_of(config.tick_size)),
-            format_decimal(market.mark), offset, ts,
-        )  # fmt: skip
+        if liquidate_qty:
+            self.sequence += 1
+            outputs.append(LiquidateCommand(
+                command_id, key[0], key[1], key[2], SELL if long else BUY,
+                format_units(liquidate_qty, decimals_of(config.lot_size)),
+                format_units(bankruptcy_price, decimals_of(config.tick_size)),
+                format_decimal(market.mark), offset, ts,
+            ))  # fmt: skip
+
+    def _deleverage(
+        self, state: State, bankrupt: PositionKey, wanted: int, price: int, offset: int, ts: int, outputs: list
+    ) -> int:
+        """ADL commands for up to ``wanted`` against the top-ranked opposite positions; return the qty assigned.
+
+        Rank (Binance's ADL ranking, isolated margin), for opposite positions
+        in profit at the mark:  PnL% x effective leverage, where
+        PnL% = U / IM and effective leverage = N / (IM + U), i.e.
+        rank = U * N / (IM * (IM + U)), U the unrealized PnL, N the notional at
+        the mark and IM the isolated margin (a position with IM <= 0 ranks
+        first). Highest rank first; ties by position key. Exact rationals.
+        """
+        market = state.markets[bankrupt[1]]
+        mark = market.mark
+        long_bankrupt = state.positions[bankrupt].size > 0
+        ranked = []
+        for key, position in state.by_market.get(bankrupt[1], {}).items():
+            if (position.size > 0) == long_bankrupt or key in self.outstanding:
+                continue
+            pnl = position.size * mark - position.cost  # 1e-16
+            available = abs(position.size) - self.adl_pending.get(key, 0)
+            if pnl <= 0 or available <= 0:
+                continue
+            margin = position.margin * SCALE  # 1e-16
+            notional = abs(position.size) * mark
+            rank = Fraction(pnl * notional, margin * (margin + pnl)) if margin > 0 else None
+            ranked.append((0 if rank is None else 1, -(rank or 0), key, available))
+        ranked.sort()
+        config = market.config
+        assigned = 0
+        for _, _, key, available in ranked:
+            if assigned == wanted:
+                break
+            qty = min(available, wanted - assigned)
+            assigned += qty
+            self.adl_pending[key] = self.adl_pending.get(key, 0) + qty
+            self.sequence += 1
+            outputs.append(AdlCommand(
+                f"adl-{offset}-{len(outputs)}", key[0], key[1], key[2], BUY if long_bankrupt else SELL,
+                format_units(qty, decimals_of(config.lot_size)), format_units(price, decimals_of(config.tick_size)),
+                bankrupt[0], bankrupt[2], offset, ts,
+            ))  # fmt: skip
+        return assigned
 
     # -- state ---------------------------------------------------------------------------
 
@@ -254,14 +366,20 @@ class LiquidationProjection:
         yield [[*key, o.command_id, o.qty] for key, o in sorted(self.outstanding.items())]
         yield sorted(self.paused.items())
         yield sorted(self.last_marks.items())
+        yield [[*key, qty] for key, qty in sorted(self.adl_pending.items())]
+        yield [[*key, qty] for key, qty in sorted(self.adl_bankrupt.items())]
 
     def snapshot(self) -> list:
         """What the store keeps (everything but the derived index)."""
         return [self.sequence, [[*k, o.command_id, o.qty] for k, o in sorted(self.outstanding.items())],
-                sorted(self.paused.items()), sorted(self.last_marks.items())]  # fmt: skip
+                sorted(self.paused.items()), sorted(self.last_marks.items()),
+                [[*k, q] for k, q in sorted(self.adl_pending.items())],
+                [[*k, q] for k, q in sorted(self.adl_bankrupt.items())]]  # fmt: skip
 
     def restore(self, snapshot: list, state: State) -> None:
-        sequence, outstanding, paused, last_marks = snapshot
+        sequence, outstanding, paused, last_marks, adl_pending, adl_bankrupt = snapshot
+        self.adl_pending = {(a, m, s): q for a, m, s, q in adl_pending}
+        self.adl_bankrupt = {(a, m, s): q for a, m, s, q in adl_bankrupt}
         self.sequence = sequence
         self.outstanding = {(a, m, s): Outstanding(c, q) for a, m, s, c, q in outstanding}
         self.paused = dict(paused)

@@ -15,7 +15,7 @@ from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
 from ringfence.events.json_codec import bounded_raw, to_wire
 from ringfence.events.log_codec import decode_record
-from ringfence.projections.liquidation import LiquidateCommand, LiquidationProjection
+from ringfence.projections.liquidation import AdlCommand, LiquidateCommand, LiquidationProjection
 from ringfence.projections.store import ALERT, COMMAND, DEADLETTER, REJECTION, StateStore, offset_key
 
 _json = msgspec.json.Encoder().encode
@@ -129,7 +129,7 @@ def run_core(
 
     def collect_decisions(decisions: list, sequence: int) -> None:
         for decision in decisions:
-            if type(decision) is LiquidateCommand:
+            if type(decision) is LiquidateCommand or type(decision) is AdlCommand:
                 sequence += 1  # the outbox position the projection gave this command
                 report.commands += 1
                 outputs.append((offset_key(COMMAND, sequence), _json(decision)))

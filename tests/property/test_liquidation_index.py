@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from ringfence.core import margin as mm
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
-from ringfence.projections.liquidation import LiquidationProjection
+from ringfence.projections.liquidation import AdlCommand, LiquidateCommand, LiquidationProjection
 from tests.property.streams import adversarial_stream
 
 
@@ -34,8 +34,14 @@ def test_index_agrees_with_a_full_scan(seed, count):
         assert liquidatable <= set(projection.outstanding), f"offset {offset}"
         # ... and nothing is commanded that is not liquidatable right now
         for command in outputs:
-            key = (command.account, command.market, command.position_side)
-            assert key in liquidatable, f"offset {offset}: {command}"
+            if type(command) is AdlCommand:  # against a profitable position, for a liquidatable bankrupt one
+                bankrupt = (command.bankrupt_account, command.market, command.bankrupt_position_side)
+                assert bankrupt in liquidatable, f"offset {offset}: {command}"
+                position = state.positions[(command.account, command.market, command.position_side)]
+                assert position.size * state.markets[command.market].mark > position.cost  # in profit
+            elif type(command) is LiquidateCommand:
+                key = (command.account, command.market, command.position_side)
+                assert key in liquidatable, f"offset {offset}: {command}"
             commanded += 1
     # a restored projection (index rebuilt from the state) decides the same
     restored = LiquidationProjection()

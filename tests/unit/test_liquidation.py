@@ -57,9 +57,9 @@ def test_short_side_mirror(book):
 
 
 def test_exactly_one_command_per_episode(book):
-    book.mark("50000")
-    book.mark("49000")
-    book.funding("0.001", "49000")
+    book.mark("54200")  # below the liquidation price (~54,271), above bankruptcy (54,000)
+    book.mark("54100")
+    book.funding("0.0001", "54100")
     book.transfer("alice", "1")
     assert len(book.commands()) == 1
     book.liquidation("alice", "1", "50000")  # executed: the episode ends with the position
@@ -69,8 +69,8 @@ def test_exactly_one_command_per_episode(book):
 
 
 def test_partial_execution_is_commanded_again_for_the_rest(book):
-    book.mark("50000")
-    book.liquidation("alice", "0.4", "50000")
+    book.mark("54200")
+    book.liquidation("alice", "0.4", "54200")
     first, second = book.commands()
     assert first.qty == "1.000" and second.qty == "0.600"
     assert second.trigger_offset == book.state.offset  # judged again at the fill
@@ -85,14 +85,14 @@ def test_stale_mark_liquidates_nothing(book):
 def test_funding_can_trigger_a_liquidation(book):
     price = liquidation_price(book, "alice")
     book.mark(text(price + TICK))
-    book.funding("0.01", "60000")  # alice pays 600: her liquidation price rises above the mark
+    book.funding("0.001", "60000")  # alice pays 60: her liquidation price rises above the mark
     (command,) = book.commands()
     assert command.account == "alice"
 
 
 def test_a_trader_closing_ends_the_episode(book):
-    book.mark("50000")
-    book.fill("alice", "sell", "1", "50000")
+    book.mark("54200")
+    book.fill("alice", "sell", "1", "54200")
     assert not book.projection.outstanding
 
 
@@ -101,8 +101,8 @@ def test_liquidation_is_isolated(book):
     book.fill("carol", "sell", "2", "60000")
     other = (book.position("bob").margin, book.position("carol").margin)
     wallets = (book.wallet("alice"), book.wallet("bob"), book.wallet("carol"))
-    book.mark("50000")
-    book.liquidation("alice", "2", "49000")  # beyond bankruptcy: the fund pays
+    book.mark("56000")
+    book.liquidation("alice", "2", "55000")  # beyond bankruptcy (57,000 on 2 BTC): the fund pays
     assert (book.position("bob").margin, book.position("carol").margin) == other
     assert (book.wallet("alice"), book.wallet("bob"), book.wallet("carol")) == wallets
     assert book.conserved()
@@ -138,3 +138,60 @@ def test_mark_jump_beyond_the_band_pauses_and_alerts():
     b.mark("40100")  # within 5 % of the previous mark: trusted again, and it liquidates
     assert [o.__struct_config__.tag for o in b.outputs] == ["alert", "alert", "liquidate"]
     assert b.outputs[1].reason == "mark_resumed"
+
+
+def test_a_gap_beyond_the_fund_deleverages_the_top_ranked_opposite_positions():
+    """Alice's long is bankrupted by a gap; the fund is empty; shorts in profit are deleveraged by rank."""
+    from fractions import Fraction
+
+    b = Book(liquidations=True)
+    b.market()
+    b.deposit("alice", "100000")
+    b.leverage("alice", 10)
+    b.fill("alice", "buy", "3", "60000")  # margin 18000, bankruptcy 54000
+    shorts = {"s1": (5, "1"), "s2": (20, "1"), "s3": (50, "0.5"), "s4": (2, "2")}
+    for name, (leverage, qty) in shorts.items():
+        b.deposit(name, "100000")
+        b.leverage(name, leverage)
+        b.fill(name, "sell", qty, "60000")
+    b.deposit("late", "100000")
+    b.fill("late", "sell", "1", "70000")  # a short in loss at 50,000? no: in profit, but opened later
+    b.mark("60000")
+    b.mark("50000")  # the gap: alice is 4000 x 3 beyond bankruptcy, the fund holds nothing
+    adl = [o for o in b.outputs if o.__struct_config__.tag == "adl"]
+    assert not b.commands()  # nothing left for the market: the fund cannot absorb any of it
+    # the documented rank, highest first: U * N / (IM * (IM + U))
+    def rank(key):
+        p = b.state.positions[key]
+        pnl, notional, margin = p.size * d("50000") - p.cost, abs(p.size) * d("50000"), p.margin * 10**8
+        return Fraction(pnl * notional, margin * (margin + pnl))
+    keys = sorted((k for k in b.state.positions if k[0] != "alice"), key=lambda k: (-rank(k), k))
+    assert [c.account for c in adl] == [k[0] for k in keys][: len(adl)]
+    assert sum(d(c.qty) for c in adl) == d("3")
+    assert {c.price for c in adl} == {"54000.0"} and all(c.bankrupt_account == "alice" for c in adl)
+    # the matching engine answers each ADL command with both sides at the bankruptcy price
+    from ringfence.core import model as m
+
+    for n, command in enumerate(adl):
+        assert b.apply(m.AdlFill(f"adl{n}", 0, command.command_id, command.account, "BTCUSDT", "BOTH",
+                                 d(command.qty), d(command.price))) is None  # fmt: skip
+        assert b.apply(m.LiquidationFill(f"bk{n}", 0, command.command_id, "alice", "BTCUSDT", "BOTH",
+                                         d(command.qty), d(command.price))) is None  # fmt: skip
+        assert len(b.outputs) == len(adl)  # the episode goes on: nothing new is commanded meanwhile
+    assert b.position("alice") is None
+    assert b.state.insurance.get("USDT", 0) >= 0  # the fund ends at zero (plus rounding dust), not below
+    assert not b.projection.adl_pending and not b.projection.adl_bankrupt and not b.projection.outstanding
+    assert b.conserved()
+
+
+def test_a_fund_large_enough_absorbs_the_gap_without_adl(book):
+    # seed the fund with a profitable liquidation first
+    book.mark("54200")
+    book.liquidation("alice", "1", "56000")  # 2000 above bankruptcy: +2000 to the fund
+    assert book.state.insurance["USDT"] == d("2000")
+    book.deposit("dave", "100000")
+    book.leverage("dave", 10)
+    book.fill("dave", "buy", "1", "54200")  # margin 5420, bankruptcy 48780
+    book.mark("47000")  # 1780 beyond bankruptcy, the fund holds 2000
+    tags = [o.__struct_config__.tag for o in book.outputs]
+    assert "adl" not in tags and book.commands()[-1].account == "dave"
