@@ -118,17 +118,11 @@ class LiquidationFill(msgspec.Struct, tag="liquidation_fill", **_opts):
     price: int
 
 
-class AdlFill(msgspec.Struct, tag="adl_fill", **_opts):
-    """One side of an auto-deleveraging trade, closed at the bankrupt position's bankruptcy price."""
+class AdlFill(LiquidationFill, tag="adl_fill"):
+    """The counterparty's side of an auto-deleveraging trade: a reducing fill without fee.
 
-    id: str
-    ts: int
-    command_id: str
-    account: str
-    market: str
-    position_side: str
-    qty: int
-    price: int
+    Same fields as a liquidation fill, another event (dispatch is on the exact type).
+    """
 
 
 class InvalidInput(msgspec.Struct, tag="invalid", **_opts):

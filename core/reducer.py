@@ -208,7 +208,8 @@ def _check_mode(state: State, key: PositionKey) -> Verdict | None:
     return None
 
 
-def _apply_fill(state: State, event: Fill) -> Verdict | None:
+def _trade_verdict(state: State, event) -> Verdict | None:
+    """Why a trade (fill, liquidation or ADL fill) cannot apply to its market, or None."""
     market = state.markets.get(event.market)
     if market is None:
         return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
@@ -217,6 +218,14 @@ def _apply_fill(state: State, event: Fill) -> Verdict | None:
         return _dead(r.PRICE_NOT_ON_TICK, f"price {dec(event.price)} is not a multiple of the tick {dec(config.tick_size)}")
     if event.qty % config.lot_size:
         return _dead(r.QTY_NOT_ON_LOT, f"qty {dec(event.qty)} is not a multiple of the lot {dec(config.lot_size)}")
+    return None
+
+
+def _apply_fill(state: State, event: Fill) -> Verdict | None:
+    market = state.markets.get(event.market)
+    if market is None or event.price % market.config.tick_size or event.qty % market.config.lot_size:
+        return _trade_verdict(state, event)  # the rare path: say why
+    config = market.config
     # the market and side strings of the key are the canonical objects, so key
     # comparisons in every dict are identity checks (a measurable share of a fill)
     key = (event.account, config.market, _CANONICAL_SIDE[event.position_side])
@@ -359,14 +368,10 @@ def _settle_flat(state: State, key: PositionKey, position: Position, settle: str
 
 
 def _apply_liquidation_fill(state: State, event: LiquidationFill) -> Verdict | None:
-    market = state.markets.get(event.market)
-    if market is None:
-        return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
-    config = market.config
-    if event.price % config.tick_size:
-        return _dead(r.PRICE_NOT_ON_TICK, f"price {dec(event.price)} is not a multiple of the tick {dec(config.tick_size)}")
-    if event.qty % config.lot_size:
-        return _dead(r.QTY_NOT_ON_LOT, f"qty {dec(event.qty)} is not a multiple of the lot {dec(config.lot_size)}")
+    verdict = _trade_verdict(state, event)
+    if verdict is not None:
+        return verdict
+    config = state.markets[event.market].config
     key = (event.account, event.market, event.position_side)
     position = state.positions.get(key)
     if position is None or event.qty > abs(position.size):
@@ -390,14 +395,10 @@ def _apply_liquidation_fill(state: State, event: LiquidationFill) -> Verdict | N
 
 def _apply_adl_fill(state: State, event: AdlFill) -> Verdict | None:
     """An ADL trade closes a position at the given price like a reducing fill without a fee."""
-    market = state.markets.get(event.market)
-    if market is None:
-        return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
-    config = market.config
-    if event.price % config.tick_size:
-        return _dead(r.PRICE_NOT_ON_TICK, f"price {dec(event.price)} is not a multiple of the tick {dec(config.tick_size)}")
-    if event.qty % config.lot_size:
-        return _dead(r.QTY_NOT_ON_LOT, f"qty {dec(event.qty)} is not a multiple of the lot {dec(config.lot_size)}")
+    verdict = _trade_verdict(state, event)
+    if verdict is not None:
+        return verdict
+    config = state.markets[event.market].config
     key = (event.account, config.market, _CANONICAL_SIDE[event.position_side])
     position = state.positions.get(key)
     if position is None or event.qty > abs(position.size):

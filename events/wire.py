@@ -117,15 +117,8 @@ class WireLiquidationFill(msgspec.Struct, tag="liquidation_fill", **_opts):
     position_side: PositionSide = "BOTH"
 
 
-class WireAdlFill(msgspec.Struct, tag="adl_fill", **_opts):
-    id: Name
-    ts: Ts
-    command_id: Name
-    account: Name
-    market: Name
-    qty: Dec
-    price: Dec
-    position_side: PositionSide = "BOTH"
+class WireAdlFill(WireLiquidationFill, tag="adl_fill"):
+    pass
 
 
 WireEvent = (

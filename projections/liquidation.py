@@ -109,6 +109,7 @@ class LiquidationProjection:
         self._heaps: dict[str, list[list[tuple[int, PositionKey, int]]]] = {}
         self._versions: dict[PositionKey, int] = {}  # the live entry of each indexed position
         self._version_counter = 0
+        self._rankings: dict[tuple[str, bool], list] = {}  # per-event cache of ADL rankings
 
     # -- index ---------------------------------------------------------------------------
 
@@ -328,26 +329,17 @@ class LiquidationProjection:
         first). Highest rank first; ties by position key. Exact rationals.
         """
         market = state.markets[bankrupt[1]]
-        mark = market.mark
         long_bankrupt = state.positions[bankrupt].size > 0
-        ranked = []
-        for key, position in state.by_market.get(bankrupt[1], {}).items():
-            if (position.size > 0) == long_bankrupt or key in self.outstanding:
-                continue
-            pnl = position.size * mark - position.cost  # 1e-16
-            available = abs(position.size) - self.adl_pending.get(key, 0)
-            if pnl <= 0 or available <= 0:
-                continue
-            margin = position.margin * SCALE  # 1e-16
-            notional = abs(position.size) * mark
-            rank = Fraction(pnl * notional, margin * (margin + pnl)) if margin > 0 else None
-            ranked.append((0 if rank is None else 1, -(rank or 0), key, available))
-        ranked.sort()
         config = market.config
         assigned = 0
-        for _, _, key, available in ranked:
-            if assigned == wanted:
-                break
+        ranking = self._ranking(state, bankrupt[1], not long_bankrupt, offset)
+        keys = ranking[1]
+        while assigned < wanted and ranking[2] < len(keys):
+            key = keys[ranking[2]]
+            available = abs(state.positions[key].size) - self.adl_pending.get(key, 0)
+            if available <= 0 or key in self.outstanding:
+                ranking[2] += 1  # used up for this event: later bankrupt positions start after it
+                continue
             qty = min(available, wanted - assigned)
             assigned += qty
             self.adl_pending[key] = self.adl_pending.get(key, 0) + qty
@@ -358,6 +350,39 @@ class LiquidationProjection:
                 bankrupt[0], bankrupt[2], offset, ts,
             ))  # fmt: skip
         return assigned
+
+    def _ranking(self, state: State, market_name: str, long: bool, offset: int) -> list:
+        """[offset, positions of one side in profit by ADL rank, cursor]; built once per event.
+
+        A crash bankrupts many positions in one mark: they share one ranking
+        and a cursor past the counterparties already used up.
+        """
+        cached = self._rankings.get((market_name, long))
+        if cached is not None and cached[0] == offset:
+            return cached
+        mark = state.markets[market_name].mark
+        ranked = []
+        for key, position in state.by_market.get(market_name, {}).items():
+            pnl = position.size * mark - position.cost  # 1e-16
+            if (position.size > 0) != long or pnl <= 0:
+                continue
+            margin = position.margin * SCALE  # 1e-16
+            notional = abs(position.size) * mark
+            if margin <= 0:
+                ranked.append((0, 0, key, 0, 1))
+                continue
+            numerator, denominator = pnl * notional, margin * (margin + pnl)
+            # sort by the integer part of rank * 2^64 (cheap); equal parts are ordered exactly below
+            ranked.append((1, -((numerator << 64) // denominator), key, numerator, denominator))
+        ranked.sort()
+        start = 0
+        for end in range(1, len(ranked) + 1):
+            if end == len(ranked) or ranked[end][:2] != ranked[start][:2]:
+                if end - start > 1:
+                    ranked[start:end] = sorted(ranked[start:end], key=lambda e: (-Fraction(e[3], e[4]), e[2]))
+                start = end
+        cached = self._rankings[(market_name, long)] = [offset, [entry[2] for entry in ranked], 0]
+        return cached
 
     # -- state ---------------------------------------------------------------------------
 

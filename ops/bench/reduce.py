@@ -7,7 +7,8 @@
 2. Ceiling: reads the same log, decodes every record and dispatches it by
    type to a handler that does nothing.
 3. run: the real `run_core` over the same log into a fresh RocksDB store,
-   checkpoints included.
+   checkpoints included, core only (the reducer of issue 2); with
+   --with-liquidations also with the liquidation projection.
 4. Memory: builds a state of --positions open positions and reports bytes per
    position and the pause of a full garbage collection, with and without
    gc.freeze() (what run_core does after a restore).
@@ -65,11 +66,12 @@ def measure_ceiling(directory: Path) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-def measure_run(directory: Path, store_dir: Path) -> tuple[int, float, int]:
+def measure_run(directory: Path, store_dir: Path, liquidations: bool) -> tuple[int, float, int]:
+    shutil.rmtree(store_dir, ignore_errors=True)
     log = EmbeddedLog(directory, writable=False)
     started = time.perf_counter()
     with StateStore(store_dir) as store:
-        state, report = run_core(log, store)
+        state, report = run_core(log, store, liquidations=liquidations)
     elapsed = time.perf_counter() - started
     gc.unfreeze()
     return report.events, elapsed, len(state.positions)
@@ -124,6 +126,8 @@ def main() -> None:
     parser.add_argument("--traders", type=int, default=20_000)
     parser.add_argument("--positions", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--with-liquidations", action="store_true",
+                        help="also time run with the liquidation projection (no matching engine answers here)")
     parser.add_argument("--keep", type=Path, help="keep the generated log and store in this directory")
     args = parser.parse_args()
 
@@ -136,11 +140,15 @@ def main() -> None:
         count = build_log(log_dir, args.events, args.traders, args.seed)
         print(f"generated {count:,} events ({args.traders:,} traders) in {time.perf_counter() - started:.1f} s")
         ceiling_events, ceiling_s = measure_ceiling(log_dir)
-        run_events, run_s, open_positions = measure_run(log_dir, store_dir)
+        run_events, run_s, open_positions = measure_run(log_dir, store_dir, liquidations=False)
         ceiling_rate, run_rate = ceiling_events / ceiling_s, run_events / run_s
-        print(f"{'measure':<44}{'events/s':>12}{'us/event':>10}")
-        print(f"{'ceiling: decode + no-op dispatch':<44}{ceiling_rate:>12,.0f}{1e6 / ceiling_rate:>10.2f}")
-        print(f"{'run: decode + reduce + checkpoint':<44}{run_rate:>12,.0f}{1e6 / run_rate:>10.2f}")
+        print(f"{'measure':<48}{'events/s':>12}{'us/event':>10}")
+        print(f"{'ceiling: decode + no-op dispatch':<48}{ceiling_rate:>12,.0f}{1e6 / ceiling_rate:>10.2f}")
+        print(f"{'run: decode + reduce + checkpoint':<48}{run_rate:>12,.0f}{1e6 / run_rate:>10.2f}")
+        if args.with_liquidations:
+            events_l, seconds_l, _ = measure_run(log_dir, store_dir, liquidations=True)
+            print(f"{'run with the liquidation projection':<48}{events_l / seconds_l:>12,.0f}"
+                  f"{1e6 * seconds_l / events_l:>10.2f}")  # fmt: skip
         print(f"ratio run / ceiling: {run_rate / ceiling_rate:.1%} (target >= 15 %); "
               f"{open_positions:,} open positions at the end")  # fmt: skip
         if args.positions:
