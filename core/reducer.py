@@ -14,7 +14,7 @@ from bisect import bisect_right
 from ringfence.core import margin as mm
 from ringfence.core import reasons as r
 from ringfence.core.check import InvariantError, check
-from ringfence.core.fixed import INT64_MAX, SCALE, div_floor, format_decimal as dec, mul_div_ceil, mul_div_floor
+from ringfence.core.fixed import INT64_MAX, SCALE, format_decimal as dec, mul_div_ceil, mul_div_floor
 from ringfence.core.limits import DEDUP_GENERATION_EVENTS
 from ringfence.core.model import (
     BOTH,

@@ -37,7 +37,7 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from ringfence.core.check import check
 from ringfence.core.model import MarketConfig
-from ringfence.core.state import MarketState, Position, State
+from ringfence.core.state import MarketState, State
 
 FORMAT_VERSION = 1
 
@@ -145,7 +145,7 @@ class StateStore:
         """The state as of the last checkpoint (an empty state for an empty store)."""
         state = State()
         state.offset = self.stored_offset()
-        for key, value in self._scan(MARKET):
+        for _, value in self._scan(MARKET):
             config, mark, mark_ts = _decode_market(value)
             state.markets[config.market] = MarketState(config, mark, mark_ts)
         for key, value in self._scan(POSITION):
@@ -162,7 +162,7 @@ class StateStore:
         books = self._db.get(BOOKS)
         if books is not None:
             for book, entries in zip(
-                (state.insurance, state.fee_income, state.clearing, state.net_deposits), _decode_list(books)
+                (state.insurance, state.fee_income, state.clearing, state.net_deposits), _decode_list(books), strict=True
             ):
                 book.update((name, bytes_to_int(value)) for name, value in entries)
         generation = self._db.get(META_ID_GENERATION)

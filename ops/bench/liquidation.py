@@ -57,12 +57,12 @@ def build(positions: int, seed: int = 1) -> tuple[State, int]:
 def naive_scan(state: State, market: str, offset: int, commander: LiquidationProjection) -> int:
     """Check every position exactly; command the liquidatable ones the same way the projection does."""
     config = state.markets[market]
-    found = []
-    for key, position in state.positions.items():
+    found: list = []
+    for key, position in list(state.positions.items()):
         if key[1] == market and key not in commander.outstanding and mm.is_liquidatable(
             config.config.brackets, position.size, position.cost, position.margin, config.mark
         ):
-            found.append(commander._command(state, key, offset, 0, len(found)))
+            commander._decide(state, key, offset, 0, found)
     return len(found)
 
 
