@@ -113,10 +113,3 @@ def decimals_of(step_units: int) -> int:
         places -= 1
     return places
 
-
-def round_down_to_step(units: int, step: int) -> int:
-    return div_floor(units, step) * step
-
-
-def round_up_to_step(units: int, step: int) -> int:
-    return div_ceil(units, step) * step

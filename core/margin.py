@@ -47,10 +47,6 @@ def maintenance_margin_e24(brackets: tuple[Bracket, ...], notional_e16: int) -> 
     return notional_e16 * bracket.mmr - bracket.maint_amount * S2
 
 
-def margin_balance_e16(size: int, cost: int, margin: int, mark: int) -> int:
-    return margin * S + size * mark - cost
-
-
 def is_liquidatable(brackets: tuple[Bracket, ...], size: int, cost: int, margin: int, mark: int) -> bool:
     """B <= MM at ``mark``, exactly; a flat position is never liquidatable."""
     if size == 0:
@@ -69,11 +65,6 @@ def unrealized_pnl_units(size: int, cost: int, mark: int) -> int:
     return div_floor(size * mark - cost, S)
 
 
-def notional_units(size: int, price: int) -> int:
-    """|q| * p in amount units, rounded up (requirements are computed from it)."""
-    return div_ceil(abs(size) * price, S)
-
-
 def initial_margin_units(qty: int, price: int, leverage: int) -> int:
     """Initial margin notional / L, rounded up."""
     return div_ceil(qty * price, S * leverage)  # leverage >= 1: validated on input, capped by brackets
@@ -89,8 +80,7 @@ def max_removable_margin(
     """Binance's rule: max(0, min(IM - MM, B - N / L)) at the mark, each term conservative."""
     maintenance = maintenance_margin_units(brackets, size, mark)
     balance = margin + unrealized_pnl_units(size, cost, mark)
-    initial = div_ceil(abs(size) * mark, S * leverage)
-    return max(0, min(margin - maintenance, balance - initial))
+    return max(0, min(margin - maintenance, balance - initial_margin_units(abs(size), mark, leverage)))
 
 
 def bankruptcy_price_fraction(size: int, cost: int, margin: int) -> tuple[int, int] | None:

@@ -16,7 +16,6 @@ hold no reference cycles and millions of them may be alive.
 import msgspec
 
 BOTH, LONG, SHORT = "BOTH", "LONG", "SHORT"
-POSITION_SIDES = (BOTH, LONG, SHORT)
 BUY, SELL = "buy", "sell"
 
 _opts = dict(frozen=True, array_like=True, gc=False, tag_field="type")

@@ -252,11 +252,11 @@ def _apply_fill(state: State, event: Fill) -> Verdict | None:
         return None
     closing = min(event.qty, abs(size))
     if closing == event.qty:
-        _close(state, key, settle, closing, event.price, event.fee)
+        _close(state, key, position, settle, closing, event.price, event.fee)
         return None
     # crossing zero: close all, reopen the rest; the fee is split by quantity
     fee_close = mul_div_floor(event.fee, closing, event.qty)
-    _close(state, key, settle, closing, event.price, fee_close)
+    _close(state, key, position, settle, closing, event.price, fee_close)
     rest = event.qty - closing
     _open(state, key, state.positions.get(key), settle, market, rest if delta > 0 else -rest, event.price,
           event.fee - fee_close)  # fmt: skip
@@ -332,9 +332,8 @@ def _realize(state: State, key: PositionKey, position: Position, closing: int, p
     return realized
 
 
-def _close(state: State, key: PositionKey, settle: str, closing: int, price: int, fee: int) -> None:
+def _close(state: State, key: PositionKey, position: Position, settle: str, closing: int, price: int, fee: int) -> None:
     """Reduce a position: PnL into margin, fee from margin, then release the closed share to the wallet."""
-    position = state.positions[key]
     before = abs(position.size)
     _realize(state, key, position, closing, price)
     position.margin -= fee
@@ -404,7 +403,7 @@ def _apply_adl_fill(state: State, event: AdlFill) -> Verdict | None:
     if position is None or event.qty > abs(position.size):
         held = 0 if position is None else abs(position.size)
         return _dead(r.ADL_EXCEEDS_POSITION, f"ADL of {dec(event.qty)} exceeds the open size {dec(held)}")
-    _close(state, key, config.settle, event.qty, event.price, 0)
+    _close(state, key, position, config.settle, event.qty, event.price, 0)
     return None
 
 

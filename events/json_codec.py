@@ -37,7 +37,6 @@ def _no_constant(text: str):
 _loads = json.JSONDecoder(
     object_pairs_hook=_pairs_without_duplicates, parse_float=_no_float, parse_constant=_no_constant
 ).decode
-_convert_wire = msgspec.convert
 
 
 def _reason_of(error: msgspec.ValidationError) -> str:
@@ -59,12 +58,15 @@ def bounded_raw(raw: bytes) -> bytes:
     return raw[:DEADLETTER_RAW_BYTES]
 
 
+def too_large(start: bytes, size: int, source: str = "") -> m.InvalidInput:
+    """The dead letter of a line of ``size`` bytes, of which only ``start`` need have been read."""
+    return m.InvalidInput(r.RECORD_TOO_LARGE, f"line of {size} bytes exceeds {MAX_LINE_BYTES}", bounded_raw(start), source)
+
+
 def decode_line(line: bytes, source: str = "") -> m.Event | m.InvalidInput:
     """One JSON line -> a domain event, or an InvalidInput carrying the reason and the bounded raw line."""
     if len(line) > MAX_LINE_BYTES:
-        return m.InvalidInput(
-            r.RECORD_TOO_LARGE, f"line of {len(line)} bytes exceeds {MAX_LINE_BYTES}", bounded_raw(line), source
-        )
+        return too_large(line, len(line), source)
     try:
         try:
             obj = _loads(line.decode("utf-8"))
@@ -77,7 +79,7 @@ def decode_line(line: bytes, source: str = "") -> m.Event | m.InvalidInput:
         if not isinstance(obj, dict):
             raise _Rejected(r.NOT_AN_OBJECT, f"a record is a JSON object, got {type(obj).__name__}")
         try:
-            wire = _convert_wire(obj, WireEvent, strict=True)
+            wire = msgspec.convert(obj, WireEvent, strict=True)
         except msgspec.ValidationError as error:
             raise _Rejected(_reason_of(error), str(error)) from None
         return to_domain(wire)

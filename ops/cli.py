@@ -17,13 +17,14 @@ import msgspec
 from ringfence.core.digest import compute_digest
 from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS, MAX_LINE_BYTES
 from ringfence.events.embedded import EmbeddedLog, LogLocked
-from ringfence.events.json_codec import decode_line
+from ringfence.events.json_codec import decode_line, too_large
 from ringfence.events.log import CorruptLog
 from ringfence.events.log_codec import encode_record
 from ringfence.core.model import InvalidInput
 from ringfence.projections.runner import run_core
 from ringfence.projections.store import StateStore, StoreVersionError
 from ringfence.projections.views import books_view, positions_view, wallets_view
+from ringfence.ops.logging import configure_logging, get_logger
 from ringfence.projections.outbox import publish_pending
 from ringfence.replay.audit import replay_digest
 
@@ -93,8 +94,8 @@ def _print_rows(rows: list[dict], as_json: bool, columns: list[str]) -> None:
 # -- commands ----------------------------------------------------------------------------
 
 
-def _read_lines(stream, name: str):
-    """Lines of at most MAX_LINE_BYTES (+1 to detect longer ones); a longer line is consumed whole."""
+def _read_lines(stream):
+    """(number, line, size): lines of at most MAX_LINE_BYTES; a longer one is consumed but only its start kept."""
     number = 0
     while True:
         line = stream.readline(MAX_LINE_BYTES + 1)
@@ -108,9 +109,15 @@ def _read_lines(stream, name: str):
                 size += len(chunk)
                 if not chunk or chunk.endswith(b"\n"):
                     break
-            yield number, line[:MAX_LINE_BYTES + 1] + b"...", size
+            yield number, line, size
             continue
         yield number, line.rstrip(b"\r\n"), len(line)
+
+
+def _report_recovery(log: EmbeddedLog) -> None:
+    """A torn tail moved aside on open is worth a loud line (structlog; JSON when not on a terminal)."""
+    for note in log.recovered:
+        get_logger().warning("log_tail_recovered", detail=note)
 
 
 def cmd_ingest(args) -> int:
@@ -123,22 +130,18 @@ def cmd_ingest(args) -> int:
         except OSError as error:
             raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
         name = path.name
-    valid = invalid = blank = 0
+    valid = invalid = 0
     progress = Progress("ingested")
     with EmbeddedLog(log_dir(args.data)) as log:
-        for note in log.recovered:
-            print(f"ringfence: recovered log tail: {note}", file=sys.stderr)
+        _report_recovery(log)
         first = log.end_offset()
-        for number, line, size in _read_lines(stream, name):
+        for number, line, size in _read_lines(stream):
             if not line.strip():
-                blank += 1
-                continue
-            record = decode_line(line, f"{name}:{number}")
+                continue  # a blank line is not a record
+            source = f"{name}:{number}"
+            record = too_large(line, size, source) if size > MAX_LINE_BYTES else decode_line(line, source)
             if type(record) is InvalidInput:
                 invalid += 1
-                if size > MAX_LINE_BYTES:  # the reader cut it; say how big it was
-                    record = InvalidInput(record.reason, f"line of {size} bytes exceeds {MAX_LINE_BYTES}",
-                                          record.raw, record.source)  # fmt: skip
             else:
                 valid += 1
             log.append(encode_record(record))
@@ -190,8 +193,7 @@ def cmd_run(args) -> int:
         if not log_dir(args.data).is_dir():
             raise UsageError(f"no event log in {args.data} (run `ringfence ingest FILE` first)")
         with EmbeddedLog(log_dir(args.data)) as log:  # writable: takes the lock and repairs a torn tail
-            for note in log.recovered:
-                print(f"ringfence: recovered log tail: {note}", file=sys.stderr)
+            _report_recovery(log)
             return _run_once(args, log)
     # follow: keep the state in memory, poll the log, checkpoint what arrives
     stopping = []
@@ -394,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         return args.handler(args)
     except UsageError as error:

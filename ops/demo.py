@@ -51,7 +51,6 @@ class MatchingEngine:
     def __init__(self, session: Session, seed: int):
         self.session = session
         self.rng = random.Random(seed ^ 0x5EED)
-        self.serial = 0
 
     def answer(self, command: dict, ts: int) -> list[m.Event]:
         if command["type"] == "adl":
@@ -70,12 +69,11 @@ class MatchingEngine:
         slippage_bp = self.rng.randint(0, 20) if self.rng.random() > 0.02 else 100
         moved = mark * (10_000 - slippage_bp if selling else 10_000 + slippage_bp) // 10_000
         price = max(tick, moved // tick * tick)
-        self.serial += 1
         self.session.sizes[key] = self.session.sizes.get(key, 0) + (-qty if selling else qty)
         counterparty = self.rng.choice(self.session.traders)
         while counterparty == command["account"]:
             counterparty = self.rng.choice(self.session.traders)
-        leg = self.session._leg(counterparty, market, buying=selling, qty=qty)
+        leg = self.session.choose_leg(counterparty, market, buying=selling, qty=qty)
         counter_key = (counterparty, market, leg)
         self.session.sizes[counter_key] = self.session.sizes.get(counter_key, 0) + (qty if selling else -qty)
         fee = -((-qty * price * COUNTERPARTY_FEE_BP10) // (SCALE * 10_000))

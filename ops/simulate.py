@@ -140,7 +140,8 @@ class Session:
         self.marks[market] = mark
         return m.MarkPrice(self._id("mark"), self._tick(), market, mark)
 
-    def _leg(self, trader: str, market: str, buying: bool, qty: int) -> str:
+    def choose_leg(self, trader: str, market: str, buying: bool, qty: int) -> str:
+        """BOTH for one-way traders; in hedge mode close the opposite leg when it holds enough, else open."""
         if trader not in self.hedge:
             return m.BOTH
         closing_leg = m.SHORT if buying else m.LONG
@@ -164,7 +165,7 @@ class Session:
         fills = []
         taker_buys = rng.random() < 0.5
         for trader, buying in ((buyer, True), (seller, False)):
-            leg = self._leg(trader, market, buying, qty)
+            leg = self.choose_leg(trader, market, buying, qty)
             key = (trader, market, leg)
             self.sizes[key] = self.sizes.get(key, 0) + (qty if buying else -qty)
             taker = buying == taker_buys

@@ -223,16 +223,16 @@ class LiquidationProjection:
             paused = event.market in self.paused
             if jump and not paused:
                 self.paused[event.market] = offset
-                outputs.append(self._alert(state, event, previous, offset, "mark_jump"))
+                outputs.append(self._alert(event, previous, offset, "mark_jump"))
                 return
             if paused:
                 if jump:
                     return
                 del self.paused[event.market]
-                outputs.append(self._alert(state, event, previous, offset, "mark_resumed"))
+                outputs.append(self._alert(event, previous, offset, "mark_resumed"))
         self._evaluate_market(state, event.market, offset, event.ts, outputs)
 
-    def _alert(self, state: State, event: MarkPrice, previous: int, offset: int, reason: str) -> Alert:
+    def _alert(self, event: MarkPrice, previous: int, offset: int, reason: str) -> Alert:
         return Alert(f"alert-{offset}", event.market, reason, format_decimal(event.price), format_decimal(previous),
                      offset, event.ts)  # fmt: skip
 
@@ -265,7 +265,7 @@ class LiquidationProjection:
         market = state.markets.get(key[1])
         if market is None or market.mark == 0 or key[1] in self.paused or key in self.outstanding:
             return
-        if key in state.positions and self._liquidatable(state, key):
+        if self._liquidatable(state, key):
             self._versions.pop(key, None)
             self._decide(state, key, offset, ts, outputs)
 

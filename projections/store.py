@@ -38,6 +38,7 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 from ringfence.core.check import check
 from ringfence.core.model import MarketConfig
 from ringfence.core.state import MarketState, State
+from ringfence.projections.liquidation import LiquidationProjection
 
 FORMAT_VERSION = 1
 
@@ -237,8 +238,6 @@ class StateStore:
 
     def load_projection(self, state: State):
         """The liquidation projection as of the last checkpoint, its index rebuilt from ``state``."""
-        from ringfence.projections.liquidation import LiquidationProjection
-
         projection = LiquidationProjection()
         snapshot = self._db.get(PROJECTION)
         if snapshot is None:

@@ -181,3 +181,14 @@ def test_progress_is_shown_on_a_terminal_only(tmp_path, cli):
     # and not when stderr is a file
     rc, out, err = cli("replay", data=data)
     assert "\r" not in err
+
+
+def test_a_torn_tail_is_repaired_and_reported_once(tmp_path, cli):
+    data = tmp_path / "d"
+    cli("ingest", str(session_file(tmp_path, seed=17, count=200, traders=5)), data=data)
+    segment = next((data / "log").glob("*.seg"))
+    segment.write_bytes(segment.read_bytes()[:-3])  # a crash in the middle of the last record
+    rc, out, err = cli("run", data=data, check_rc=None)
+    assert rc in (0, 3) and "log_tail_recovered" in err
+    assert "199 events" in out  # every whole record, not the torn one
+    assert list((data / "log").glob("*.torn-*"))

@@ -25,7 +25,6 @@ def brute_force_liquidatable(state: State) -> set:
 def test_index_agrees_with_a_full_scan(seed, count):
     events = [event for event, _ in adversarial_stream(seed, count)]
     state, projection = State(), LiquidationProjection()
-    commanded = 0
     for offset, event in enumerate(events):
         verdict = apply_event(state, offset, event)
         outputs = projection.after_event(state, offset, event, verdict is None)
@@ -42,7 +41,6 @@ def test_index_agrees_with_a_full_scan(seed, count):
             elif type(command) is LiquidateCommand:
                 key = (command.account, command.market, command.position_side)
                 assert key in liquidatable, f"offset {offset}: {command}"
-            commanded += 1
     # a restored projection (index rebuilt from the state) decides the same
     restored = LiquidationProjection()
     restored.restore(projection.snapshot(), state)
