@@ -5,6 +5,10 @@ from typing import Protocol
 
 
 class Log(Protocol):
+    """Payloads are the embedded log's msgpack records (events.log_codec) unless the log has a
+    ``decode(payload)`` method of its own (the Kafka log carries the wire JSON), which returns a
+    domain event or an InvalidInput and never raises."""
+
     def append(self, payload: bytes) -> int:
         """Buffer one record; return the offset it will have. Durable only after commit()."""
 

@@ -120,6 +120,17 @@ def _report_recovery(log: EmbeddedLog) -> None:
         get_logger().warning("log_tail_recovered", detail=note)
 
 
+def _partition_filter(args):
+    """With --partition P --of N: a test for the lines `ringfence publish` sends to partition P."""
+    if args.partition is None and args.of is None:
+        return None
+    if args.partition is None or args.of is None or not 0 <= args.partition < args.of:
+        raise UsageError("--partition P and --of N go together, with 0 <= P < N")
+    from ringfence.ops.partitioning import route
+
+    return lambda line: args.partition in route(line, args.of)[1]
+
+
 def cmd_ingest(args) -> int:
     if args.file == "-":
         stream, name = sys.stdin.buffer, "stdin"
@@ -130,7 +141,8 @@ def cmd_ingest(args) -> int:
         except OSError as error:
             raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
         name = path.name
-    valid = invalid = 0
+    belongs = _partition_filter(args)
+    valid = invalid = skipped = 0
     progress = Progress("ingested")
     with EmbeddedLog(log_dir(args.data)) as log:
         _report_recovery(log)
@@ -138,6 +150,9 @@ def cmd_ingest(args) -> int:
         for number, line, size in _read_lines(stream):
             if not line.strip():
                 continue  # a blank line is not a record
+            if belongs is not None and not belongs(line):
+                skipped += 1
+                continue
             source = f"{name}:{number}"
             record = too_large(line, size, source) if size > MAX_LINE_BYTES else decode_line(line, source)
             if type(record) is InvalidInput:
@@ -154,7 +169,8 @@ def cmd_ingest(args) -> int:
     if stream is not sys.stdin.buffer:
         stream.close()
     span = f"offsets {first}..{end - 1}" if end > first else "nothing appended"
-    print(f"ingested {valid + invalid} records from {name} ({span}): {valid} valid, {invalid} invalid")
+    other = f"; {skipped} lines belong to other partitions" if belongs is not None else ""
+    print(f"ingested {valid + invalid} records from {name} ({span}): {valid} valid, {invalid} invalid{other}")
     if invalid:
         print(f"ringfence: {invalid} invalid records will be dead-lettered by `ringfence run`", file=sys.stderr)
         return EXIT_FLAGGED
@@ -168,7 +184,7 @@ def _open_store(data: Path) -> StateStore:
 def _run_once(args, log) -> int:
     progress = Progress("applied")
     with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
-        publish = lambda: publish_pending(store, commands_log)  # noqa: E731
+        publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
         publish()  # what a previous run stored but did not get to publish
         state, report = run_core(log, store, progress=progress, publish=publish, checkpoint_every=args.checkpoint_every)
         digest = compute_digest(state, report.projection.canonical_sections())
@@ -201,7 +217,7 @@ def cmd_run(args) -> int:
     flagged = False
     log = EmbeddedLog(log_dir(args.data), writable=False)  # ingest keeps the writer lock
     with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
-        publish = lambda: publish_pending(store, commands_log)  # noqa: E731
+        publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
         publish()
         state = projection = None
         try:
@@ -346,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("ingest", parents=[common], help="validate JSON Lines and append them to the event log")
     p.add_argument("file", help="JSON Lines file, or - for stdin")
+    p.add_argument("--partition", type=int, metavar="P",
+                   help="only the lines `ringfence publish` sends to partition P (an offline copy of it)")
+    p.add_argument("--of", type=int, metavar="N", help="with --partition: the topic's partition count")
     p.set_defaults(handler=cmd_ingest)
 
     p = commands.add_parser("run", parents=[common], help="reduce every event not yet applied and checkpoint")

@@ -141,7 +141,7 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None)
                 log.append(encode_record(event))
             log.commit()
             state, report = run_core(log, store, state=state, projection=projection,
-                                     publish=lambda: publish_pending(store, commands_log))  # fmt: skip
+                                     publish=lambda: publish_pending(store, {"commands": commands_log}))  # fmt: skip
             projection = report.projection
             live["state"] = state
             totals["events"] += report.events

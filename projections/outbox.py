@@ -1,26 +1,33 @@
-"""The outbox: commands are stored with the state that produced them, then published.
+"""The outbox: outputs are stored with the state that produced them, then published.
 
-1. The runner's checkpoint writes the commands (``c:<sequence>``) in the same
-   batch as the state and offset, so a command exists iff its cause is applied.
-2. ``publish_pending`` appends every command after ``meta:published`` to the
-   commands log and commits it (fsync / acks).
-3. Only then is ``meta:published`` moved. A crash between 2 and 3 publishes
-   those commands again with the same ids: at least once, and consumers
-   deduplicate by command id.
+1. The runner's checkpoint writes the outputs (commands ``c:<sequence>``;
+   rejections, dead letters and alerts by offset) in the same batch as the
+   state and offset, so an output exists iff its cause is applied.
+2. ``publish_pending`` appends every output after its kind's published mark
+   to that kind's log and commits it (fsync / acks).
+3. Only then is the mark moved. A crash between 2 and 3 publishes those
+   outputs again, identical: at least once, and consumers deduplicate by
+   command id (or offset).
 """
 
-from ringfence.projections.store import StateStore
+from collections.abc import Mapping
+
+from ringfence.projections.store import ALERT, COMMAND, DEADLETTER, REJECTION, StateStore
+
+OUTPUT_PREFIXES = {"commands": COMMAND, "rejections": REJECTION, "deadletters": DEADLETTER, "alerts": ALERT}
 
 
-def publish_pending(store: StateStore, commands_log) -> int:
-    """Publish what the store holds beyond the published mark; return how many were published."""
-    published = store.published()
-    last = published
-    for sequence, record in store.commands(after=published):
-        commands_log.append(record)
-        last = sequence
-    if last == published:
-        return 0
-    commands_log.commit()
-    store.set_published(last)
-    return last - published
+def publish_pending(store: StateStore, sinks: Mapping[str, object]) -> int:
+    """Publish what the store holds beyond each kind's mark to ``sinks[kind]``; return how many records."""
+    total = 0
+    for kind, sink in sinks.items():
+        prefix = OUTPUT_PREFIXES[kind]
+        published = last = store.published(prefix)
+        for position, record in store.outputs(prefix, after=published):
+            sink.append(record)
+            last = position
+            total += 1
+        if last != published:
+            sink.commit()
+            store.set_published(last, prefix)
+    return total

@@ -65,11 +65,17 @@ def reduce_records(
     on_verdict: Callable[[int, object, Verdict], None] | None = None,
     projection: LiquidationProjection | None = None,
     on_outputs: Callable[[list, int], None] | None = None,
+    decode: Callable[[object], object] | None = None,
 ) -> int:
-    """Apply (offset, payload) records to ``state`` (and the projection) in memory; return how many."""
+    """Apply (offset, payload) records to ``state`` (and the projection) in memory; return how many.
+
+    ``decode`` turns a payload into a domain event or an InvalidInput; the
+    default reads the embedded log's msgpack records, where a payload that
+    does not decode becomes an InvalidInput (a dead letter).
+    """
     count = 0
     last = INT64_MAX if until is None else until
-    decode, apply = decode_record, apply_event
+    decode, apply = decode or decode_record, apply_event
     decide = projection.after_event if projection is not None else None
     for offset, payload in records:
         if offset > last:
@@ -90,6 +96,72 @@ def reduce_records(
     return count
 
 
+class Reduction:
+    """One log's state and liquidation projection, with the outputs not yet checkpointed.
+
+    ``apply`` reduces records in memory and collects their outputs (rejections,
+    dead letters, commands, alerts); ``checkpoint`` writes state, outputs and
+    offset in one batch (projections.store). The embedded ``run`` and the
+    Kafka service drive the same object.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        state: State | None = None,
+        projection: LiquidationProjection | None = None,
+        liquidations: bool = True,
+    ) -> None:
+        if state is None:
+            state = store.load()
+            if liquidations:
+                projection = store.load_projection(state)
+            # the restored state is long-lived and acyclic: full collections need not walk it
+            gc.freeze()
+        self.store, self.state, self.projection = store, state, projection
+        self.outputs: list[tuple[bytes, bytes]] = []
+        self.report = RunReport(offset=state.offset, projection=projection)
+        self.unsaved = 0  # events applied since the last checkpoint
+
+    def apply(self, records: Iterable[tuple[int, object]], *, until: int | None = None, decode=None) -> int:
+        applied = reduce_records(
+            self.state, records, until=until, on_verdict=self._collect, projection=self.projection,
+            on_outputs=self._collect_decisions, decode=decode,
+        )  # fmt: skip
+        self.report.events += applied
+        self.report.offset = self.state.offset
+        self.unsaved += applied
+        return applied
+
+    def checkpoint(self) -> bool:
+        """Make everything applied so far durable; False if there was nothing to write."""
+        if not self.unsaved:
+            return False
+        self.store.checkpoint(self.state, self.outputs, self.projection)
+        self.outputs.clear()
+        self.unsaved = 0
+        gc.freeze()  # what survived until now is long-lived: keep it out of full collections
+        return True
+
+    def _collect(self, offset: int, record, verdict: Verdict) -> None:
+        self.outputs.append(output_record(offset, record, verdict))
+        if verdict.kind == "rejection":
+            self.report.rejections += 1
+        else:
+            self.report.deadletters += 1
+
+    def _collect_decisions(self, decisions: list, sequence: int) -> None:
+        for decision in decisions:
+            if type(decision) is LiquidateCommand or type(decision) is AdlCommand:
+                sequence += 1  # the outbox position the projection gave this command
+                self.report.commands += 1
+                self.outputs.append((offset_key(COMMAND, sequence), _json(decision)))
+            else:
+                self.report.alerts += 1
+                self.outputs.append((offset_key(ALERT, decision.offset), _json(decision)))
+
+
 def run_core(
     log,
     store: StateStore,
@@ -102,63 +174,29 @@ def run_core(
     liquidations: bool = True,
     publish: Callable[[], None] | None = None,
 ) -> tuple[State, RunReport]:
-    """Reduce every record after the state's offset, checkpointing every ``checkpoint_every`` events.
+    """Reduce every record of ``log`` after the state's offset, checkpointing every ``checkpoint_every`` events.
 
     1. Restore the state from the store (unless the caller passes the live one).
     2. Apply records in slices of at most PROGRESS_EVERY, collecting outputs.
     3. After ``checkpoint_every`` events, and at the end, checkpoint state,
        outputs and offset in one batch (projections.store). A crash before that
        write loses nothing: the next run replays from the previous checkpoint.
-    4. Freeze what survived into the collector's permanent generation: the
-       state is long-lived and acyclic, so full collections need not walk it.
+    4. Publish the outbox (``publish``) only after the checkpoint is durable.
     """
-    if state is None:
-        state = store.load()
-        if liquidations:
-            projection = store.load_projection(state)
-        gc.freeze()
-    report = RunReport(offset=state.offset)
-    outputs: list[tuple[bytes, bytes]] = []
-
-    def collect(offset: int, record, verdict: Verdict) -> None:
-        outputs.append(output_record(offset, record, verdict))
-        if verdict.kind == "rejection":
-            report.rejections += 1
-        else:
-            report.deadletters += 1
-
-    def collect_decisions(decisions: list, sequence: int) -> None:
-        for decision in decisions:
-            if type(decision) is LiquidateCommand or type(decision) is AdlCommand:
-                sequence += 1  # the outbox position the projection gave this command
-                report.commands += 1
-                outputs.append((offset_key(COMMAND, sequence), _json(decision)))
-            else:
-                report.alerts += 1
-                outputs.append((offset_key(ALERT, decision.offset), _json(decision)))
-
+    reduction = Reduction(store, state=state, projection=projection, liquidations=liquidations)
+    state = reduction.state
     end = log.end_offset()
     records = log.read(state.offset + 1)
-    since_checkpoint = 0
+    decode = getattr(log, "decode", None)
     while True:
-        applied = reduce_records(
-            state, islice(records, min(PROGRESS_EVERY, checkpoint_every)), until=until, on_verdict=collect,
-            projection=projection, on_outputs=collect_decisions,
-        )  # fmt: skip
-        report.events += applied
-        since_checkpoint += applied
+        applied = reduction.apply(islice(records, min(PROGRESS_EVERY, checkpoint_every)), until=until, decode=decode)
         finished = applied == 0 or (until is not None and state.offset >= until)
-        if since_checkpoint and (since_checkpoint >= checkpoint_every or finished):
-            store.checkpoint(state, outputs, projection)
-            outputs.clear()
-            since_checkpoint = 0
-            gc.freeze()
+        if reduction.unsaved and (reduction.unsaved >= checkpoint_every or finished):
+            reduction.checkpoint()
             if publish is not None:
                 publish()  # only after the commands are durable (the outbox)
         if progress is not None and applied:
             progress(state.offset + 1, end)
         if finished:
             break
-    report.offset = state.offset
-    report.projection = projection
-    return state, report
+    return state, reduction.report

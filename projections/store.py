@@ -23,6 +23,7 @@ numeric order):
     a:<offset>             alert (JSON)
     j:liquidation          the liquidation projection's own state
     meta:published         last command sequence published to the commands log
+    meta:published:<p>     last offset whose output of prefix <p> (r:, x:, a:) was published
 
 Identifiers never contain NUL (validated on input), so NUL separates key parts.
 Ints that may exceed 64 bits (the cost basis) are stored as signed bytes.
@@ -248,20 +249,31 @@ class StateStore:
 
     # -- outputs -------------------------------------------------------------------------
 
+    def outputs(self, prefix: bytes, after: int) -> Iterator[tuple[int, bytes]]:
+        """(position, record) of one output kind (COMMAND: by sequence; others: by offset) after ``after``."""
+        for key, value in self._scan(prefix, start=offset_key(prefix, after + 1)):
+            yield _OFFSET.unpack(key[len(prefix) :])[0], value
+
     def commands(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
         """(sequence, command) of the outbox, after sequence ``after``."""
-        for key, value in self._scan(COMMAND, start=offset_key(COMMAND, after + 1)):
-            yield _OFFSET.unpack(key[len(COMMAND) :])[0], value
+        return self.outputs(COMMAND, after)
 
     def alerts(self) -> Iterator[bytes]:
         return (value for _, value in self._scan(ALERT))
 
-    def published(self) -> int:
-        raw = self._db.get(META_PUBLISHED)
-        return 0 if raw is None else _OFFSET.unpack(raw)[0]
+    @staticmethod
+    def _published_key(prefix: bytes) -> bytes:
+        return META_PUBLISHED if prefix == COMMAND else META_PUBLISHED + b":" + prefix
 
-    def set_published(self, sequence: int) -> None:
-        self._db.put(META_PUBLISHED, _OFFSET.pack(sequence), self._sync)
+    def published(self, prefix: bytes = COMMAND) -> int:
+        """The last published position of an output kind: 0 (commands) or -1 (offsets) when none."""
+        raw = self._db.get(self._published_key(prefix))
+        if raw is None:
+            return 0 if prefix == COMMAND else -1
+        return _OFFSET.unpack(raw)[0]
+
+    def set_published(self, position: int, prefix: bytes = COMMAND) -> None:
+        self._db.put(self._published_key(prefix), _OFFSET.pack(position), self._sync)
 
     def rejections(self) -> Iterator[bytes]:
         return (value for _, value in self._scan(REJECTION))

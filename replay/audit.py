@@ -9,14 +9,14 @@ from ringfence.projections.runner import reduce_records
 def replay(log, until: int | None = None) -> State:
     """The core state after every record of ``log`` up to ``until`` (inclusive; None = the end)."""
     state = State()
-    reduce_records(state, log.read(0), until=until)
+    reduce_records(state, log.read(0), until=until, decode=getattr(log, "decode", None))
     return state
 
 
 def replay_with_liquidations(log, until: int | None = None) -> tuple[State, LiquidationProjection, list]:
     """Core state, liquidation projection and every command and alert, as `run` makes them."""
     state, projection, decisions = State(), LiquidationProjection(), []
-    reduce_records(state, log.read(0), until=until, projection=projection,
+    reduce_records(state, log.read(0), until=until, projection=projection, decode=getattr(log, "decode", None),
                    on_outputs=lambda outputs, _: decisions.extend(outputs))  # fmt: skip
     return state, projection, decisions
 

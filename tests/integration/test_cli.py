@@ -192,3 +192,24 @@ def test_a_torn_tail_is_repaired_and_reported_once(tmp_path, cli):
     assert rc in (0, 3) and "log_tail_recovered" in err
     assert "199 events" in out  # every whole record, not the torn one
     assert list((data / "log").glob("*.torn-*"))
+
+
+def test_ingest_of_one_partition_keeps_its_accounts_and_every_market_wide_event(tmp_path, cli):
+    from ringfence.ops.partitioning import route
+
+    source = session_file(tmp_path, seed=15, count=600, traders=12)
+    lines = [line for line in source.read_bytes().splitlines() if line]
+    counts = []
+    for partition in range(3):
+        data = tmp_path / f"p{partition}"
+        out = cli("ingest", str(source), "--partition", str(partition), "--of", "3", data=data)[1]
+        expected = [line for line in lines if partition in route(line, 3)[1]]
+        assert f"ingested {len(expected)} records" in out
+        counts.append(len(expected))
+        cli("run", data=data, check_rc=None)
+        positions = json.loads("[" + ",".join(cli("positions", "--json", data=data)[1].splitlines()) + "]")
+        assert all(route(b'{"account":"%s"}' % p["account"].encode(), 3)[1] == (partition,) for p in positions)
+    broadcasts = sum(1 for line in lines if json.loads(line)["type"] in ("mark", "funding", "market"))
+    assert sum(counts) == len(lines) + 2 * broadcasts
+    rc, _, err = cli("ingest", str(source), "--partition", "3", "--of", "3", data=tmp_path / "bad", check_rc=2)
+    assert err.count("\n") == 1 and "0 <= P < N" in err
