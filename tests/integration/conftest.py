@@ -22,3 +22,24 @@ def ringfence(*args, data: Path, stdin: bytes | None = None, env: dict | None = 
 @pytest.fixture
 def cli():
     return ringfence
+
+
+# -- the real broker (DESIGN.md §7) ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """Tansu on a free loopback port for the whole session; stopped by its own pid."""
+    import signal
+
+    from ringfence.ops.broker import free_port, start_broker
+
+    port = free_port()
+    process = start_broker(port, log_path=tmp_path_factory.mktemp("broker") / "tansu.log")
+    yield f"127.0.0.1:{port}"
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(3)
+    except subprocess.TimeoutExpired:  # it drains open client connections first; not worth waiting for
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)

@@ -1,0 +1,282 @@
+"""The Kafka log backend (kafka-python): topics, client settings, and a Log over one partition.
+
+Topics (DESIGN.md §4.2, §6), all with the same partition count so that the
+outputs of events partition p go to partition p of each output topic:
+
+    <prefix>.events      input, JSON Lines records keyed by account
+    <prefix>.commands    liquidation and ADL commands
+    <prefix>.rejections  requests the state refused
+    <prefix>.deadletter  records that could not be applied
+    <prefix>.alerts      mark-price alerts (liquidations paused / resumed)
+
+Every client setting that matters is spelled out in ``producer_settings`` and
+``consumer_settings``. The one offset that counts is the one stored with the
+state; the broker's end offsets (ListOffsets) are used for display only, and
+reading stops at the high watermark that fetch responses carry.
+"""
+
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from ringfence.core.limits import MAX_LINE_BYTES
+from ringfence.events.json_codec import decode_line
+
+# The protocol level we speak, pinned so that clients start without probing
+# the broker; Kafka 2.8 requests are understood by every broker since 2.8,
+# Kafka 4 included. --api-version overrides it.
+DEFAULT_API_VERSION = (2, 8)
+
+TOPIC_SUFFIXES = {
+    "events": "events",
+    "commands": "commands",
+    "rejections": "rejections",
+    "deadletters": "deadletter",
+    "alerts": "alerts",
+}
+OUTPUT_KINDS = ("commands", "rejections", "deadletters", "alerts")
+
+
+class KafkaSetupError(Exception):
+    """The broker or the topics are not as ringfence needs them; the message says what to do."""
+
+
+class TopicError(KafkaSetupError):
+    """A topic is missing or has a partition count ringfence cannot work with."""
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str
+    prefix: str = "ringfence"
+    api_version: tuple[int, ...] = DEFAULT_API_VERSION
+    client_id: str = "ringfence"
+    session_timeout_ms: int = 10_000
+    connect_timeout_ms: int = 10_000  # how long a command waits for the first broker answer before it fails
+    max_poll_records: int = 2_000
+    extra: dict = field(default_factory=dict)  # for tests and tuning: merged over both client configs
+
+    def topic(self, kind: str) -> str:
+        return f"{self.prefix}.{TOPIC_SUFFIXES[kind]}"
+
+
+def producer_settings(settings: KafkaSettings) -> dict:
+    return {
+        "bootstrap_servers": settings.bootstrap,
+        "client_id": settings.client_id,
+        "api_version": settings.api_version,
+        "enable_idempotence": True,  # retries never duplicate or reorder a partition's records
+        "acks": "all",  # a record counts once every in-sync replica has it
+        "retries": 2**31 - 1,  # bounded by delivery_timeout_ms instead
+        "delivery_timeout_ms": 120_000,  # then the send fails, and commit() raises
+        "max_in_flight_requests_per_connection": 5,  # the most idempotence keeps in order
+        "linger_ms": 5,
+        "batch_size": 256 * 1024,
+        "max_request_size": 1024 * 1024,
+        "compression_type": None,
+        "max_block_ms": 60_000,
+        "request_timeout_ms": 30_000,
+        "allow_auto_create_topics": False,  # topics are created with explicit counts (ensure_topics)
+        "metrics_enabled": False,
+        **settings.extra.get("producer", {}),
+    }
+
+
+def consumer_settings(settings: KafkaSettings, group: str | None) -> dict:
+    return {
+        "bootstrap_servers": settings.bootstrap,
+        "client_id": settings.client_id,
+        "group_id": group,
+        "api_version": settings.api_version,
+        "enable_auto_commit": False,  # the offset that counts is stored with the state; commits are hints
+        "auto_offset_reset": "none",  # a position the topic no longer holds raises: never skip, never rewind
+        "isolation_level": "read_committed",  # never apply a record of an aborted transaction
+        "allow_auto_create_topics": False,
+        "max_poll_records": settings.max_poll_records,
+        "fetch_min_bytes": 1,
+        "fetch_max_wait_ms": 100,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+        "max_partition_fetch_bytes": 1024 * 1024,  # larger than any record we accept (MAX_LINE_BYTES)
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": max(100, settings.session_timeout_ms // 5),
+        "max_poll_interval_ms": 300_000,
+        "request_timeout_ms": max(30_000, settings.session_timeout_ms + 5_000),
+        "check_crcs": True,
+        "metrics_enabled": False,
+        **settings.extra.get("consumer", {}),
+    }
+
+
+def new_producer(settings: KafkaSettings) -> KafkaProducer:
+    check_reachable(settings)
+    return KafkaProducer(**producer_settings(settings))
+
+
+def new_consumer(settings: KafkaSettings, group: str | None = None) -> KafkaConsumer:
+    check_reachable(settings)
+    return KafkaConsumer(**consumer_settings(settings, group))
+
+
+class BrokerUnreachable(KafkaSetupError):
+    """No bootstrap server accepts a connection."""
+
+
+def check_reachable(settings: KafkaSettings) -> None:
+    """Fail fast when no bootstrap server accepts a TCP connection.
+
+    kafka-python's metadata calls wait for a broker without a time limit
+    (KafkaConsumer.bootstrap(timeout_ms) does not bound a bootstrap already
+    started in the background), so commands check this first and give one
+    clear error instead of hanging.
+    """
+    timeout = settings.connect_timeout_ms / 1000
+    for server in settings.bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+            return
+        except (OSError, ValueError):
+            continue
+    raise BrokerUnreachable(f"no Kafka broker accepts connections at {settings.bootstrap} "
+                            "(start one with `ringfence broker`, or pass --bootstrap HOST:PORT)")  # fmt: skip
+
+
+def ensure_topics(settings: KafkaSettings, partitions: int, replication: int = 1) -> dict[str, int]:
+    """Create the missing topics with ``partitions`` partitions; check the ones that exist. Return name -> count."""
+    check_reachable(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=settings.client_id,
+                             api_version=settings.api_version,
+                             bootstrap_timeout_ms=settings.connect_timeout_ms)  # fmt: skip
+    try:
+        names = [settings.topic(kind) for kind in TOPIC_SUFFIXES]
+        missing = [name for name in names if name not in set(admin.list_topics())]
+        if missing:
+            try:
+                admin.create_topics([NewTopic(name, partitions, replication) for name in missing])
+            except TopicAlreadyExistsError:
+                pass  # created meanwhile by another instance: checked below like the others
+        counts = {}
+        for description in admin.describe_topics(names):
+            counts[description["name"]] = len(description["partitions"])
+    finally:
+        admin.close()
+    wrong = {name: count for name, count in counts.items() if count != partitions}
+    if wrong:
+        raise TopicError(f"topics exist with other partition counts than {partitions}: {wrong}")
+    return counts
+
+
+def partition_count(consumer: KafkaConsumer, settings: KafkaSettings, topic: str, wait: float = 2.0) -> int:
+    """The partition count of ``topic`` from the cluster metadata; TopicError if it does not exist."""
+    deadline = time.monotonic() + wait
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return len(partitions)
+        if time.monotonic() > deadline:
+            raise TopicError(f"topic {topic} does not exist (create it with `ringfence topics`)")
+        time.sleep(0.2)
+
+
+def check_output_topics(consumer: KafkaConsumer, settings: KafkaSettings) -> int:
+    """The events topic's partition count, once every output topic has at least as many partitions."""
+    count = partition_count(consumer, settings, settings.topic("events"))
+    for kind in OUTPUT_KINDS:
+        outputs = partition_count(consumer, settings, settings.topic(kind))
+        if outputs < count:
+            raise TopicError(f"{settings.topic(kind)} has {outputs} partitions, fewer than the {count} of the events")
+    return count
+
+
+class KafkaLog:
+    """A Log (events.log) over one partition of one topic.
+
+    ``append`` sends to the partition (with an optional key) through the
+    idempotent producer and ``commit`` waits for every send and raises if any
+    failed. ``read`` fetches from an offset up to the high watermark the
+    fetch responses report at that time. Payloads are JSON lines: ``decode``
+    turns one into a domain event, or into an InvalidInput to dead-letter.
+    """
+
+    def __init__(self, settings: KafkaSettings, topic: str, partition: int, *, producer: KafkaProducer | None = None,
+                 read_timeout: float = 30.0):  # fmt: skip
+        self.settings, self.topic, self.partition = settings, topic, partition
+        self.source = f"{topic}/{partition}"
+        self._producer, self._own_producer = producer, producer is None
+        self._pending: list = []
+        self._read_timeout = read_timeout
+
+    def decode(self, payload):
+        line = b"" if payload is None else bytes(payload)
+        return decode_line(line, self.source)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(self, payload: bytes, key: bytes | None = None) -> None:
+        """Buffer one record; its offset is known once the broker acknowledges it (commit)."""
+        if self._producer is None:
+            self._producer = new_producer(self.settings)
+        self._pending.append(self._producer.send(self.topic, value=bytes(payload), key=key, partition=self.partition))
+
+    def commit(self) -> None:
+        """Wait until every appended record is acknowledged by all in-sync replicas; raise if one failed."""
+        if not self._pending:
+            return
+        self._producer.flush()
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.get(timeout=0)  # raises the send's KafkaError
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        consumer = new_consumer(self.settings)
+        tp = TopicPartition(self.topic, self.partition)
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            quiet_since = time.monotonic()
+            while True:
+                batch = consumer.poll(timeout_ms=200)
+                for record in batch.get(tp, ()):
+                    yield record.offset, record.value
+                if batch:
+                    quiet_since = time.monotonic()
+                high = consumer.highwater(tp)
+                if high is not None and consumer.position(tp) >= high:
+                    return
+                if time.monotonic() - quiet_since > self._read_timeout:
+                    raise TimeoutError(f"no records from {self.source} for {self._read_timeout:.0f} s before its end")
+        finally:
+            consumer.close()
+
+    def end_offset(self) -> int:
+        """The broker's ListOffsets answer, for progress displays only (reading never depends on it)."""
+        consumer = new_consumer(self.settings)
+        try:
+            tp = TopicPartition(self.topic, self.partition)
+            return consumer.end_offsets([tp])[tp]
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        self.commit()
+        if self._own_producer and self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def bounded_line(line: bytes) -> bytes:
+    """What is sent for a line: an oversized one only up to the size that makes it a dead letter."""
+    return line if len(line) <= MAX_LINE_BYTES else line[: MAX_LINE_BYTES + 1]
