@@ -134,6 +134,8 @@ WireEvent = (
     | WireAdlFill
 )
 
+WIRE_TYPES = {cls.__struct_config__.tag: cls for cls in WireEvent.__args__}
+
 
 class InvalidRecord(ValueError):
     def __init__(self, reason: str, detail: str):
