@@ -24,11 +24,11 @@ def _nonzero_sorted(book: dict) -> list:
 def canonical_sections(state: State):
     yield [DIGEST_VERSION, state.offset]
     yield [[name, m.config, m.mark, m.mark_ts] for name, m in sorted(state.markets.items())]
-    yield [
-        [*key, p.size, p.cost, p.margin, p.shortfall] for key, p in sorted(state.positions.items())
-    ]
-    yield [[*key, wallet.balance] for key, wallet in sorted(state.wallets.items()) if wallet.balance != 0]
-    yield [[*key, value] for key, value in sorted(state.leverage.items())]
+    # sorting the keys, not the items, halves the cost: the keys are unique tuples of str
+    positions, wallets, leverage = state.positions, state.wallets, state.leverage
+    yield [(*key, p.size, p.cost, p.margin, p.shortfall) for key in sorted(positions) for p in (positions[key],)]
+    yield [(*key, balance) for key in sorted(wallets) if (balance := wallets[key].balance) != 0]
+    yield [(*key, leverage[key]) for key in sorted(leverage)]
     for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits):
         yield _nonzero_sorted(book)
     # both generations in insertion order, which is offset order
@@ -45,3 +45,12 @@ def compute_digest(state: State, extra_sections=()) -> str:
         hasher.update(_encode(section))
         hasher.update(b"\n")
     return hasher.hexdigest()
+
+
+CHAIN_VERSION = "ringfence-chain-v1"
+CHAIN_GENESIS = "0" * 64  # the "previous" of the first link
+
+
+def chain_link(previous: str, offset: int, digest: str) -> str:
+    """The chain hash of the link (offset, digest) after the link hashed ``previous``."""
+    return hashlib.blake2b(f"{CHAIN_VERSION}\n{previous}\n{offset}\n{digest}".encode(), digest_size=32).hexdigest()

@@ -15,14 +15,14 @@ from pathlib import Path
 import msgspec
 
 from ringfence.core.digest import compute_digest
-from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS, MAX_LINE_BYTES
+from ringfence.core.limits import CHAIN_EVERY_EVENTS, CHECKPOINT_EVERY_EVENTS, MAX_LINE_BYTES
 from ringfence.events.embedded import EmbeddedLog, LogLocked
 from ringfence.events.json_codec import decode_line, too_large
 from ringfence.events.log import CorruptLog
 from ringfence.events.log_codec import encode_record
 from ringfence.core.model import InvalidInput
 from ringfence.projections.runner import run_core
-from ringfence.projections.store import StateStore, StoreVersionError
+from ringfence.projections.store import ChainSettingError, StateStore, StoreVersionError
 from ringfence.projections.views import books_view, positions_view, wallets_view
 from ringfence.ops.logging import configure_logging, get_logger
 from ringfence.projections.outbox import publish_pending
@@ -189,7 +189,8 @@ def _run_once(args, log) -> int:
     with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
         publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
         publish()  # what a previous run stored but did not get to publish
-        state, report = run_core(log, store, progress=progress, publish=publish, checkpoint_every=args.checkpoint_every)
+        state, report = run_core(log, store, progress=progress, publish=publish, checkpoint_every=args.checkpoint_every,
+                                 chain_every=args.chain_every)  # fmt: skip
         digest = compute_digest(state, report.projection.canonical_sections())
     progress.done()
     print(
@@ -222,12 +223,12 @@ def cmd_run(args) -> int:
     with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
         publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
         publish()
-        state = projection = None
+        state = projection = chain = None
         try:
             while not stopping:
-                state, report = run_core(log, store, state=state, projection=projection, publish=publish,
-                                         checkpoint_every=args.checkpoint_every)  # fmt: skip
-                projection = report.projection
+                state, report = run_core(log, store, state=state, projection=projection, chain=chain, publish=publish,
+                                         checkpoint_every=args.checkpoint_every, chain_every=args.chain_every)  # fmt: skip
+                projection, chain = report.projection, report.chain
                 if report.events:
                     print(f"applied {report.events} events, state at offset {report.offset}", flush=True)
                 flagged = flagged or bool(report.rejections or report.deadletters)
@@ -299,19 +300,49 @@ def cmd_digest(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    data = args.data
     if args.partition is not None:
         from ringfence.ops.kafka_log import KafkaLog
+        from ringfence.ops.serve import partition_dir
 
         settings = _kafka_settings(args)
         log = KafkaLog(settings, settings.topic("events"), args.partition)
+        data = partition_dir(args.data, settings, args.partition)
     elif not log_dir(args.data).is_dir():
         raise UsageError(f"no event log in {args.data}")
     else:
         log = EmbeddedLog(log_dir(args.data), writable=False)
+    if args.verify:
+        return _verify(log, data)
     offset, digest = replay_digest(log, args.to)
     if args.to is not None and offset < args.to:
         raise UsageError(f"the log ends at offset {offset}, before --to {args.to}")
     print(f"{offset} {digest}")
+    return EXIT_OK
+
+
+def _verify(log, data: Path) -> int:
+    from ringfence.replay.verify import NoChain, verify
+
+    with _open_reader(data) as store:
+        try:
+            result = verify(log, store, decode=getattr(log, "decode", None))
+        except NoChain as error:
+            raise UsageError(str(error)) from None
+    if result.divergence is not None:
+        d = result.divergence
+        print(f"ringfence: verify: diverges at offset {d.offset} ({d.kind}): {d.detail}", file=sys.stderr)
+        return EXIT_ERROR
+    more = "; the log holds more records the core has not applied yet" if result.unapplied else ""
+    print(f"verified offsets {result.start}..{result.verified_to}: {result.links} chain links, every record "
+          f"fingerprint; chain {result.last_chain}{more}")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_chain(args) -> int:
+    with _open_reader(args.data) as store:
+        links = [msgspec.json.decode(raw) for raw in store.chain_links()]
+    _print_rows(links, args.json, ["offset", "digest", "chain"])
     return EXIT_OK
 
 
@@ -411,7 +442,7 @@ def cmd_serve(args) -> int:
         settings = replace(settings, session_timeout_ms=args.session_timeout_ms)
     try:
         Service(settings, args.data, group=group, partitions=partitions, checkpoint_every=args.checkpoint_every,
-                digest_every=args.digest_every, metrics=metrics).run()  # fmt: skip
+                chain_every=args.chain_every, metrics=metrics).run()  # fmt: skip
     finally:
         if server is not None:
             server.shutdown()
@@ -452,19 +483,18 @@ def cmd_watch(args) -> int:
 def cmd_broker(args) -> int:
     from ringfence.ops.broker import BrokerUnavailable, start_broker, stop_broker
 
+    stopping = []
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a shell starts background jobs with it ignored
+        signal.signal(sig, lambda *_: stopping.append(1))
     try:
         process = start_broker(args.port)
     except BrokerUnavailable as error:
         raise UsageError(str(error)) from None
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     print(f"broker: 127.0.0.1:{args.port} (Tansu, topics in memory only; pid {process.pid}); Ctrl-C stops it",
           flush=True)  # fmt: skip
     try:
         while not stopping and process.poll() is None:
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
     finally:
         stop_broker(process)
     if not stopping and process.returncode not in (0, -signal.SIGTERM):
@@ -516,6 +546,17 @@ def cmd_generate(args) -> int:
 # -- parser ------------------------------------------------------------------------------
 
 
+def _events_count(text: str) -> int:
+    """argparse type: a count of events, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     default_data = os.environ.get("RINGFENCE_DATA", "./ringfence-data")
     common = argparse.ArgumentParser(add_help=False)
@@ -539,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY_EVENTS, metavar="EVENTS",
                    help=f"checkpoint at least every EVENTS events (default {CHECKPOINT_EVERY_EVENTS:,})")  # fmt: skip
+    p.add_argument("--chain-every", type=_events_count, default=None, metavar="EVENTS",
+                   help=f"link the state digest into the digest chain every EVENTS events; fixed when the store "
+                        f"is created (default {CHAIN_EVERY_EVENTS:,})")  # fmt: skip
     p.set_defaults(handler=cmd_run)
 
     p = commands.add_parser("positions", parents=[common, as_json], help="open positions with their margin state")
@@ -586,7 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, metavar="OFFSET", help="stop after this offset (inclusive)")
     p.add_argument("--partition", type=int, metavar="P",
                    help="replay partition P of the Kafka events topic instead of the embedded log")  # fmt: skip
+    p.add_argument("--verify", action="store_true",
+                   help="recompute the digest chain and every record's fingerprint against the store; name the "
+                        "first offset where they diverge (exit 1)")  # fmt: skip
     p.set_defaults(handler=cmd_replay)
+
+    p = commands.add_parser("chain", parents=[common, as_json], help="the digest chain: a link every N events")
+    p.set_defaults(handler=cmd_chain)
 
     p = commands.add_parser("topics", parents=[kafka], help="create the Kafka topics (or check the ones there)")
     p.add_argument("--partitions", type=int, required=True, help="partitions of every topic")
@@ -606,13 +656,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loopback port of /health and /metrics (default 9464; 0 turns it off)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=10_000, metavar="EVENTS",
                    help="checkpoint a partition at least every EVENTS events (and every second)")  # fmt: skip
-    p.add_argument("--digest-every", type=int, default=100_000, metavar="EVENTS",
-                   help="log each partition's digest at least every EVENTS events")  # fmt: skip
+    p.add_argument("--chain-every", type=_events_count, default=None, metavar="EVENTS",
+                   help=f"link each partition's digest into its digest chain every EVENTS events (logged, and "
+                        f"published to <prefix>.digests); fixed when a partition's store is created "
+                        f"(default {CHAIN_EVERY_EVENTS:,})")  # fmt: skip
     p.add_argument("--session-timeout-ms", type=int, help="consumer group session timeout (default 10000)")
     p.set_defaults(handler=cmd_serve)
 
     p = commands.add_parser("watch", parents=[kafka], help="print an output topic from its start as JSON Lines")
-    p.add_argument("kind", choices=["commands", "rejections", "deadletters", "alerts"])
+    p.add_argument("kind", choices=["commands", "rejections", "deadletters", "alerts", "digests"])
     p.add_argument("--follow", action="store_true", help="keep printing what arrives")
     p.set_defaults(handler=cmd_watch)
 
@@ -631,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"ringfence: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (LogLocked, CorruptLog, StoreVersionError) as error:
+    except (LogLocked, CorruptLog, StoreVersionError, ChainSettingError) as error:
         print(f"ringfence: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:

@@ -120,7 +120,7 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None)
     generated = session.events(events)
     started = time.perf_counter()
     decode_command = msgspec.json.Decoder().decode
-    state = projection = None
+    state = projection = chain = None
     totals = {"events": 0, "commands": 0, "adl": 0, "fills": 0, "rejections": 0, "deadletters": 0}
     pending: list[m.Event] = []
     with EmbeddedLog(data / "log") as log, StateStore(data / "state") as store, \
@@ -140,9 +140,9 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None)
             for event in batch:
                 log.append(encode_record(event))
             log.commit()
-            state, report = run_core(log, store, state=state, projection=projection,
+            state, report = run_core(log, store, state=state, projection=projection, chain=chain,
                                      publish=lambda: publish_pending(store, {"commands": commands_log}))  # fmt: skip
-            projection = report.projection
+            projection, chain = report.projection, report.chain
             live["state"] = state
             totals["events"] += report.events
             totals["commands"] += report.commands

@@ -8,6 +8,7 @@ outputs of events partition p go to partition p of each output topic:
     <prefix>.rejections  requests the state refused
     <prefix>.deadletter  records that could not be applied
     <prefix>.alerts      mark-price alerts (liquidations paused / resumed)
+    <prefix>.digests     the digest chain's links (projections.chain)
 
 Every client setting that matters is spelled out in ``producer_settings`` and
 ``consumer_settings``. The one offset that counts is the one stored with the
@@ -38,8 +39,9 @@ TOPIC_SUFFIXES = {
     "rejections": "rejections",
     "deadletters": "deadletter",
     "alerts": "alerts",
+    "digests": "digests",
 }
-OUTPUT_KINDS = ("commands", "rejections", "deadletters", "alerts")
+OUTPUT_KINDS = ("commands", "rejections", "deadletters", "alerts", "digests")
 
 
 class KafkaSetupError(Exception):

@@ -50,13 +50,13 @@ def partition_dir(data: Path, settings: KafkaSettings, partition: int) -> Path:
 
 class PartitionWorker:
     def __init__(self, settings: KafkaSettings, data: Path, partition: int, producer, status: PartitionStatus,
-                 checkpoint_every: int, digest_every: int):  # fmt: skip
+                 checkpoint_every: int, chain_every: int | None):  # fmt: skip
         self.partition = partition
         self.status = status
-        self.checkpoint_every, self.digest_every = checkpoint_every, digest_every
+        self.checkpoint_every = checkpoint_every
         self.log = get_logger().bind(partition=partition)
         self.store = StateStore(partition_dir(data, settings, partition) / "state")
-        self.reduction = Reduction(self.store)
+        self.reduction = Reduction(self.store, chain_every=chain_every)
         self.events = KafkaLog(settings, settings.topic("events"), partition)  # decodes this partition's records
         self.sinks = {kind: KafkaLog(settings, settings.topic(kind), partition, producer=producer)
                       for kind in OUTPUT_KINDS}  # fmt: skip
@@ -98,14 +98,17 @@ class PartitionWorker:
 
     def checkpoint(self, now: float) -> bool:
         """Make the applied events durable, then publish their outputs; False if nothing was pending."""
+        links = list(self.reduction.chain.links)  # the checkpoint stores them
         if not self.reduction.checkpoint():
             return False
         self.last_checkpoint = now
         self.commands_checkpointed = self.reduction.report.commands
         publish_pending(self.store, self.sinks)
         self._update_status()
-        if self.reduction.state.offset - self.last_digest[0] >= self.digest_every:
-            self.digest(now)
+        for link in links:
+            self.log.info("digest", offset=link.offset, digest=link.digest, chain=link.chain)
+        if links:
+            self.status.digest, self.status.digest_offset = links[-1].digest, links[-1].offset
         return True
 
     def digest(self, now: float) -> None:
@@ -158,11 +161,11 @@ class _Rebalance(ConsumerRebalanceListener):
 
 class Service:
     def __init__(self, settings: KafkaSettings, data: Path, *, group: str | None, partitions: list[int] | None,
-                 checkpoint_every: int = CHECKPOINT_EVERY_EVENTS // 50, digest_every: int = 100_000,
+                 checkpoint_every: int = CHECKPOINT_EVERY_EVENTS // 50, chain_every: int | None = None,
                  metrics: Metrics | None = None):  # fmt: skip
         self.settings, self.data = settings, data
         self.group, self.static = group, partitions
-        self.checkpoint_every, self.digest_every = checkpoint_every, digest_every
+        self.checkpoint_every, self.chain_every = checkpoint_every, chain_every
         self.metrics = metrics or Metrics()
         self.topic = settings.topic("events")
         self.workers: dict[int, PartitionWorker] = {}
@@ -183,7 +186,7 @@ class Service:
                 continue  # kept across the rebalance (not revoked)
             status = self.metrics.partitions[partition] = PartitionStatus()
             worker = PartitionWorker(self.settings, self.data, partition, self.producer, status,
-                                     self.checkpoint_every, self.digest_every)  # fmt: skip
+                                     self.checkpoint_every, self.chain_every)  # fmt: skip
             self.workers[partition] = worker
             self.consumer.seek(TopicPartition(self.topic, partition), worker.next_offset)
         self.log.info("assigned", partitions=sorted(self.workers))

@@ -12,9 +12,10 @@
 
 from collections.abc import Mapping
 
-from ringfence.projections.store import ALERT, COMMAND, DEADLETTER, REJECTION, StateStore
+from ringfence.projections.store import ALERT, CHAIN_LINK, COMMAND, DEADLETTER, REJECTION, StateStore
 
-OUTPUT_PREFIXES = {"commands": COMMAND, "rejections": REJECTION, "deadletters": DEADLETTER, "alerts": ALERT}
+OUTPUT_PREFIXES = {"commands": COMMAND, "rejections": REJECTION, "deadletters": DEADLETTER, "alerts": ALERT,
+                   "digests": CHAIN_LINK}  # fmt: skip
 
 
 def publish_pending(store: StateStore, sinks: Mapping[str, object]) -> int:

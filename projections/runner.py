@@ -1,8 +1,9 @@
 """Read -> apply -> checkpoint: the loop that keeps the core's store in step with the log."""
 
 import gc
-from itertools import islice
+import hashlib
 from collections.abc import Callable, Iterable
+from itertools import islice
 from dataclasses import dataclass
 
 import msgspec
@@ -15,6 +16,7 @@ from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
 from ringfence.events.json_codec import bounded_raw, to_wire
 from ringfence.events.log_codec import decode_record
+from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
 from ringfence.projections.liquidation import AdlCommand, LiquidateCommand, LiquidationProjection
 from ringfence.projections.store import ALERT, COMMAND, DEADLETTER, REJECTION, StateStore, offset_key
 
@@ -33,6 +35,7 @@ class RunReport:
     alerts: int = 0
     offset: int = -1
     projection: LiquidationProjection | None = None
+    chain: DigestChain | None = None  # pass it back with the state and projection to go on in memory
 
 
 def output_record(offset: int, record, verdict: Verdict) -> tuple[bytes, bytes]:
@@ -66,20 +69,27 @@ def reduce_records(
     projection: LiquidationProjection | None = None,
     on_outputs: Callable[[list, int], None] | None = None,
     decode: Callable[[object], object] | None = None,
+    chain: DigestChain | None = None,
 ) -> int:
     """Apply (offset, payload) records to ``state`` (and the projection) in memory; return how many.
 
     ``decode`` turns a payload into a domain event or an InvalidInput; the
     default reads the embedded log's msgpack records, where a payload that
-    does not decode becomes an InvalidInput (a dead letter).
+    does not decode becomes an InvalidInput (a dead letter). ``chain`` takes
+    each record's fingerprint and links the digest at its fixed offsets.
     """
     count = 0
     last = INT64_MAX if until is None else until
     decode, apply = decode or decode_record, apply_event
     decide = projection.after_event if projection is not None else None
+    fingerprints = chain.fingerprints if chain is not None else None
+    next_link = chain.next_link if chain is not None else -2
+    blake2b = hashlib.blake2b
     for offset, payload in records:
         if offset > last:
             break
+        if fingerprints is not None:  # inline: this loop is the hot path
+            fingerprints += blake2b(payload or b"", digest_size=FINGERPRINT_BYTES).digest()
         try:
             record = decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -93,6 +103,9 @@ def reduce_records(
             outputs = decide(state, offset, record, verdict is None)
             if outputs and on_outputs is not None:
                 on_outputs(outputs, sequence)
+        if offset == next_link:
+            chain.link(offset, state, projection)
+            next_link = chain.next_link
     return count
 
 
@@ -112,22 +125,25 @@ class Reduction:
         state: State | None = None,
         projection: LiquidationProjection | None = None,
         liquidations: bool = True,
+        chain: DigestChain | None = None,
+        chain_every: int | None = None,
     ) -> None:
         if state is None:
             state = store.load()
             if liquidations:
                 projection = store.load_projection(state)
+            chain = store.load_chain(chain_every)
             # the restored state is long-lived and acyclic: full collections need not walk it
             gc.freeze()
-        self.store, self.state, self.projection = store, state, projection
+        self.store, self.state, self.projection, self.chain = store, state, projection, chain
         self.outputs: list[tuple[bytes, bytes]] = []
-        self.report = RunReport(offset=state.offset, projection=projection)
+        self.report = RunReport(offset=state.offset, projection=projection, chain=chain)
         self.unsaved = 0  # events applied since the last checkpoint
 
     def apply(self, records: Iterable[tuple[int, object]], *, until: int | None = None, decode=None) -> int:
         applied = reduce_records(
             self.state, records, until=until, on_verdict=self._collect, projection=self.projection,
-            on_outputs=self._collect_decisions, decode=decode,
+            on_outputs=self._collect_decisions, decode=decode, chain=self.chain,
         )  # fmt: skip
         self.report.events += applied
         self.report.offset = self.state.offset
@@ -138,7 +154,7 @@ class Reduction:
         """Make everything applied so far durable; False if there was nothing to write."""
         if not self.unsaved:
             return False
-        self.store.checkpoint(self.state, self.outputs, self.projection)
+        self.store.checkpoint(self.state, self.outputs, self.projection, self.chain)
         self.outputs.clear()
         self.unsaved = 0
         gc.freeze()  # what survived until now is long-lived: keep it out of full collections
@@ -173,6 +189,8 @@ def run_core(
     projection: LiquidationProjection | None = None,
     liquidations: bool = True,
     publish: Callable[[], None] | None = None,
+    chain: DigestChain | None = None,
+    chain_every: int | None = None,
 ) -> tuple[State, RunReport]:
     """Reduce every record of ``log`` after the state's offset, checkpointing every ``checkpoint_every`` events.
 
@@ -183,7 +201,8 @@ def run_core(
        write loses nothing: the next run replays from the previous checkpoint.
     4. Publish the outbox (``publish``) only after the checkpoint is durable.
     """
-    reduction = Reduction(store, state=state, projection=projection, liquidations=liquidations)
+    reduction = Reduction(store, state=state, projection=projection, liquidations=liquidations, chain=chain,
+                          chain_every=chain_every)  # fmt: skip
     state = reduction.state
     end = log.end_offset()
     records = log.read(state.offset + 1)

@@ -22,6 +22,9 @@ numeric order):
     c:<sequence>           liquidation command (JSON), the outbox
     a:<offset>             alert (JSON)
     j:liquidation          the liquidation projection's own state
+    k:<offset>             digest chain link (JSON, projections.chain.ChainLink)
+    f:<first offset>       fingerprints of the records from that offset on, 8 bytes each
+    meta:chain             [every, last link offset, last chain hash]
     meta:published         last command sequence published to the commands log
     meta:published:<p>     last offset whose output of prefix <p> (r:, x:, a:) was published
 
@@ -37,11 +40,13 @@ import msgspec
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from ringfence.core.check import check
+from ringfence.core.limits import CHAIN_EVERY_EVENTS
 from ringfence.core.model import MarketConfig
 from ringfence.core.state import MarketState, State
+from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
 from ringfence.projections.liquidation import LiquidationProjection
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the digest chain (k:, f:, meta:chain)
 
 META_VERSION = b"meta:version"
 META_OFFSET = b"meta:offset"
@@ -57,6 +62,9 @@ DEADLETTER = b"x:"
 COMMAND = b"c:"
 ALERT = b"a:"
 PROJECTION = b"j:liquidation"
+CHAIN_LINK = b"k:"
+FINGERPRINTS = b"f:"
+META_CHAIN = b"meta:chain"
 META_PUBLISHED = b"meta:published"
 
 _OFFSET = struct.Struct(">q")
@@ -64,12 +72,17 @@ _TWO_OFFSETS = struct.Struct(">qq")
 _SEP = "\x00"
 
 _encode = msgspec.msgpack.Encoder().encode
+_encode_json = msgspec.json.Encoder().encode
 _decode_market = msgspec.msgpack.Decoder(tuple[MarketConfig, int, int]).decode
 _decode_list = msgspec.msgpack.Decoder(list).decode
 
 
 class StoreVersionError(Exception):
     """The store was written by another snapshot format."""
+
+
+class ChainSettingError(Exception):
+    """A run asked for another chain interval than the one the store's chain was built with."""
 
 
 def int_to_bytes(value: int) -> bytes:
@@ -178,7 +191,8 @@ class StateStore:
 
     # -- checkpoint ----------------------------------------------------------------------
 
-    def checkpoint(self, state: State, outputs: list[tuple[bytes, bytes]], projection=None) -> None:
+    def checkpoint(self, state: State, outputs: list[tuple[bytes, bytes]], projection=None,
+                   chain: DigestChain | None = None) -> None:  # fmt: skip
         """Persist the state's changes, the outputs and the offset atomically.
 
         1. Check the offset moves forward (a stored offset never goes back).
@@ -187,7 +201,8 @@ class StateStore:
         4. Add the event ids remembered since the last checkpoint and drop the
            generations of ids that were forgotten.
         5. Add the output records (rejections, dead letters, commands, alerts)
-           of those events, and the liquidation projection's state.
+           of those events, the liquidation projection's state, and the
+           digest chain's new links and fingerprints.
         6. Set meta:offset, then write the batch with sync: all or nothing.
         7. Only after the write succeeds, forget the dirty sets. If the process
            dies before step 6 completes, nothing of this batch is stored and a
@@ -232,6 +247,13 @@ class StateStore:
             batch.put(key, record)
         if projection is not None:
             batch.put(PROJECTION, _encode(projection.snapshot()))
+        if chain is not None:
+            first, fingerprints, links = chain.take()
+            if fingerprints:
+                batch.put(offset_key(FINGERPRINTS, first), fingerprints)
+            for link in links:
+                batch.put(offset_key(CHAIN_LINK, link.offset), _encode_json(link))
+            batch.put(META_CHAIN, _encode(chain.meta()))
         batch.put(META_OFFSET, _OFFSET.pack(state.offset))
         self._db.write(batch, self._sync)
         self._checkpointed_offset = state.offset
@@ -246,6 +268,39 @@ class StateStore:
         else:
             projection.restore(_decode_list(snapshot), state)
         return projection
+
+    def load_chain(self, every: int | None = None) -> DigestChain:
+        """The digest chain as of the last checkpoint; ``every`` (None: the stored one) must match a stored chain."""
+        raw = self._db.get(META_CHAIN)
+        applied = self.stored_offset()
+        if raw is None:
+            check(applied < 0, "a format-2 store with state has a chain")
+            return DigestChain(every or CHAIN_EVERY_EVENTS)
+        stored_every, last_offset, last_chain = _decode_list(raw)
+        if every is not None and every != stored_every:
+            raise ChainSettingError(
+                f"{self.path} chains a digest every {stored_every} events; it cannot change to {every} "
+                "(omit the option, or delete the state directory to rebuild it by replay)"
+            )
+        return DigestChain(stored_every, last_offset, last_chain, applied)
+
+    def chain_every(self) -> int | None:
+        raw = self._db.get(META_CHAIN)
+        return None if raw is None else _decode_list(raw)[0]
+
+    def chain_links(self) -> Iterator[bytes]:
+        """Every link (JSON), in offset order."""
+        return (value for _, value in self._scan(CHAIN_LINK))
+
+    def fingerprints(self, after: int = -1) -> Iterator[tuple[int, bytes]]:
+        """(offset, fingerprint) of every applied record after ``after``, in offset order."""
+        iterator = self._db.iter()
+        iterator.seek_for_prev(offset_key(FINGERPRINTS, after + 1))  # the chunk holding after + 1
+        start = iterator.key() if iterator.valid() and iterator.key().startswith(FINGERPRINTS) else None
+        for key, chunk in self._scan(FINGERPRINTS, start=start):
+            first = _OFFSET.unpack(key[len(FINGERPRINTS) :])[0]
+            for index in range(max(0, after + 1 - first), len(chunk) // FINGERPRINT_BYTES):
+                yield first + index, chunk[index * FINGERPRINT_BYTES : (index + 1) * FINGERPRINT_BYTES]
 
     # -- outputs -------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 from collections import Counter
 
@@ -16,6 +18,7 @@ from ringfence.ops.simulate import generate
 from tests.integration.kafka_harness import Serve, topic_records, unique_prefix, wait_until
 
 PARTITIONS = 4
+CHAIN_EVERY = "300"
 MALFORMED = [
     b'{"type":"mark","id":"bad-1","ts":1,"market":"BTCUSDT","price":"NaN"}',  # to every partition
     b'{"type":"fill","id":"bad-2","ts":1,"account":"T000003","market":"BTCUSDT","side":"buy","qty":"-1"}',
@@ -42,13 +45,14 @@ def offline(tmp_path, cli, source, partitions: int = PARTITIONS) -> dict[int, di
     for p in range(partitions):
         data = tmp_path / f"offline-{source.stem}-{p}"
         cli("ingest", str(source), "--partition", str(p), "--of", str(partitions), data=data, check_rc=None)
-        cli("run", data=data, check_rc=None)
+        cli("run", "--chain-every", CHAIN_EVERY, data=data, check_rc=None)
         offset, digest = cli("digest", data=data)[1].split()
         commands = [json.loads(line)["command_id"] for line in cli("commands", "--json", data=data)[1].splitlines()]
         deadletters = [json.loads(line) for line in cli("deadletters", "--json", data=data)[1].splitlines()]
         rejections = cli("rejections", "--json", data=data)[1].splitlines()
+        chain = [json.loads(line) for line in cli("chain", "--json", data=data)[1].splitlines()]
         expected[p] = {"offset": int(offset), "digest": digest, "commands": commands, "deadletters": deadletters,
-                       "rejections": len(rejections)}  # fmt: skip
+                       "rejections": len(rejections), "chain": chain}  # fmt: skip
     return expected
 
 
@@ -75,19 +79,23 @@ def test_a_session_published_to_kafka_gives_the_digests_and_command_ids_of_the_e
     expected = offline(tmp_path, cli, source)
     assert sum(len(e["commands"]) for e in expected.values()) > 10  # liquidations happen in this session
 
-    serve = Serve(broker, prefix, tmp_path / "svc")
+    serve = Serve(broker, prefix, tmp_path / "svc", "--chain-every", CHAIN_EVERY)
     serve.wait_for({p: expected[p]["offset"] for p in range(PARTITIONS)})
     metrics = serve.metrics()
     assert serve.stop() == 0, serve.log_tail()
 
     commands = published_commands(broker, prefix)
     deadletters = topic_records(broker, f"{prefix}.deadletter", PARTITIONS)
+    chains = topic_records(broker, f"{prefix}.digests", PARTITIONS)
     for p in range(PARTITIONS):
         digest = f"{expected[p]['offset']} {expected[p]['digest']}"
         assert service_digest(cli, tmp_path / "svc", prefix, p) == digest
         assert cli("replay", "--partition", str(p), *kafka_args(broker, prefix), data=tmp_path)[1].strip() == digest
         assert [c["command_id"] for c in commands[p]] == expected[p]["commands"]
         assert [json.loads(r.value)["offset"] for r in deadletters[p]] == [d["offset"] for d in expected[p]["deadletters"]]
+        assert [json.loads(r.value) for r in chains[p]] == expected[p]["chain"] != []  # the same chain as offline
+        verified = cli("replay", "--verify", "--partition", str(p), *kafka_args(broker, prefix), data=tmp_path / "svc")
+        assert verified[1].startswith(f"verified offsets 0..{expected[p]['offset']}:")
         assert f'ringfence_partition_lag{{partition="{p}"}} 0' in metrics
         assert f'digest="{expected[p]["digest"]}"' in metrics
     assert sum(len(d) for d in deadletters) == PARTITIONS + 2  # the bad mark on every partition, the rest once
@@ -133,9 +141,13 @@ def test_restart_after_a_clean_stop_and_after_kill_9_resumes_from_the_stored_off
     cli("topics", *kafka_args(broker, prefix), "--partitions", "2", data=tmp_path)
     svc = tmp_path / "svc"
 
-    def publish(part: int):
-        cli("publish", str(write(tmp_path, f"part{part}.jsonl", thirds[part])), *kafka_args(broker, prefix),
-            data=tmp_path)  # fmt: skip
+    def publish(part: int, wait: bool = True):
+        command = [sys.executable, "-m", "ringfence.ops.cli", "publish", str(write(tmp_path, f"part{part}.jsonl",
+                   thirds[part])), *kafka_args(broker, prefix)]  # fmt: skip
+        publisher = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        if wait:
+            assert publisher.wait(120) == 0
+        return publisher
 
     publish(0)
     first = offline(tmp_path, cli, write(tmp_path, "upto0.jsonl", thirds[0]), partitions=2)
@@ -143,13 +155,14 @@ def test_restart_after_a_clean_stop_and_after_kill_9_resumes_from_the_stored_off
     serve.wait_for({p: first[p]["offset"] for p in range(2)})
     assert serve.stop() == 0  # clean stop: drained and checkpointed
 
-    publish(1)
     serve = Serve(broker, prefix, svc, "--partitions", "0,1")
     resumed = wait_until(lambda: serve.offsets() or None, 30, "the restarted service")
-    assert all(offset >= first[p]["offset"] for p, offset in resumed.items())  # from the stored offsets, not 0
+    assert resumed == {p: first[p]["offset"] for p in range(2)}  # from the stored offsets, not 0
+    publisher = publish(1, wait=False)  # while it serves
     wait_until(lambda: sum(serve.offsets().values()) > sum(resumed.values()) + 500, 60, "progress", every=0.05)
     at_kill = serve.offsets()
     assert serve.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert publisher.wait(120) == 0
     second = offline(tmp_path, cli, write(tmp_path, "upto1.jsonl", thirds[0] + thirds[1]), partitions=2)
     assert any(offset < second[p]["offset"] for p, offset in at_kill.items())  # killed mid-stream
 
@@ -181,10 +194,12 @@ def test_two_instances_share_the_partitions_and_the_survivor_of_a_kill_9_takes_t
     wait_until(lambda: len(first.offsets()) + len(second.offsets()) == PARTITIONS and first.offsets()
                and second.offsets(), 60, "both instances to own partitions")  # fmt: skip
     assert set(first.offsets()).isdisjoint(second.offsets())
-    cli("publish", str(source), *kafka_args(broker, prefix), data=tmp_path)
+    publisher = subprocess.Popen([sys.executable, "-m", "ringfence.ops.cli", "publish", str(source),
+                                  *kafka_args(broker, prefix)], stdout=subprocess.DEVNULL)  # while they serve
     wait_until(lambda: sum(second.offsets().values()) > 1_000, 60, "the second instance to make progress", every=0.05)
     at_kill = second.offsets()
     assert second.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert publisher.wait(120) == 0
     assert any(offset < expected[p]["offset"] for p, offset in at_kill.items())  # killed mid-stream
 
     first.wait_for({p: expected[p]["offset"] for p in range(PARTITIONS)}, timeout=180)

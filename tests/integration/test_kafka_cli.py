@@ -66,10 +66,11 @@ def test_watch_prints_every_record_of_an_output_topic(tmp_path, broker, cli):
     assert set(out.encode().splitlines()) == sent and len(out.splitlines()) == 10
 
 
-def test_the_broker_command_prints_its_address_serves_clients_and_stops_on_ctrl_c(tmp_path, cli):
+def test_the_broker_command_prints_its_address_serves_clients_and_stops_on_sigint_even_in_the_background(tmp_path, cli):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "ringfence.ops.cli", "broker", "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})  # fmt: skip
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `cmd &` does
     try:
         first = process.stdout.readline().decode()
         assert first.startswith(f"broker: 127.0.0.1:{port} ("), first + process.stderr.read().decode()

@@ -1,0 +1,125 @@
+"""The digest chain and `replay --verify` (issue 5), on the embedded log and a real RocksDB store."""
+
+import json
+import struct
+import zlib
+
+import msgspec
+
+from ringfence.core.model import Fill
+from ringfence.events.embedded import EmbeddedLog
+from ringfence.events.log_codec import decode_record
+from ringfence.projections.store import StateStore
+from ringfence.replay.verify import verify
+from tests.integration.test_cli import session_file
+
+EVERY = 100
+
+
+def chain_of(cli, data) -> list[dict]:
+    return [json.loads(line) for line in cli("chain", "--json", data=data)[1].splitlines()]
+
+
+def ingested_and_run(tmp_path, cli, name="data", seed=31, count=1_000, *run_args):
+    data = tmp_path / name
+    cli("ingest", str(session_file(tmp_path, seed=seed, count=count)), data=data)
+    cli("run", "--chain-every", str(EVERY), *run_args, data=data, check_rc=None)
+    return data
+
+
+def test_a_link_every_n_events_chained_from_genesis_and_the_digest_at_its_offset(tmp_path, cli):
+    data = ingested_and_run(tmp_path, cli, count=1_000)
+    links = chain_of(cli, data)
+    assert [link["offset"] for link in links] == list(range(EVERY - 1, 1_000, EVERY))
+    assert links[0]["previous"] == "0" * 64
+    assert all(b["previous"] == a["chain"] for a, b in zip(links, links[1:]))
+    assert cli("digest", data=data)[1].split() == ["999", links[-1]["digest"]]
+    assert cli("replay", "--to", "499", data=data)[1].split() == ["499", links[4]["digest"]]
+    out = cli("replay", "--verify", data=data)[1]
+    assert out.startswith("verified offsets 0..999: 10 chain links") and links[-1]["chain"] in out
+
+
+def test_the_chain_depends_on_the_log_alone_not_on_checkpoints_or_restarts(tmp_path, cli):
+    whole = ingested_and_run(tmp_path, cli, "whole", 32, 1_000)
+    pieces = tmp_path / "pieces"
+    lines = session_file(tmp_path, seed=32, count=1_000).read_bytes().splitlines(keepends=True)
+    for n, (start, end) in enumerate([(0, 1), (1, 150), (150, 620), (620, 1_000)]):
+        part = tmp_path / f"part{n}.jsonl"
+        part.write_bytes(b"".join(lines[start:end]))
+        cli("ingest", str(part), data=pieces)
+        cli("run", "--checkpoint-every", "37", *(["--chain-every", str(EVERY)] if n == 0 else []), data=pieces,
+            check_rc=None)  # fmt: skip
+    assert chain_of(cli, pieces) == chain_of(cli, whole)
+    assert cli("replay", "--verify", data=pieces)[0] == 0
+    with StateStore(pieces / "state", read_only=True) as a, StateStore(whole / "state", read_only=True) as b:
+        assert list(a.fingerprints()) == list(b.fingerprints())
+        assert [offset for offset, _ in a.fingerprints(after=616)][:2] == [617, 618]  # from inside a chunk
+
+
+def _records(segment: bytes) -> list[tuple[int, int]]:
+    """(start of payload, length) of each record of a segment file."""
+    found, position = [], 0
+    while position < len(segment):
+        length, _ = struct.unpack_from(">II", segment, position)
+        found.append((position + 8, length))
+        position += 8 + length
+    return found
+
+
+def _flip(data, offset: int, *, fix_checksum: bool) -> None:
+    (segment,) = sorted((data / "log").glob("*.seg"))
+    raw = bytearray(segment.read_bytes())
+    start, length = _records(raw)[offset]
+    raw[start + length - 1] ^= 0x01  # the last byte of the payload: a digit of the last field
+    if fix_checksum:
+        struct.pack_into(">I", raw, start - 4, zlib.crc32(raw[start : start + length]))
+    segment.write_bytes(bytes(raw))
+
+
+def test_a_flipped_byte_is_caught_by_the_log_checksum_and_a_forged_record_by_verify(tmp_path, cli):
+    data = ingested_and_run(tmp_path, cli, count=1_000)
+    _flip(data, 537, fix_checksum=False)
+    rc, _, err = cli("replay", "--verify", data=data, check_rc=1)
+    assert err.splitlines() == [err.strip()] and "record at offset 537" in err and "damaged" in err
+
+    _flip(data, 537, fix_checksum=True)  # undo the flip, checksum and all
+    assert cli("replay", "--verify", data=data)[0] == 0
+    _flip(data, 537, fix_checksum=True)  # a forger who recomputes the checksum
+    rc, _, err = cli("replay", "--verify", data=data, check_rc=1)
+    assert err.startswith("ringfence: verify: diverges at offset 537 (record): the record at offset 537 is not")
+
+
+def test_the_same_records_reduced_differently_are_named_at_the_next_link(tmp_path, cli):
+    data = ingested_and_run(tmp_path, cli, count=1_000)
+    log = EmbeddedLog(data / "log", writable=False)
+    offset, target = next((o, bytes(p)) for o, p in log.read(250) if type(decode_record(p)) is Fill)
+
+    def another_reducer(payload):  # as a changed reducer would: the same record, another effect
+        event = decode_record(payload)
+        return msgspec.structs.replace(event, fee=event.fee + 1) if bytes(payload) == target else event
+
+    with StateStore(data / "state", read_only=True) as store:
+        result = verify(log, store, decode=another_reducer)
+    next_link = offset // EVERY * EVERY + EVERY - 1
+    assert (result.divergence.offset, result.divergence.kind) == (next_link, "state")
+    assert f"from offset {next_link - EVERY + 1}" in result.divergence.detail
+
+
+def test_an_altered_stored_link_is_named(tmp_path, cli):
+    from rocksdict import Options, Rdict
+
+    data = ingested_and_run(tmp_path, cli, count=1_000)
+    db = Rdict(str(data / "state"), Options(raw_mode=True))
+    key = b"k:" + struct.pack(">q", 599)
+    link = json.loads(db[key])
+    db[key] = json.dumps({**link, "digest": "0" * 64}).encode()  # a new digest, the old chain hash
+    db.close()
+    err = cli("replay", "--verify", data=data, check_rc=1)[2]
+    assert err.startswith("ringfence: verify: diverges at offset 599 (chain)")
+
+
+def test_verify_without_a_chain_or_a_store_is_one_line(tmp_path, cli):
+    data = tmp_path / "fresh"
+    cli("ingest", str(session_file(tmp_path, count=10)), data=data)
+    err = cli("replay", "--verify", data=data, check_rc=2)[2]
+    assert err.splitlines() == [err.strip()] and "run `ringfence run` first" in err
