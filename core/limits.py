@@ -42,3 +42,9 @@ CHECKPOINT_EVERY_EVENTS = 500_000
 # 500k it is ~0.2 us per event; the records between links are still
 # pinpointed one by one by their fingerprints.
 CHAIN_EVERY_EVENTS = 500_000
+
+# At every chain link `run` and `serve` keep a snapshot of the store (a RocksDB
+# checkpoint: hard links, ~20 ms) for point-in-time queries and verification
+# from a checkpoint. Old ones are pruned: each pins the files compaction has
+# since replaced, so disk use grows with their number.
+SNAPSHOTS_KEPT = 10

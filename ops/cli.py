@@ -245,13 +245,35 @@ def _open_reader(data: Path) -> StateStore:
         raise UsageError(str(error)) from None
 
 
-def _load_state(data: Path):
-    with _open_reader(data) as store:
-        return store.load()
+def _load_state(args):
+    """The checkpointed state, or with --at / --at-time the state rebuilt at that point (replay.point_in_time)."""
+    return _load_with_projection(args)[0]
+
+
+def _load_with_projection(args):
+    if getattr(args, "at", None) is None and getattr(args, "at_time", None) is None:
+        with _open_reader(args.data) as store:
+            state = store.load()
+            return state, store.load_projection(state)
+    from ringfence.replay.point_in_time import BeyondLog, offset_at_time, state_at
+
+    if not log_dir(args.data).is_dir():
+        raise UsageError(f"no event log in {args.data}")
+    log = EmbeddedLog(log_dir(args.data), writable=False)
+    offset = args.at if args.at is not None else offset_at_time(log, args.at_time)
+    if offset < 0:
+        raise UsageError(f"no event is stamped at or before {args.at_time}" if args.at is None
+                         else f"--at {offset} is not an offset")  # fmt: skip
+    try:
+        point = state_at(log, state_dir(args.data), offset)
+    except BeyondLog as error:
+        raise UsageError(str(error)) from None
+    get_logger().info("point_in_time", offset=offset, start=point.source, replayed=point.replayed)
+    return point.state, point.projection
 
 
 def cmd_positions(args) -> int:
-    rows = positions_view(_load_state(args.data), args.account, args.market)
+    rows = positions_view(_load_state(args), args.account, args.market)
     columns = ["account", "market", "position_side", "size", "entry_price", "isolated_margin", "leverage",
                "mark_price", "unrealized_pnl", "margin_ratio", "liquidation_price", "bankruptcy_price", "status"]  # fmt: skip
     _print_rows(rows, args.json, columns)
@@ -259,13 +281,13 @@ def cmd_positions(args) -> int:
 
 
 def cmd_wallets(args) -> int:
-    state = _load_state(args.data)
+    state = _load_state(args)
     _print_rows(wallets_view(state), args.json, ["account", "asset", "balance"])
     return EXIT_OK
 
 
 def cmd_books(args) -> int:
-    _print_rows(books_view(_load_state(args.data)), args.json, ["book", "key", "balance"])
+    _print_rows(books_view(_load_state(args)), args.json, ["book", "key", "balance"])
     return EXIT_OK
 
 
@@ -292,9 +314,7 @@ def _outputs(args, kind: str) -> int:
 
 
 def cmd_digest(args) -> int:
-    with _open_reader(args.data) as store:
-        state = store.load()
-        projection = store.load_projection(state)
+    state, projection = _load_with_projection(args)
     print(f"{state.offset} {compute_digest(state, projection.canonical_sections())}")
     return EXIT_OK
 
@@ -313,7 +333,9 @@ def cmd_replay(args) -> int:
     else:
         log = EmbeddedLog(log_dir(args.data), writable=False)
     if args.verify:
-        return _verify(log, data)
+        return _verify(log, data, args.start_from)
+    if args.start_from is not None:
+        raise UsageError("--from goes with --verify")
     offset, digest = replay_digest(log, args.to)
     if args.to is not None and offset < args.to:
         raise UsageError(f"the log ends at offset {offset}, before --to {args.to}")
@@ -321,12 +343,26 @@ def cmd_replay(args) -> int:
     return EXIT_OK
 
 
-def _verify(log, data: Path) -> int:
-    from ringfence.replay.verify import NoChain, verify
+def _verify(log, data: Path, start_from: int | None) -> int:
+    from ringfence.replay.point_in_time import load_point
+    from ringfence.replay.verify import NoChain, check_snapshot, verify
 
     with _open_reader(data) as store:
+        start = None
+        if start_from is not None:
+            from ringfence.projections.store import snapshot_offsets
+
+            offsets = [offset for offset in snapshot_offsets(store.snapshots_dir) if offset <= start_from]
+            if not offsets:
+                raise UsageError(f"no snapshot at or before offset {start_from} in {store.snapshots_dir}")
+            start = load_point(store.snapshots_dir / f"{offsets[-1]:020d}")
+            divergence = check_snapshot(store, start)
+            if divergence is not None:
+                print(f"ringfence: verify: diverges at offset {divergence.offset} ({divergence.kind}): "
+                      f"{divergence.detail}", file=sys.stderr)  # fmt: skip
+                return EXIT_ERROR
         try:
-            result = verify(log, store, decode=getattr(log, "decode", None))
+            result = verify(log, store, start=start, decode=getattr(log, "decode", None))
         except NoChain as error:
             raise UsageError(str(error)) from None
     if result.divergence is not None:
@@ -334,9 +370,50 @@ def _verify(log, data: Path) -> int:
         print(f"ringfence: verify: diverges at offset {d.offset} ({d.kind}): {d.detail}", file=sys.stderr)
         return EXIT_ERROR
     more = "; the log holds more records the core has not applied yet" if result.unapplied else ""
-    print(f"verified offsets {result.start}..{result.verified_to}: {result.links} chain links, every record "
-          f"fingerprint; chain {result.last_chain}{more}")  # fmt: skip
+    origin = f" from the snapshot at {result.start - 1}, whose digest matches its link" if result.start else ""
+    print(f"verified offsets {result.start}..{result.verified_to}{origin}: {result.links} chain links, every "
+          f"record fingerprint; chain {result.last_chain}{more}")  # fmt: skip
     return EXIT_OK
+
+
+def cmd_history(args) -> int:
+    from ringfence.replay.history import position_history
+
+    if not log_dir(args.data).is_dir():
+        raise UsageError(f"no event log in {args.data}")
+    key = (args.account, args.market, args.side)
+    rows = position_history(EmbeddedLog(log_dir(args.data), writable=False), key, marks=args.marks)
+    found = False
+    out = sys.stdout
+    for row in rows:
+        found = True
+        if args.json:
+            out.write(msgspec.json.encode(row).decode() + "\n")
+        else:
+            out.write(_history_line(row) + "\n")
+    if not found:
+        raise UsageError(f"no event touched {args.account} {args.market} {args.side}")
+    return EXIT_OK
+
+
+def _history_line(row: dict) -> str:
+    """One readable line per event (and one more with the exact trigger of a liquidation)."""
+
+    def figures(f: dict | None) -> str:
+        if f is None:
+            return "(none)"
+        return (f"size {f['size']} entry {f['entry_price']} margin {f['isolated_margin']} B {f['margin_balance']} "
+                f"MM {f['maintenance_margin']} bracket {f['bracket']} liq {f['liquidation_price']}")  # fmt: skip
+
+    verdict = f" [{row['verdict']}]" if row["verdict"] else ""
+    commands = f" -> {', '.join(row['commands'])}" if row["commands"] else ""
+    line = f"{row['offset']:>8} {row['type']:<16}{verdict} {figures(row['before'])}  =>  {figures(row['after'])}{commands}"
+    trigger = row.get("trigger")
+    if trigger:
+        line += (f"\n{'':>8} trigger at mark {trigger['mark_price']}: B = {trigger['margin_balance_B']} <= "
+                 f"MM = {trigger['maintenance_margin_MM']} (notional {trigger['notional']}, bracket "
+                 f"{trigger['bracket']}: mmr {trigger['mmr']}, maint_amount {trigger['maint_amount']})")  # fmt: skip
+    return line
 
 
 def cmd_chain(args) -> int:
@@ -564,6 +641,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data directory (default: $RINGFENCE_DATA or ./ringfence-data)")  # fmt: skip
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON Lines")
+    at = argparse.ArgumentParser(add_help=False)
+    when = at.add_mutually_exclusive_group()
+    when.add_argument("--at", type=int, metavar="OFFSET",
+                      help="the state after this offset, rebuilt from the nearest snapshot (the store is untouched)")
+    when.add_argument("--at-time", type=int, metavar="TS",
+                      help="the state after the log's prefix stamped at or before TS (ms)")  # fmt: skip
 
     parser = argparse.ArgumentParser(prog="ringfence", description="Isolated-margin risk core: exact, deterministic.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -585,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"is created (default {CHAIN_EVERY_EVENTS:,})")  # fmt: skip
     p.set_defaults(handler=cmd_run)
 
-    p = commands.add_parser("positions", parents=[common, as_json], help="open positions with their margin state")
+    p = commands.add_parser("positions", parents=[common, as_json, at], help="open positions with their margin state")
     p.add_argument("--account")
     p.add_argument("--market")
     p.set_defaults(handler=cmd_positions)
@@ -598,7 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("commands", lambda a: _outputs(a, "commands"), "liquidation commands emitted so far (the outbox)"),
         ("alerts", lambda a: _outputs(a, "alerts"), "mark-price alerts (liquidations paused / resumed)"),
     ):
-        p = commands.add_parser(name, parents=[common, as_json], help=text)
+        p = commands.add_parser(name, parents=[common, as_json] + ([at] if name in ("wallets", "books") else []),
+                                help=text)  # fmt: skip
         p.set_defaults(handler=handler)
 
     p = commands.add_parser("demo", help="the main job: simulate an exchange session end to end and summarise it")
@@ -614,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traders", type=int, default=200)
     p.set_defaults(handler=cmd_generate)
 
-    p = commands.add_parser("digest", parents=[common], help="print OFFSET DIGEST of the checkpointed state")
+    p = commands.add_parser("digest", parents=[common, at], help="print OFFSET DIGEST of the checkpointed state")
     p.set_defaults(handler=cmd_digest)
 
     kafka = argparse.ArgumentParser(add_help=False)
@@ -633,7 +717,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="recompute the digest chain and every record's fingerprint against the store; name the "
                         "first offset where they diverge (exit 1)")  # fmt: skip
+    p.add_argument("--from", dest="start_from", type=int, metavar="OFFSET",
+                   help="with --verify: start from the nearest snapshot at or before OFFSET, once its digest "
+                        "matches its chain link")  # fmt: skip
     p.set_defaults(handler=cmd_replay)
+
+    p = commands.add_parser("history", parents=[common, as_json],
+                            help="every event that touched one position, its figures before and after")  # fmt: skip
+    p.add_argument("account")
+    p.add_argument("market")
+    p.add_argument("--side", default="BOTH", choices=["BOTH", "LONG", "SHORT"], help="position side (default BOTH)")
+    p.add_argument("--marks", action="store_true", help="also list every mark of the market while the position is open")
+    p.set_defaults(handler=cmd_history)
 
     p = commands.add_parser("chain", parents=[common, as_json], help="the digest chain: a link every N events")
     p.set_defaults(handler=cmd_chain)

@@ -79,13 +79,17 @@ class PartitionWorker:
             return 0
         if fresh[0][0] != state.offset + 1:  # compaction or transaction markers; logged, never hidden
             self.log.warning("offset_gap", expected=state.offset + 1, got=fresh[0][0])
-        outputs_before = len(self.reduction.outputs)
-        applied = self.reduction.apply(fresh, decode=self.events.decode)
-        for key, record in self.reduction.outputs[outputs_before:]:
-            if key.startswith(DEADLETTER):
-                self.log.warning("dead_letter", offset=int.from_bytes(key[len(DEADLETTER) :], "big", signed=True),
-                                 record=record.decode("utf-8", "replace")[:500])  # fmt: skip
-        return applied
+        records, applied = iter(fresh), 0
+        while True:
+            outputs_before = len(self.reduction.outputs)
+            applied += self.reduction.apply(records, decode=self.events.decode)  # stops after a chain link
+            for key, record in self.reduction.outputs[outputs_before:]:
+                if key.startswith(DEADLETTER):
+                    self.log.warning("dead_letter", offset=int.from_bytes(key[len(DEADLETTER) :], "big", signed=True),
+                                     record=record.decode("utf-8", "replace")[:500])  # fmt: skip
+            if not self.reduction.at_link:
+                return applied
+            self.checkpoint(time.monotonic(), snapshot=True)
 
     def due(self, now: float, caught_up: bool) -> bool:
         reduction = self.reduction
@@ -96,10 +100,12 @@ class PartitionWorker:
             or now - self.last_checkpoint >= CHECKPOINT_SECONDS
         )
 
-    def checkpoint(self, now: float) -> bool:
-        """Make the applied events durable, then publish their outputs; False if nothing was pending."""
+    def checkpoint(self, now: float, snapshot: bool = False) -> bool:
+        """Make the applied events durable (and keep a snapshot there), then publish their outputs."""
         links = list(self.reduction.chain.links)  # the checkpoint stores them
-        if not self.reduction.checkpoint():
+        if snapshot:
+            self.reduction.snapshot()
+        elif not self.reduction.checkpoint():
             return False
         self.last_checkpoint = now
         self.commands_checkpointed = self.reduction.report.commands

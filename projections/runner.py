@@ -70,13 +70,18 @@ def reduce_records(
     on_outputs: Callable[[list, int], None] | None = None,
     decode: Callable[[object], object] | None = None,
     chain: DigestChain | None = None,
+    stop_at_link: bool = False,
+    on_step: Callable[[int, object, Verdict | None, list], None] | None = None,
 ) -> int:
     """Apply (offset, payload) records to ``state`` (and the projection) in memory; return how many.
 
     ``decode`` turns a payload into a domain event or an InvalidInput; the
     default reads the embedded log's msgpack records, where a payload that
     does not decode becomes an InvalidInput (a dead letter). ``chain`` takes
-    each record's fingerprint and links the digest at its fixed offsets.
+    each record's fingerprint and links the digest at its fixed offsets;
+    with ``stop_at_link`` it returns right after a link (for a snapshot).
+    ``on_step(offset, event, verdict, decisions)`` sees each event once it is
+    applied and decided on (history, projections).
     """
     count = 0
     last = INT64_MAX if until is None else until
@@ -98,14 +103,19 @@ def reduce_records(
         count += 1
         if verdict is not None and on_verdict is not None:
             on_verdict(offset, record, verdict)
+        outputs = ()
         if decide is not None:
             sequence = projection.sequence
             outputs = decide(state, offset, record, verdict is None)
             if outputs and on_outputs is not None:
                 on_outputs(outputs, sequence)
+        if on_step is not None:
+            on_step(offset, record, verdict, outputs)
         if offset == next_link:
             chain.link(offset, state, projection)
             next_link = chain.next_link
+            if stop_at_link:
+                break
     return count
 
 
@@ -127,6 +137,7 @@ class Reduction:
         liquidations: bool = True,
         chain: DigestChain | None = None,
         chain_every: int | None = None,
+        snapshots: bool = True,
     ) -> None:
         if state is None:
             state = store.load()
@@ -139,12 +150,16 @@ class Reduction:
         self.outputs: list[tuple[bytes, bytes]] = []
         self.report = RunReport(offset=state.offset, projection=projection, chain=chain)
         self.unsaved = 0  # events applied since the last checkpoint
+        self.snapshots = snapshots and chain is not None
+        self.at_link = False  # the last apply stopped at a chain link: checkpoint, then snapshot()
 
     def apply(self, records: Iterable[tuple[int, object]], *, until: int | None = None, decode=None) -> int:
+        """Apply records; with snapshots on, stop right after a chain link (pass an iterator to go on after it)."""
         applied = reduce_records(
             self.state, records, until=until, on_verdict=self._collect, projection=self.projection,
-            on_outputs=self._collect_decisions, decode=decode, chain=self.chain,
+            on_outputs=self._collect_decisions, decode=decode, chain=self.chain, stop_at_link=self.snapshots,
         )  # fmt: skip
+        self.at_link = self.snapshots and applied > 0 and self.chain.last_offset == self.state.offset
         self.report.events += applied
         self.report.offset = self.state.offset
         self.unsaved += applied
@@ -159,6 +174,12 @@ class Reduction:
         self.unsaved = 0
         gc.freeze()  # what survived until now is long-lived: keep it out of full collections
         return True
+
+    def snapshot(self) -> None:
+        """At a chain link: make the state durable and keep a snapshot of the store at the link's offset."""
+        self.checkpoint()
+        self.store.snapshot()
+        self.at_link = False
 
     def _collect(self, offset: int, record, verdict: Verdict) -> None:
         self.outputs.append(output_record(offset, record, verdict))
@@ -199,7 +220,9 @@ def run_core(
     3. After ``checkpoint_every`` events, and at the end, checkpoint state,
        outputs and offset in one batch (projections.store). A crash before that
        write loses nothing: the next run replays from the previous checkpoint.
-    4. Publish the outbox (``publish``) only after the checkpoint is durable.
+    4. At each chain link, checkpoint and keep a snapshot of the store there
+       (point-in-time queries and verification start from those).
+    5. Publish the outbox (``publish``) only after the checkpoint is durable.
     """
     reduction = Reduction(store, state=state, projection=projection, liquidations=liquidations, chain=chain,
                           chain_every=chain_every)  # fmt: skip
@@ -210,10 +233,13 @@ def run_core(
     while True:
         applied = reduction.apply(islice(records, min(PROGRESS_EVERY, checkpoint_every)), until=until, decode=decode)
         finished = applied == 0 or (until is not None and state.offset >= until)
-        if reduction.unsaved and (reduction.unsaved >= checkpoint_every or finished):
+        saved = reduction.at_link or (reduction.unsaved and (reduction.unsaved >= checkpoint_every or finished))
+        if reduction.at_link:
+            reduction.snapshot()
+        elif saved:
             reduction.checkpoint()
-            if publish is not None:
-                publish()  # only after the commands are durable (the outbox)
+        if saved and publish is not None:
+            publish()  # only after the commands are durable (the outbox)
         if progress is not None and applied:
             progress(state.offset + 1, end)
         if finished:

@@ -32,15 +32,16 @@ Identifiers never contain NUL (validated on input), so NUL separates key parts.
 Ints that may exceed 64 bits (the cost basis) are stored as signed bytes.
 """
 
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
 from ringfence.core.check import check
-from ringfence.core.limits import CHAIN_EVERY_EVENTS
+from ringfence.core.limits import CHAIN_EVERY_EVENTS, SNAPSHOTS_KEPT
 from ringfence.core.model import MarketConfig
 from ringfence.core.state import MarketState, State
 from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
@@ -97,6 +98,13 @@ def offset_key(prefix: bytes, offset: int) -> bytes:
     return prefix + _OFFSET.pack(offset)
 
 
+def snapshot_offsets(directory: Path) -> list[int]:
+    """The offsets of the snapshots in ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit() and (path / "CURRENT").exists())
+
+
 def _join(*parts: str) -> bytes:
     return _SEP.join(parts).encode()
 
@@ -133,6 +141,23 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """``snapshots/`` beside the store's directory: one RocksDB checkpoint per chain link."""
+        return self.path.parent / "snapshots"
+
+    def snapshot(self, kept: int = SNAPSHOTS_KEPT) -> Path:
+        """Keep the store as of its last checkpoint as ``snapshots/<offset>``; prune all but the newest ``kept``."""
+        target = self.snapshots_dir / f"{self.stored_offset():020d}"
+        if not target.exists():  # RocksDB builds it in a temporary directory and renames it: all or nothing
+            self.snapshots_dir.mkdir(exist_ok=True)
+            Checkpoint(self._db).create_checkpoint(str(target))
+        for old in snapshot_offsets(self.snapshots_dir)[:-kept]:
+            shutil.rmtree(self.snapshots_dir / f"{old:020d}")
+        return target
 
     def __enter__(self):
         return self

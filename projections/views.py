@@ -17,28 +17,19 @@ def _price(fraction, tick: int, long: bool) -> str | None:
     return format_units(mm.price_to_tick(fraction[:2], tick, round_up=long), decimals_of(tick))
 
 
-def position_view(state: State, key: PositionKey) -> dict:
-    account, market_name, side = key
-    position = state.positions[key]
-    market = state.markets[market_name]
-    config = market.config
-    brackets = config.brackets
-    size, cost, margin, mark = position.size, position.cost, position.margin, market.mark
-    long = size > 0
-    tick, lot = config.tick_size, config.lot_size
-    view = {
-        "account": account,
-        "market": market_name,
-        "position_side": side,
-        "size": format_units(size, decimals_of(lot)),
+def margin_figures(config, size: int, cost: int, margin: int, mark: int) -> dict:
+    """The display figures of one isolated position from its raw numbers (mark 0: no mark yet)."""
+    brackets, tick, long = config.brackets, config.tick_size, size > 0
+    figures = {
+        "size": format_units(size, decimals_of(config.lot_size)),
         "entry_price": format_decimal(mm.entry_price_units(size, cost)),
         "isolated_margin": format_decimal(margin),
-        "leverage": effective_leverage(state, key),
         "mark_price": None,
         "unrealized_pnl": None,
         "margin_balance": None,
         "maintenance_margin": None,
         "margin_ratio": None,
+        "bracket": None,
         "liquidation_price": _price(mm.liquidation_price_fraction(brackets, size, cost, margin), tick, long),
         "bankruptcy_price": _price(mm.bankruptcy_price_fraction(size, cost, margin), tick, long),
         "status": "no_mark",
@@ -46,14 +37,53 @@ def position_view(state: State, key: PositionKey) -> dict:
     if mark:
         pnl = mm.unrealized_pnl_units(size, cost, mark)
         ratio = mm.margin_ratio_ceil(brackets, size, cost, margin, mark)
-        view.update(
+        figures.update(
             mark_price=format_units(mark, decimals_of(tick)),
             unrealized_pnl=format_decimal(pnl),
             margin_balance=format_decimal(margin + pnl),
             maintenance_margin=format_decimal(mm.maintenance_margin_units(brackets, size, mark)),
             margin_ratio=None if ratio is None else format_units(ratio),
+            bracket=mm.bracket_index(brackets, abs(size) * mark) + 1,
             status="liquidatable" if mm.is_liquidatable(brackets, size, cost, margin, mark) else "open",
         )
+    return figures
+
+
+def exact(value: int, places: int) -> str:
+    """``value`` units of 10**-places as an exact decimal string, every place shown."""
+    whole, fraction = divmod(abs(value), 10**places)
+    return f"{'-' if value < 0 else ''}{whole}.{fraction:0{places}d}"
+
+
+def trigger_arithmetic(config, size: int, cost: int, margin: int, mark: int) -> dict:
+    """The exact liquidation test at ``mark``, to the unit: B <= MM with the bracket that sets MM."""
+    notional = abs(size) * mark  # 1e-16
+    index = mm.bracket_index(config.brackets, notional)
+    bracket = config.brackets[index]
+    balance = margin * mm.S + size * mark - cost  # 1e-16
+    maintenance = mm.maintenance_margin_e24(config.brackets, notional)  # 1e-24
+    return {
+        "mark_price": format_decimal(mark),
+        "notional": exact(notional, 16),
+        "bracket": index + 1,
+        "mmr": format_decimal(bracket.mmr),
+        "maint_amount": format_decimal(bracket.maint_amount),
+        "margin_balance_B": exact(balance, 16),  # M + q * mark - C
+        "maintenance_margin_MM": exact(maintenance, 24),  # N * mmr - maint_amount
+        "liquidatable": balance * mm.S <= maintenance,  # B <= MM, exactly
+    }
+
+
+def position_view(state: State, key: PositionKey) -> dict:
+    account, market_name, side = key
+    position = state.positions[key]
+    market = state.markets[market_name]
+    view = {"account": account, "market": market_name, "position_side": side}
+    for name, value in margin_figures(market.config, position.size, position.cost, position.margin, market.mark).items():
+        if name != "bracket":  # positions --json keeps the DESIGN.md §8.2 fields, leverage after the margin
+            view[name] = value
+        if name == "isolated_margin":
+            view["leverage"] = effective_leverage(state, key)
     if position.shortfall:
         view["margin_shortfall"] = format_decimal(position.shortfall)
     return view

@@ -20,7 +20,7 @@ from itertools import islice
 
 import msgspec
 
-from ringfence.core.digest import chain_link
+from ringfence.core.digest import chain_link, compute_digest
 from ringfence.core.state import State
 from ringfence.projections.chain import FINGERPRINT_BYTES, ChainLink, DigestChain
 from ringfence.projections.liquidation import LiquidationProjection
@@ -38,7 +38,7 @@ class NoChain(Exception):
 @dataclass(frozen=True)
 class Divergence:
     offset: int
-    kind: str  # record | state | chain | missing
+    kind: str  # record | state | chain | snapshot | missing
     detail: str
 
 
@@ -118,3 +118,17 @@ def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection,
                                 f"the log ends at offset {state.offset}; the core applied up to {applied_to}")  # fmt: skip
     unapplied = divergence is None and next(iter(log.read(applied_to + 1)), None) is not None
     return Verification(first_offset, min(state.offset, applied_to), links, chain.last_chain, divergence, unapplied)
+
+
+def check_snapshot(store: StateStore, point: tuple[State, LiquidationProjection, DigestChain]) -> Divergence | None:
+    """A snapshot's own digest against the link the store recorded at its offset (before trusting it as a start)."""
+    state, projection, chain = point
+    links = {link.offset: link for link in map(_decode_link, store.chain_links())}
+    kept = links.get(state.offset)
+    if kept is None:
+        return Divergence(state.offset, "missing", f"the store has no chain link at the snapshot's offset {state.offset}")
+    digest = compute_digest(state, projection.canonical_sections())
+    if digest != kept.digest or chain.last_chain != kept.chain:
+        return Divergence(state.offset, "snapshot", f"the snapshot at offset {state.offset} does not match its chain "
+                          f"link (digest {digest[:16]}, link {kept.digest[:16]})")  # fmt: skip
+    return None

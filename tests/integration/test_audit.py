@@ -6,6 +6,7 @@ import zlib
 
 import msgspec
 
+from ringfence.core.digest import compute_digest
 from ringfence.core.model import Fill
 from ringfence.events.embedded import EmbeddedLog
 from ringfence.events.log_codec import decode_record
@@ -123,3 +124,82 @@ def test_verify_without_a_chain_or_a_store_is_one_line(tmp_path, cli):
     cli("ingest", str(session_file(tmp_path, count=10)), data=data)
     err = cli("replay", "--verify", data=data, check_rc=2)[2]
     assert err.splitlines() == [err.strip()] and "run `ringfence run` first" in err
+
+
+def test_positions_at_a_past_offset_or_time_equal_a_run_over_the_log_cut_there(tmp_path, cli):
+    data = ingested_and_run(tmp_path, cli, count=1_000)
+    before = (cli("digest", data=data)[1], sorted(p.name for p in (data / "state").iterdir()))
+    assert [int(p.name) for p in sorted((data / "snapshots").iterdir())] == list(range(99, 1_000, 100))
+    lines = session_file(tmp_path, seed=31, count=1_000).read_bytes().splitlines(keepends=True)
+    for offset in (0, 250, 499, 500, 999):
+        cut = tmp_path / f"cut-{offset}"
+        (tmp_path / f"cut-{offset}.jsonl").write_bytes(b"".join(lines[: offset + 1]))
+        cli("ingest", str(tmp_path / f"cut-{offset}.jsonl"), data=cut)
+        cli("run", data=cut, check_rc=None)
+        for command in ("positions", "wallets", "books"):
+            assert cli(command, "--json", "--at", str(offset), data=data)[1] == cli(command, "--json", data=cut)[1]
+        assert cli("digest", "--at", str(offset), data=data)[1] == cli("digest", data=cut)[1]
+    # by time: the prefix stamped at or before the 600th event's time
+    ts = json.loads(lines[600])["ts"]
+    last = next(n for n, line in enumerate(lines) if json.loads(line)["ts"] > ts) - 1
+    assert last >= 600
+    assert cli("digest", "--at-time", str(ts), data=data)[1] == cli("digest", "--at", str(last), data=data)[1]
+    err = cli("positions", "--at", "1000", data=data, check_rc=2)[2]
+    assert err.strip() == "ringfence: error: the log ends at offset 999, before 1000"
+    assert (cli("digest", data=data)[1], sorted(p.name for p in (data / "state").iterdir())) == before
+
+
+def test_point_in_time_from_a_snapshot_equals_from_offset_0(tmp_path, cli):
+    data = ingested_and_run(tmp_path, cli, count=1_000)
+    from ringfence.replay.point_in_time import state_at
+
+    log = EmbeddedLog(data / "log", writable=False)
+    for offset in (5, 350, 999):
+        near = state_at(log, data / "state", offset)
+        far = state_at(log, data / "state", offset, use_checkpoints=False)
+        assert (near.source, far.source) == (("store" if offset == 999 else f"snapshot {offset // 100 * 100 - 1}")
+                                             if offset >= 99 else "empty", "empty")  # fmt: skip
+        assert compute_digest(near.state, near.projection.canonical_sections()) == \
+            compute_digest(far.state, far.projection.canonical_sections())  # fmt: skip
+
+
+def test_verify_from_a_snapshot_checks_the_snapshot_first(tmp_path, cli):
+    from rocksdict import Options, Rdict
+
+    data = ingested_and_run(tmp_path, cli, count=1_000)
+    out = cli("replay", "--verify", "--from", "650", data=data)[1]
+    assert out.startswith("verified offsets 600..999 from the snapshot at 599, whose digest matches its link: 4 ")
+    _flip(data, 300, fix_checksum=True)  # before the snapshot: not replayed from it
+    assert cli("replay", "--verify", "--from", "650", data=data)[0] == 0
+    _flip(data, 700, fix_checksum=True)
+    err = cli("replay", "--verify", "--from", "650", data=data, check_rc=1)[2]
+    assert err.startswith("ringfence: verify: diverges at offset 700 (record)")
+    db = Rdict(str(data / "snapshots" / f"{599:020d}"), Options(raw_mode=True))
+    key = next(k for k in db.keys() if k.startswith(b"w:"))
+    db[key] = (int.from_bytes(db[key], "big", signed=True) + 1).to_bytes(9, "big", signed=True)  # one unit more
+    db.close()
+    err = cli("replay", "--verify", "--from", "650", data=data, check_rc=1)[2]
+    assert err.startswith("ringfence: verify: diverges at offset 599 (snapshot)")
+
+
+def test_history_shows_each_liquidation_with_the_exact_test_that_fired_it(tmp_path, cli):
+    from fractions import Fraction
+
+    data = ingested_and_run(tmp_path, cli, count=3_000, seed=5)
+    commands = [json.loads(line) for line in cli("commands", "--json", data=data)[1].splitlines()]
+    liquidations = [c for c in commands if c["type"] == "liquidate"]
+    assert liquidations
+    first = liquidations[0]
+    key = [first["account"], first["market"], "--side", first["position_side"]]
+    rows = [json.loads(line) for line in cli("history", *key, "--json", data=data)[1].splitlines()]
+    fired = [row for row in rows if first["command_id"] in row["commands"]]
+    assert len(fired) == 1 and fired[0]["offset"] == first["trigger_offset"]
+    trigger = fired[0]["trigger"]
+    assert Fraction(trigger["margin_balance_B"]) <= Fraction(trigger["maintenance_margin_MM"])
+    assert trigger["mark_price"].rstrip("0").rstrip(".") == first["mark_price"].rstrip("0").rstrip(".")
+    assert all(a["after"] == b["before"] or a["after"]["mark_price"] != b["before"]["mark_price"]
+               for a, b in zip(rows, rows[1:]) if a["after"] and b["before"])  # fmt: skip
+    text = cli("history", *key, data=data)[1]
+    assert f"trigger at mark" in text and f"B = {trigger['margin_balance_B']} <= MM = " in text
+    err = cli("history", "nobody", "BTCUSDT", data=data, check_rc=2)[2]
+    assert err.strip() == "ringfence: error: no event touched nobody BTCUSDT BOTH"
