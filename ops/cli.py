@@ -416,6 +416,45 @@ def _history_line(row: dict) -> str:
     return line
 
 
+def cmd_project(args) -> int:
+    from ringfence.projections.forked import ProjectionError, ProjectionFailed, load_class, run_projection
+
+    data = args.data
+    if args.partition is not None:
+        from ringfence.ops.kafka_log import KafkaLog
+        from ringfence.ops.serve import partition_dir
+
+        settings = _kafka_settings(args)
+        log = KafkaLog(settings, settings.topic("events"), args.partition)
+        data = partition_dir(args.data, settings, args.partition)  # its snapshots, if this machine serves it
+    elif not log_dir(args.data).is_dir():
+        raise UsageError(f"no event log in {args.data}")
+    else:
+        log = EmbeddedLog(log_dir(args.data), writable=False)
+    try:
+        cls = load_class(args.spec)
+        store = args.store or data / "projections" / cls.store_name()
+        if args.restart and store.exists():
+            import shutil
+
+            shutil.rmtree(store)
+        progress = Progress("projected")
+        projection, offset, seen = run_projection(args.spec, log, store, state_dir(data), start_from=args.start_from,
+                                                  checkpoint_every=args.checkpoint_every,
+                                                  decode=getattr(log, "decode", None), progress=progress)  # fmt: skip
+        progress.done()
+    except ProjectionError as error:
+        raise UsageError(str(error)) from None
+    except ProjectionFailed as error:
+        print(f"ringfence: error: {error} (its last checkpoint is kept: run again to resume)", file=sys.stderr)
+        return EXIT_ERROR
+    rows = projection.rows()
+    _print_rows(rows, args.json, list(rows[0]) if rows else [])
+    print(f"{cls.store_name()}: at offset {offset}, {seen} events applied in this run; checkpoint in {store}",
+          file=sys.stderr)  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_chain(args) -> int:
     with _open_reader(args.data) as store:
         links = [msgspec.json.decode(raw) for raw in store.chain_links()]
@@ -729,6 +768,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--side", default="BOTH", choices=["BOTH", "LONG", "SHORT"], help="position side (default BOTH)")
     p.add_argument("--marks", action="store_true", help="also list every mark of the market while the position is open")
     p.set_defaults(handler=cmd_history)
+
+    p = commands.add_parser("project", parents=[common, as_json, kafka],
+                            help="run a projection (MODULE:CLASS, see projections/sdk.py) over the history")  # fmt: skip
+    p.add_argument("spec", metavar="MODULE:CLASS")
+    p.add_argument("--from", dest="start_from", type=int, default=0, metavar="OFFSET",
+                   help="first offset the projection sees (a new projection store only; default 0)")  # fmt: skip
+    p.add_argument("--store", type=Path, help="its checkpoint store (default <data>/projections/<name>)")
+    p.add_argument("--restart", action="store_true", help="drop its checkpoint and start again")
+    p.add_argument("--checkpoint-every", type=_events_count, default=50_000, metavar="EVENTS")
+    p.add_argument("--partition", type=int, metavar="P", help="read partition P of the Kafka events topic")
+    p.set_defaults(handler=cmd_project)
 
     p = commands.add_parser("chain", parents=[common, as_json], help="the digest chain: a link every N events")
     p.set_defaults(handler=cmd_chain)

@@ -99,6 +99,9 @@ def test_a_session_published_to_kafka_gives_the_digests_and_command_ids_of_the_e
         assert f'ringfence_partition_lag{{partition="{p}"}} 0' in metrics
         assert f'digest="{expected[p]["digest"]}"' in metrics
     assert sum(len(d) for d in deadletters) == PARTITIONS + 2  # the bad mark on every partition, the rest once
+    fees = ["project", "examples.fees:FeesPerAccount", "--json"]
+    over_kafka = cli(*fees, "--partition", "1", *kafka_args(broker, prefix), data=tmp_path / "svc")[1]
+    assert over_kafka == cli(*fees, data=tmp_path / f"offline-{source.stem}-1")[1] != ""  # a projection over Kafka
     events = serve.log_events()
     assert sum(e["event"] == "dead_letter" for e in events) == 6
     assert all("partition" in e and "offset" in e for e in events if e["event"] in ("dead_letter", "digest"))

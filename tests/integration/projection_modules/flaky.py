@@ -1,0 +1,33 @@
+"""Test projections: one that fails at an offset named in the environment, one that is not a Projection."""
+
+import os
+
+import msgspec
+
+from ringfence.projections.sdk import Projection, event_type
+
+
+class Tally(Projection):
+    """Counts events by type and sums fill quantities, per account: enough state to tell two runs apart."""
+
+    class State(msgspec.Struct):
+        types: dict[str, int] = {}
+        bought: dict[str, int] = {}
+        first: int = -1
+        last: int = -1
+
+    def apply(self, event, view):
+        if str(view.offset) == os.environ.get("FAIL_AT"):
+            raise RuntimeError("boom")
+        kind = event_type(event)
+        self.state.types[kind] = self.state.types.get(kind, 0) + 1
+        if kind == "fill" and view.applied:
+            signed = event.qty if event.side == "buy" else -event.qty
+            self.state.bought[event.account] = self.state.bought.get(event.account, 0) + signed
+        if self.state.first < 0:
+            self.state.first = view.offset
+        self.state.last = view.offset
+
+
+class NotAProjection:
+    pass
