@@ -417,7 +417,7 @@ def _history_line(row: dict) -> str:
 
 
 def cmd_project(args) -> int:
-    from ringfence.projections.forked import ProjectionError, ProjectionFailed, load_class, run_projection
+    from ringfence.replay.forked import ProjectionError, ProjectionFailed, load_class, run_projection
 
     data = args.data
     if args.partition is not None:
