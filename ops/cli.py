@@ -455,6 +455,33 @@ def cmd_project(args) -> int:
     return EXIT_OK
 
 
+def cmd_liqmap(args) -> int:
+    import csv
+
+    from ringfence.ops.charts import ChartsUnavailable, write_liquidation_map
+    from ringfence.replay.forked import run_projection
+
+    if not log_dir(args.data).is_dir():
+        raise UsageError(f"no event log in {args.data}")
+    spec = "ringfence.projections.analytics:LiquidationMap"
+    out = args.out or args.data
+    out.mkdir(parents=True, exist_ok=True)
+    log = EmbeddedLog(log_dir(args.data), writable=False)
+    projection, offset, _ = run_projection(spec, log, args.data / "projections" / "LiquidationMap", state_dir(args.data))
+    rows = projection.rows()
+    columns = ["market", "side", "band_low", "band_high", "positions", "notional", "mark_price"]
+    with open(out / "liquidation-map.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    try:
+        chart = write_liquidation_map(rows, out / "liquidation-map.png")
+    except ChartsUnavailable as error:
+        raise UsageError(str(error)) from None
+    print(f"liquidation map at offset {offset}: {len(rows)} bands; {out / 'liquidation-map.csv'}, {chart}")
+    return EXIT_OK
+
+
 def cmd_chain(args) -> int:
     with _open_reader(args.data) as store:
         links = [msgspec.json.decode(raw) for raw in store.chain_links()]
@@ -779,6 +806,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=_events_count, default=50_000, metavar="EVENTS")
     p.add_argument("--partition", type=int, metavar="P", help="read partition P of the Kafka events topic")
     p.set_defaults(handler=cmd_project)
+
+    p = commands.add_parser("liqmap", parents=[common],
+                            help="the liquidation map (open notional by liquidation-price band) as CSV and PNG")  # fmt: skip
+    p.add_argument("--out", type=Path, help="directory for liquidation-map.csv and .png (default: the data directory)")
+    p.set_defaults(handler=cmd_liqmap)
 
     p = commands.add_parser("chain", parents=[common, as_json], help="the digest chain: a link every N events")
     p.set_defaults(handler=cmd_chain)

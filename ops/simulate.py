@@ -78,7 +78,7 @@ class Session:
         return f"{prefix}-{self.serial}"
 
     def _tick(self) -> int:
-        self.ts += self.rng.randint(1, 300)  # ~6 events/s: funding every few 10k events
+        self.ts += self.rng.randint(1, 300)  # ~6.6 events/s: one funding every ~190k events
         return self.ts
 
     def opening(self) -> Iterator[m.Event]:

@@ -31,3 +31,19 @@ class Tally(Projection):
 
 class NotAProjection:
     pass
+
+
+class Deposits(Projection):
+    """Applied deposits minus withdrawals per account and asset (a reference for the analytics tests)."""
+
+    class State(msgspec.Struct):
+        net: dict[str, int] = {}
+
+    def apply(self, event, view):
+        kind = event_type(event)
+        if kind in ("deposit", "withdrawal") and view.applied:
+            key = f"{event.account} {event.asset}"
+            self.state.net[key] = self.state.net.get(key, 0) + (event.amount if kind == "deposit" else -event.amount)
+
+    def rows(self):
+        return [{"key": key, "net": net} for key, net in sorted(self.state.net.items())]
