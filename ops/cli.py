@@ -482,6 +482,48 @@ def cmd_liqmap(args) -> int:
     return EXIT_OK
 
 
+def cmd_whatif(args) -> int:
+    from ringfence.core.fixed import format_decimal
+    from ringfence.replay.whatif import compare, read_market_configs, replay_with
+
+    if not log_dir(args.data).is_dir():
+        raise UsageError(f"no event log in {args.data}")
+    stream, name = _open_input(args.market_config)
+    try:
+        replacements = read_market_configs(stream.read().splitlines(), name)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    log = EmbeddedLog(log_dir(args.data), writable=False)
+    original, alternative = replay_with(log), replay_with(log, replacements)
+    rows = compare(original, alternative)
+    _print_rows(rows, args.json, ["account", "market", "position_side", "change", "original_offset", "original_mark",
+                                  "whatif_offset", "whatif_mark"])  # fmt: skip
+    counts = {change: sum(row["change"] == change for row in rows) for change in ("earlier", "later", "not at all", "new")}
+    funds = "; ".join(
+        f"{asset} {format_decimal(original.insurance.get(asset, 0))} -> {format_decimal(alternative.insurance.get(asset, 0))}"
+        f" ({format_decimal(alternative.insurance.get(asset, 0) - original.insurance.get(asset, 0))})"
+        for asset in sorted(original.insurance.keys() | alternative.insurance.keys())
+    ) or "empty either way"  # fmt: skip
+    print(f"positions liquidated: {len(original.liquidations)} with the log's markets, {len(alternative.liquidations)} "
+          f"with {name} ({', '.join(f'{n} {c}' for c, n in counts.items())}); insurance fund: {funds}",
+          file=sys.stderr)  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_markets(args) -> int:
+    from ringfence.events.json_codec import to_wire
+
+    state = _load_state(args)
+    configs = [to_wire(market.config) for _, market in sorted(state.markets.items())]
+    if args.json:
+        for config in configs:
+            sys.stdout.write(_json(config).decode() + "\n")
+        return EXIT_OK
+    _print_rows([{**c, "brackets": len(c["brackets"])} for c in configs], False,
+                ["market", "settle", "tick_size", "lot_size", "brackets", "liquidation_fee_rate", "mark_band"])  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_chain(args) -> int:
     with _open_reader(args.data) as store:
         links = [msgspec.json.decode(raw) for raw in store.chain_links()]
@@ -811,6 +853,16 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the liquidation map (open notional by liquidation-price band) as CSV and PNG")  # fmt: skip
     p.add_argument("--out", type=Path, help="directory for liquidation-map.csv and .png (default: the data directory)")
     p.set_defaults(handler=cmd_liqmap)
+
+    p = commands.add_parser("whatif", parents=[common, as_json],
+                            help="replay the history with other market settings; compare liquidations and the fund")  # fmt: skip
+    p.add_argument("--market-config", required=True, metavar="FILE",
+                   help="JSON Lines of market events (as `ringfence markets --json` prints) replacing the log's")  # fmt: skip
+    p.set_defaults(handler=cmd_whatif)
+
+    p = commands.add_parser("markets", parents=[common, as_json, at],
+                            help="the markets' current settings (--json: market events to edit for whatif)")  # fmt: skip
+    p.set_defaults(handler=cmd_markets)
 
     p = commands.add_parser("chain", parents=[common, as_json], help="the digest chain: a link every N events")
     p.set_defaults(handler=cmd_chain)
