@@ -19,3 +19,13 @@ def test_reduce_benchmark_runs():
 def test_liquidation_benchmark_runs():
     out = bench("ringfence.ops.bench.liquidation", "--sizes", "200", "--demo-events", "3000")
     assert "quiet index" in out and "run with liquidations" in out
+
+
+def test_audit_benchmark_runs():
+    out = bench("ringfence.ops.bench.audit", "--events", "2500", "--traders", "50", "--chain-every", "500")
+    assert "replay --verify from offset 0 (5 links" in out and "from the nearest snapshot (snapshot 2499)" in out
+
+
+def test_kafka_benchmark_runs():
+    out = bench("ringfence.ops.bench.kafka", "--events", "2000", "--traders", "20", "--partitions", "2")
+    assert "bare kafka-python consumer" in out and "serve catch-up / bare consumer" in out
