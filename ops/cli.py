@@ -425,7 +425,12 @@ def cmd_project(args) -> int:
         from ringfence.ops.serve import partition_dir
 
         settings = _kafka_settings(args)
-        log = KafkaLog(settings, settings.topic("events"), args.partition)
+        try:
+            name = load_class(args.spec).store_name()
+        except ProjectionError as error:
+            raise UsageError(str(error)) from None
+        group = args.group or f"{args.prefix}-project-{name}"
+        log = KafkaLog(settings, settings.topic("events"), args.partition, group=group)
         data = partition_dir(args.data, settings, args.partition)  # its snapshots, if this machine serves it
     elif not log_dir(args.data).is_dir():
         raise UsageError(f"no event log in {args.data}")
@@ -847,6 +852,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="drop its checkpoint and start again")
     p.add_argument("--checkpoint-every", type=_events_count, default=50_000, metavar="EVENTS")
     p.add_argument("--partition", type=int, metavar="P", help="read partition P of the Kafka events topic")
+    p.add_argument("--group", help="with --partition: its consumer group, for lag tools (default "
+                                    "<prefix>-project-<name>; the offset that counts is in its store)")  # fmt: skip
     p.set_defaults(handler=cmd_project)
 
     p = commands.add_parser("liqmap", parents=[common],

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
 
 from ringfence.core.limits import MAX_LINE_BYTES
 from ringfence.events.json_codec import decode_line
+from ringfence.ops.logging import get_logger
 
 # The protocol level we speak, pinned so that clients start without probing
 # the broker; Kafka 2.8 requests are understood by every broker since 2.8,
@@ -206,8 +208,9 @@ class KafkaLog:
     """
 
     def __init__(self, settings: KafkaSettings, topic: str, partition: int, *, producer: KafkaProducer | None = None,
-                 read_timeout: float = 30.0):  # fmt: skip
+                 read_timeout: float = 30.0, group: str | None = None):  # fmt: skip
         self.settings, self.topic, self.partition = settings, topic, partition
+        self.group = group  # readers in a group commit how far they read: a progress hint for lag tools
         self.source = f"{topic}/{partition}"
         self._producer, self._own_producer = producer, producer is None
         self._pending: list = []
@@ -237,7 +240,7 @@ class KafkaLog:
     # -- reading -------------------------------------------------------------------------
 
     def read(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
-        consumer = new_consumer(self.settings)
+        consumer = new_consumer(self.settings, self.group)
         tp = TopicPartition(self.topic, self.partition)
         try:
             consumer.assign([tp])
@@ -249,12 +252,19 @@ class KafkaLog:
                     yield record.offset, record.value
                 if batch:
                     quiet_since = time.monotonic()
+                    if self.group is not None:
+                        consumer.commit_async({tp: OffsetAndMetadata(consumer.position(tp), "", -1)})
                 high = consumer.highwater(tp)
                 if high is not None and consumer.position(tp) >= high:
                     return
                 if time.monotonic() - quiet_since > self._read_timeout:
                     raise TimeoutError(f"no records from {self.source} for {self._read_timeout:.0f} s before its end")
         finally:
+            if self.group is not None and consumer.assignment():
+                try:  # the last hint, synchronously (the async ones may still be in flight)
+                    consumer.commit({tp: OffsetAndMetadata(consumer.position(tp), "", -1)})
+                except Exception as error:  # noqa: BLE001 (a hint; the offset that counts is stored elsewhere)
+                    get_logger().info("commit_hint_skipped", source=self.source, error=type(error).__name__)
             consumer.close()
 
     def end_offset(self) -> int:

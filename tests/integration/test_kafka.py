@@ -7,7 +7,7 @@ import sys
 import threading
 from collections import Counter
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from ringfence.core.limits import DEADLETTER_RAW_BYTES
 from ringfence.events.json_codec import encode_line
@@ -102,6 +102,11 @@ def test_a_session_published_to_kafka_gives_the_digests_and_command_ids_of_the_e
     fees = ["project", "examples.fees:FeesPerAccount", "--json"]
     over_kafka = cli(*fees, "--partition", "1", *kafka_args(broker, prefix), data=tmp_path / "svc")[1]
     assert over_kafka == cli(*fees, data=tmp_path / f"offline-{source.stem}-1")[1] != ""  # a projection over Kafka
+    hints = KafkaConsumer(bootstrap_servers=broker, api_version=DEFAULT_API_VERSION, group_id=f"{prefix}-project-"
+                          "FeesPerAccount", enable_auto_commit=False)  # fmt: skip
+    tp = TopicPartition(f"{prefix}.events", 1)
+    assert hints.committed(tp) == expected[1]["offset"] + 1  # its own group, a progress hint
+    hints.close()
     events = serve.log_events()
     assert sum(e["event"] == "dead_letter" for e in events) == 6
     assert all("partition" in e and "offset" in e for e in events if e["event"] in ("dead_letter", "digest"))
