@@ -203,3 +203,19 @@ def test_history_shows_each_liquidation_with_the_exact_test_that_fired_it(tmp_pa
     assert f"trigger at mark" in text and f"B = {trigger['margin_balance_B']} <= MM = " in text
     err = cli("history", "nobody", "BTCUSDT", data=data, check_rc=2)[2]
     assert err.strip() == "ringfence: error: no event touched nobody BTCUSDT BOTH"
+
+
+def test_audit_arguments_that_cannot_work_are_one_line(tmp_path, cli):
+    data = ingested_and_run(tmp_path, cli, count=300)
+    cases = [
+        (["positions", "--at-time", "5"], "no event is stamped at or before 5"),
+        (["positions", "--at", "-3"], "--at -3 is not an offset"),
+        (["replay", "--from", "100"], "--from goes with --verify"),
+        (["replay", "--verify", "--from", "50"], "no snapshot at or before offset 50"),
+        (["run", "--chain-every", "0"], "argument --chain-every: 0 is not at least 1"),
+        (["run", "--chain-every", "x"], "argument --chain-every: 'x' is not a whole number"),
+        (["positions", "--at", "1", "--at-time", "1"], "not allowed with argument"),
+    ]
+    for arguments, message in cases:
+        err = cli(*arguments, data=data, check_rc=2)[2]
+        assert message in err and len([line for line in err.splitlines() if "error" in line]) == 1, err
