@@ -696,7 +696,7 @@ def cmd_broker(args) -> int:
 def cmd_demo(args) -> int:
     import tempfile
 
-    from ringfence.ops.demo import run_demo
+    from ringfence.ops.demo import DEMO_CHAIN_EVERY, run_demo
 
     data = args.data if args.data is not None else Path(tempfile.mkdtemp(prefix="ringfence-demo-"))
     if (data / "log").exists():
@@ -716,10 +716,12 @@ def cmd_demo(args) -> int:
         ("rejections", f"{summary.rejections:,}"),
         ("dead letters", f"{summary.deadletters:,}"),
         ("digest", f"{summary.offset} {summary.digest}"),
+        ("digest chain", f"{summary.chain_links} links, one every {DEMO_CHAIN_EVERY:,} events; last {summary.chain}"),
     ]
     for name, value in rows:
         print(f"  {name:<22}{value}")
-    print(f"explore it: ringfence positions --data {data}   (also commands, books, wallets, rejections)")
+    print(f"explore it: ringfence positions --data {data}   (also commands, books, wallets, rejections, history,\n"
+          f"            replay --verify, positions --at OFFSET, project examples.fees:FeesPerAccount, liqmap, whatif)")
     return EXIT_OK
 
 
