@@ -362,23 +362,27 @@ class LiquidationProjection:
             return cached
         mark = state.markets[market_name].mark
         ranked = []
+        append = ranked.append
         for key, position in state.by_market.get(market_name, {}).items():
-            pnl = position.size * mark - position.cost  # 1e-16
-            if (position.size > 0) != long or pnl <= 0:
+            size = position.size
+            if (size > 0) != long:  # the side first: half the positions cost one comparison
+                continue
+            pnl = size * mark - position.cost  # 1e-16
+            if pnl <= 0:
                 continue
             margin = position.margin * SCALE  # 1e-16
-            notional = abs(position.size) * mark
             if margin <= 0:
-                ranked.append((0, 0, key, 0, 1))
+                append((0, 0, key, 0, 1))  # ranks first; among these, by key (the tuple order)
                 continue
-            numerator, denominator = pnl * notional, margin * (margin + pnl)
+            numerator = pnl * (size if long else -size) * mark  # U * N
+            denominator = margin * (margin + pnl)
             # sort by the integer part of rank * 2^64 (cheap); equal parts are ordered exactly below
-            ranked.append((1, -((numerator << 64) // denominator), key, numerator, denominator))
+            append((1, -((numerator << 64) // denominator), key, numerator, denominator))
         ranked.sort()
         start = 0
         for end in range(1, len(ranked) + 1):
             if end == len(ranked) or ranked[end][:2] != ranked[start][:2]:
-                if end - start > 1:
+                if end - start > 1 and ranked[start][0]:  # class 0 is already in key order
                     ranked[start:end] = sorted(ranked[start:end], key=lambda e: (-Fraction(e[3], e[4]), e[2]))
                 start = end
         cached = self._rankings[(market_name, long)] = [offset, [entry[2] for entry in ranked], 0]
