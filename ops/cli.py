@@ -576,7 +576,7 @@ def cmd_publish(args) -> int:
     lines = records = invalid = 0
     progress = Progress("published")
     try:
-        for number, line, size in _read_lines(stream):
+        for _, line, size in _read_lines(stream):
             if not line.strip():
                 continue
             lines += 1

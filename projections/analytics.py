@@ -94,7 +94,7 @@ class Exposure(_TrackPositions):
         for (account, asset), book in sorted(books.items()):
             long, short = sum(book["long"].values()), sum(book["short"].values())
             correlated, warnings = 0, []
-            for group, markets in CORRELATED_GROUPS.items():
+            for markets in CORRELATED_GROUPS.values():
                 for direction in ("long", "short"):
                     held = [market for market in markets if book[direction].get(market)]
                     if len(held) >= 2:

@@ -15,6 +15,7 @@ from ringfence.core.state import PositionKey, State
 from ringfence.events.json_codec import to_wire
 from ringfence.projections.liquidation import AdlCommand, LiquidateCommand, LiquidationProjection
 from ringfence.projections.runner import reduce_records
+from ringfence.projections.sdk import event_type
 from ringfence.projections.views import margin_figures, trigger_arithmetic
 
 _EMPTY = (0, 0, 0, 0)
@@ -53,7 +54,7 @@ def position_history(log, key: PositionKey, *, marks: bool = False, decode=None)
         if raw != before["raw"] or mine or _touches_leverage(event, key) or (marks and is_mark and raw != _EMPTY):
             row = {
                 "offset": offset,
-                "type": getattr(event, "__struct_config__").tag if type(event) is not m.InvalidInput else "invalid",
+                "type": event_type(event),
                 "event_id": getattr(event, "id", None),
                 "ts": getattr(event, "ts", None),
                 "verdict": None if verdict is None else f"{verdict.kind}: {verdict.reason}",

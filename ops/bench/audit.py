@@ -72,7 +72,7 @@ def main() -> None:
         row(f"replay --verify from offset 0 ({result.links} links, {offset + 1:,} fingerprints)", offset + 1, seconds)
         target = end - 50
         for name, use in ((f"--at {target:,}, from the nearest snapshot", True), (f"--at {target:,}, no snapshot", False)):
-            point, seconds = timed(lambda: state_at(log, root / "state", target, use_checkpoints=use))
+            point, seconds = timed(lambda use=use: state_at(log, root / "state", target, use_checkpoints=use))
             row(f"{name} ({point.source})", point.replayed, seconds)
         point, seconds = timed(lambda: state_at(log, root / "state", end))
         row(f"--at {end:,} (the end), from the store ({point.source})", point.replayed, seconds)

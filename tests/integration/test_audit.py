@@ -200,7 +200,7 @@ def test_history_shows_each_liquidation_with_the_exact_test_that_fired_it(tmp_pa
     assert all(a["after"] == b["before"] or a["after"]["mark_price"] != b["before"]["mark_price"]
                for a, b in zip(rows, rows[1:]) if a["after"] and b["before"])  # fmt: skip
     text = cli("history", *key, data=data)[1]
-    assert f"trigger at mark" in text and f"B = {trigger['margin_balance_B']} <= MM = " in text
+    assert "trigger at mark" in text and f"B = {trigger['margin_balance_B']} <= MM = " in text
     err = cli("history", "nobody", "BTCUSDT", data=data, check_rc=2)[2]
     assert err.strip() == "ringfence: error: no event touched nobody BTCUSDT BOTH"
 
