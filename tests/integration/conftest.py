@@ -43,3 +43,12 @@ def broker(tmp_path_factory):
     except subprocess.TimeoutExpired:  # it drains open client connections first; not worth waiting for
         os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
+
+
+@pytest.fixture(autouse=True)
+def no_service_outlives_its_test():
+    """A failing Kafka test must not leave `ringfence serve` processes behind."""
+    yield
+    from tests.integration.kafka_harness import Serve
+
+    Serve.kill_all()

@@ -62,6 +62,8 @@ def wait_until(condition, timeout: float, what: str, every: float = 0.2):
 class Serve:
     """A `ringfence serve` process with its metrics port."""
 
+    running: list["Serve"] = []  # killed after each test by the conftest, even when the test failed
+
     def __init__(self, bootstrap: str, prefix: str, data: Path, *args: str):
         self.port = free_port()
         self.data = data
@@ -70,6 +72,15 @@ class Serve:
                    "--data", str(data), "--metrics-port", str(self.port), "--session-timeout-ms", "6000", *args]  # fmt: skip
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        Serve.running.append(self)
+
+    @classmethod
+    def kill_all(cls) -> None:
+        for serve in cls.running:
+            if serve.process.poll() is None:
+                serve.process.kill()
+                serve.process.wait(10)
+        cls.running.clear()
 
     def health(self) -> dict | None:
         try:
