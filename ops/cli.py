@@ -245,6 +245,25 @@ def _open_reader(data: Path) -> StateStore:
         raise UsageError(str(error)) from None
 
 
+def _read_log(data: Path) -> EmbeddedLog:
+    """The embedded log of ``data``, read-only (a writer may be appending); one clear line if there is none."""
+    if not log_dir(data).is_dir():
+        raise UsageError(f"no event log in {data}")
+    return EmbeddedLog(log_dir(data), writable=False)
+
+
+def _source_log(args, group: str | None = None):
+    """(log, the data directory of its store): partition P of the events topic with --partition, else the embedded log."""
+    if args.partition is None:
+        return _read_log(args.data), args.data
+    from ringfence.ops.kafka_log import KafkaLog
+    from ringfence.ops.serve import partition_dir
+
+    settings = _kafka_settings(args)
+    log = KafkaLog(settings, settings.topic("events"), args.partition, group=group)
+    return log, partition_dir(args.data, settings, args.partition)
+
+
 def _load_state(args):
     """The checkpointed state, or with --at / --at-time the state rebuilt at that point (replay.point_in_time)."""
     return _load_with_projection(args)[0]
@@ -257,9 +276,7 @@ def _load_with_projection(args):
             return state, store.load_projection(state)
     from ringfence.replay.point_in_time import BeyondLog, offset_at_time, state_at
 
-    if not log_dir(args.data).is_dir():
-        raise UsageError(f"no event log in {args.data}")
-    log = EmbeddedLog(log_dir(args.data), writable=False)
+    log = _read_log(args.data)
     offset = args.at if args.at is not None else offset_at_time(log, args.at_time)
     if offset < 0:
         raise UsageError(f"no event is stamped at or before {args.at_time}" if args.at is None
@@ -320,18 +337,7 @@ def cmd_digest(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    data = args.data
-    if args.partition is not None:
-        from ringfence.ops.kafka_log import KafkaLog
-        from ringfence.ops.serve import partition_dir
-
-        settings = _kafka_settings(args)
-        log = KafkaLog(settings, settings.topic("events"), args.partition)
-        data = partition_dir(args.data, settings, args.partition)
-    elif not log_dir(args.data).is_dir():
-        raise UsageError(f"no event log in {args.data}")
-    else:
-        log = EmbeddedLog(log_dir(args.data), writable=False)
+    log, data = _source_log(args)
     if args.verify:
         return _verify(log, data, args.start_from)
     if args.start_from is not None:
@@ -344,30 +350,26 @@ def cmd_replay(args) -> int:
 
 
 def _verify(log, data: Path, start_from: int | None) -> int:
-    from ringfence.replay.point_in_time import load_point
+    from ringfence.replay.point_in_time import load_point, nearest_snapshot
     from ringfence.replay.verify import NoChain, check_snapshot, verify
 
     with _open_reader(data) as store:
-        start = None
+        start = divergence = result = None
         if start_from is not None:
-            from ringfence.projections.store import snapshot_offsets
-
-            offsets = [offset for offset in snapshot_offsets(store.snapshots_dir) if offset <= start_from]
-            if not offsets:
-                raise UsageError(f"no snapshot at or before offset {start_from} in {store.snapshots_dir}")
-            start = load_point(store.snapshots_dir / f"{offsets[-1]:020d}")
+            path = nearest_snapshot(store.path, start_from)
+            if path is None:
+                raise UsageError(f"no snapshot at or before offset {start_from} in {data}")
+            start = load_point(path)
             divergence = check_snapshot(store, start)
-            if divergence is not None:
-                print(f"ringfence: verify: diverges at offset {divergence.offset} ({divergence.kind}): "
-                      f"{divergence.detail}", file=sys.stderr)  # fmt: skip
-                return EXIT_ERROR
-        try:
-            result = verify(log, store, start=start, decode=getattr(log, "decode", None))
-        except NoChain as error:
-            raise UsageError(str(error)) from None
-    if result.divergence is not None:
-        d = result.divergence
-        print(f"ringfence: verify: diverges at offset {d.offset} ({d.kind}): {d.detail}", file=sys.stderr)
+        if divergence is None:
+            try:
+                result = verify(log, store, start=start, decode=getattr(log, "decode", None))
+            except NoChain as error:
+                raise UsageError(str(error)) from None
+            divergence = result.divergence
+    if divergence is not None:
+        print(f"ringfence: verify: diverges at offset {divergence.offset} ({divergence.kind}): {divergence.detail}",
+              file=sys.stderr)  # fmt: skip
         return EXIT_ERROR
     more = "; the log holds more records the core has not applied yet" if result.unapplied else ""
     origin = f" from the snapshot at {result.start - 1}, whose digest matches its link" if result.start else ""
@@ -379,10 +381,8 @@ def _verify(log, data: Path, start_from: int | None) -> int:
 def cmd_history(args) -> int:
     from ringfence.replay.history import position_history
 
-    if not log_dir(args.data).is_dir():
-        raise UsageError(f"no event log in {args.data}")
     key = (args.account, args.market, args.side)
-    rows = position_history(EmbeddedLog(log_dir(args.data), writable=False), key, marks=args.marks)
+    rows = position_history(_read_log(args.data), key, marks=args.marks)
     found = False
     out = sys.stdout
     for row in rows:
@@ -419,25 +419,13 @@ def _history_line(row: dict) -> str:
 def cmd_project(args) -> int:
     from ringfence.replay.forked import ProjectionError, ProjectionFailed, load_class, run_projection
 
-    data = args.data
-    if args.partition is not None:
-        from ringfence.ops.kafka_log import KafkaLog
-        from ringfence.ops.serve import partition_dir
-
-        settings = _kafka_settings(args)
-        try:
-            name = load_class(args.spec).store_name()
-        except ProjectionError as error:
-            raise UsageError(str(error)) from None
-        group = args.group or f"{args.prefix}-project-{name}"
-        log = KafkaLog(settings, settings.topic("events"), args.partition, group=group)
-        data = partition_dir(args.data, settings, args.partition)  # its snapshots, if this machine serves it
-    elif not log_dir(args.data).is_dir():
-        raise UsageError(f"no event log in {args.data}")
-    else:
-        log = EmbeddedLog(log_dir(args.data), writable=False)
     try:
         cls = load_class(args.spec)
+    except ProjectionError as error:
+        raise UsageError(str(error)) from None
+    # over Kafka: its own group; the core's snapshots of the partition, if this machine serves it
+    log, data = _source_log(args, group=args.group or f"{args.prefix}-project-{cls.store_name()}")
+    try:
         store = args.store or data / "projections" / cls.store_name()
         if args.restart and store.exists():
             import shutil
@@ -466,12 +454,10 @@ def cmd_liqmap(args) -> int:
     from ringfence.ops.charts import ChartsUnavailable, write_liquidation_map
     from ringfence.replay.forked import run_projection
 
-    if not log_dir(args.data).is_dir():
-        raise UsageError(f"no event log in {args.data}")
+    log = _read_log(args.data)
     spec = "ringfence.projections.analytics:LiquidationMap"
     out = args.out or args.data
     out.mkdir(parents=True, exist_ok=True)
-    log = EmbeddedLog(log_dir(args.data), writable=False)
     projection, offset, _ = run_projection(spec, log, args.data / "projections" / "LiquidationMap", state_dir(args.data))
     rows = projection.rows()
     columns = ["market", "side", "band_low", "band_high", "positions", "notional", "mark_price"]
@@ -491,14 +477,12 @@ def cmd_whatif(args) -> int:
     from ringfence.core.fixed import format_decimal
     from ringfence.replay.whatif import compare, read_market_configs, replay_with
 
-    if not log_dir(args.data).is_dir():
-        raise UsageError(f"no event log in {args.data}")
+    log = _read_log(args.data)
     stream, name = _open_input(args.market_config)
     try:
         replacements = read_market_configs(stream.read().splitlines(), name)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    log = EmbeddedLog(log_dir(args.data), writable=False)
     original, alternative = replay_with(log), replay_with(log, replacements)
     rows = compare(original, alternative)
     _print_rows(rows, args.json, ["account", "market", "position_side", "change", "original_offset", "original_mark",

@@ -6,13 +6,12 @@ on a crash and restart. A link's digest covers the core and the liquidation
 projection (what `ringfence digest` prints), so links from the embedded log
 and from a Kafka partition carrying the same events are equal.
 
-Fingerprints (8-byte BLAKE2b of each record's payload as the log carried it)
+Fingerprints (8-byte BLAKE2b of each record's payload as the log carried it,
+a missing payload hashed as empty; computed inline in runner.reduce_records)
 let `replay --verify` name the exact record that differs from the one the
 core applied, between two links. They are stored in chunks, one per
 checkpoint, keyed by the chunk's first offset.
 """
-
-import hashlib
 
 import msgspec
 
@@ -30,10 +29,6 @@ class ChainLink(msgspec.Struct, tag="digest", tag_field="type"):
     chain: str
 
 
-def fingerprint(payload) -> bytes:
-    return hashlib.blake2b(b"" if payload is None else payload, digest_size=FINGERPRINT_BYTES).digest()
-
-
 class DigestChain:
     """The chain as far as the state has been applied, with what is not yet checkpointed."""
 
@@ -48,9 +43,6 @@ class DigestChain:
         self.fingerprints = bytearray()  # of the records after the last checkpoint
         self.first = applied + 1  # the offset of fingerprints[0:8]
         self.links: list[ChainLink] = []  # made since the last checkpoint
-
-    def __repr__(self) -> str:
-        return f"DigestChain(every={self.every}, last_offset={self.last_offset})"
 
     def link(self, offset: int, state, projection) -> ChainLink:
         """Make the link at ``offset`` (the caller checks it is ``next_link``) from the state after it."""

@@ -98,6 +98,15 @@ def offset_key(prefix: bytes, offset: int) -> bytes:
     return prefix + _OFFSET.pack(offset)
 
 
+def snapshots_dir(store_path: Path) -> Path:
+    """``snapshots/`` beside a store's directory: one RocksDB checkpoint per chain link."""
+    return store_path.parent / "snapshots"
+
+
+def snapshot_path(directory: Path, offset: int) -> Path:
+    return directory / f"{offset:020d}"
+
+
 def snapshot_offsets(directory: Path) -> list[int]:
     """The offsets of the snapshots in ``directory``, oldest first."""
     if not directory.is_dir():
@@ -144,19 +153,15 @@ class StateStore:
 
     # -- snapshots -----------------------------------------------------------------------
 
-    @property
-    def snapshots_dir(self) -> Path:
-        """``snapshots/`` beside the store's directory: one RocksDB checkpoint per chain link."""
-        return self.path.parent / "snapshots"
-
     def snapshot(self, kept: int = SNAPSHOTS_KEPT) -> Path:
         """Keep the store as of its last checkpoint as ``snapshots/<offset>``; prune all but the newest ``kept``."""
-        target = self.snapshots_dir / f"{self.stored_offset():020d}"
+        directory = snapshots_dir(self.path)
+        target = snapshot_path(directory, self.stored_offset())
         if not target.exists():  # RocksDB builds it in a temporary directory and renames it: all or nothing
-            self.snapshots_dir.mkdir(exist_ok=True)
+            directory.mkdir(exist_ok=True)
             Checkpoint(self._db).create_checkpoint(str(target))
-        for old in snapshot_offsets(self.snapshots_dir)[:-kept]:
-            shutil.rmtree(self.snapshots_dir / f"{old:020d}")
+        for old in snapshot_offsets(directory)[:-kept]:
+            shutil.rmtree(snapshot_path(directory, old))
         return target
 
     def __enter__(self):

@@ -20,7 +20,7 @@ from ringfence.events.log_codec import decode_record
 from ringfence.projections.chain import DigestChain
 from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.runner import decode_or_invalid, reduce_records
-from ringfence.projections.store import StateStore, snapshot_offsets
+from ringfence.projections.store import StateStore, snapshot_offsets, snapshot_path, snapshots_dir
 
 
 class BeyondLog(Exception):
@@ -31,20 +31,25 @@ class BeyondLog(Exception):
 class PointInTime:
     state: State
     projection: LiquidationProjection
-    chain: DigestChain | None
-    start: int  # the offset of the starting point (-1: from the empty state)
     source: str  # "snapshot <offset>", "store" or "empty"
     replayed: int  # events replayed after the starting point
 
 
 def starting_points(store_path: Path) -> list[tuple[int, Path, str]]:
     """(offset, path, name) of every starting point: the snapshots and the live store."""
-    points = [(offset, store_path.parent / "snapshots" / f"{offset:020d}", f"snapshot {offset}")
-              for offset in snapshot_offsets(store_path.parent / "snapshots")]  # fmt: skip
+    directory = snapshots_dir(store_path)
+    points = [(offset, snapshot_path(directory, offset), f"snapshot {offset}") for offset in snapshot_offsets(directory)]
     if (store_path / "CURRENT").exists():
         with StateStore(store_path, read_only=True) as store:
             points.append((store.stored_offset(), store_path, "store"))
     return sorted(points)
+
+
+def nearest_snapshot(store_path: Path, offset: int) -> Path | None:
+    """The newest snapshot at or before ``offset``, or None."""
+    directory = snapshots_dir(store_path)
+    offsets = [at for at in snapshot_offsets(directory) if at <= offset]
+    return snapshot_path(directory, offsets[-1]) if offsets else None
 
 
 def load_point(path: Path) -> tuple[State, LiquidationProjection, DigestChain]:
@@ -58,14 +63,14 @@ def state_at(log, store_path: Path, offset: int, *, decode=None, use_checkpoints
     candidates = [p for p in starting_points(store_path) if p[0] <= offset] if use_checkpoints else []
     if candidates:
         start, path, source = candidates[-1]
-        state, projection, chain = load_point(path)
+        state, projection, _ = load_point(path)
     else:
         start, source = -1, "empty"
-        state, projection, chain = State(), LiquidationProjection(), None
+        state, projection = State(), LiquidationProjection()
     replayed = reduce_records(state, log.read(start + 1), until=offset, projection=projection, decode=decode)
     if state.offset < offset:
         raise BeyondLog(f"the log ends at offset {state.offset}, before {offset}")
-    return PointInTime(state, projection, chain, start, source, replayed)
+    return PointInTime(state, projection, source, replayed)
 
 
 def offset_at_time(log, ts: int, *, decode=None) -> int:

@@ -52,6 +52,10 @@ class Verification:
     unapplied: bool  # the log holds records after what the core applied
 
 
+def _stored_links(store: StateStore) -> dict[int, ChainLink]:
+    return {link.offset: link for link in map(_decode_link, store.chain_links())}
+
+
 def _first_record_mismatch(first: int, computed: bytes, stored: list[tuple[int, bytes]]) -> Divergence | None:
     for index in range(len(computed) // FINGERPRINT_BYTES):
         offset = first + index
@@ -88,7 +92,7 @@ def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection,
     if every is None:
         raise NoChain(f"{store.path} holds no digest chain (run `ringfence run` first)")
     applied_to = store.stored_offset()
-    stored_links = {link.offset: link for link in map(_decode_link, store.chain_links())}
+    stored_links = _stored_links(store)
     if start is None:
         state, projection, chain = State(), LiquidationProjection(), DigestChain(every)
     else:
@@ -123,8 +127,7 @@ def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection,
 def check_snapshot(store: StateStore, point: tuple[State, LiquidationProjection, DigestChain]) -> Divergence | None:
     """A snapshot's own digest against the link the store recorded at its offset (before trusting it as a start)."""
     state, projection, chain = point
-    links = {link.offset: link for link in map(_decode_link, store.chain_links())}
-    kept = links.get(state.offset)
+    kept = _stored_links(store).get(state.offset)
     if kept is None:
         return Divergence(state.offset, "missing", f"the store has no chain link at the snapshot's offset {state.offset}")
     digest = compute_digest(state, projection.canonical_sections())

@@ -58,10 +58,10 @@ def _answers(command, state: State, ts: int) -> list[m.Event]:
     price, qty = parse_decimal(command.price), parse_decimal(command.qty)
     counter = (command.account, command.market, command.position_side)
     bankrupt = (command.bankrupt_account, command.market, command.bankrupt_position_side)
-    held = [state.positions.get(key) for key in (counter, bankrupt)]
-    qty = min(qty, *(abs(p.size) for p in held if p is not None)) if all(held) else 0
-    if qty <= 0:
-        return []
+    counter_position, bankrupt_position = state.positions.get(counter), state.positions.get(bankrupt)
+    if counter_position is None or bankrupt_position is None:
+        return []  # one side closed since the command: nothing to trade
+    qty = min(qty, abs(counter_position.size), abs(bankrupt_position.size))
     return [m.AdlFill(f"whatif-{command.command_id}-c", ts, command.command_id, *counter, qty, price),
             m.LiquidationFill(f"whatif-{command.command_id}-b", ts, command.command_id, *bankrupt, qty, price)]  # fmt: skip
 
