@@ -11,6 +11,7 @@ B and MM to the unit (B in 1e-16, MM in 1e-24) and the bracket that set MM.
 from collections.abc import Iterator
 
 from ringfence.core import model as m
+from ringfence.core.reducer import effective_leverage
 from ringfence.core.state import PositionKey, State
 from ringfence.events.json_codec import to_wire
 from ringfence.projections.liquidation import AdlCommand, LiquidateCommand, LiquidationProjection
@@ -26,11 +27,11 @@ def _raw(state: State, key: PositionKey) -> tuple[int, int, int, int]:
     return _EMPTY if position is None else (position.size, position.cost, position.margin, position.shortfall)
 
 
-def _figures(state: State, key: PositionKey, raw: tuple[int, int, int, int], mark: int) -> dict | None:
+def _figures(state: State, key: PositionKey, raw: tuple[int, int, int, int], mark: int, leverage: int) -> dict | None:
     if raw == _EMPTY:
         return None  # no position
     market = state.markets[key[1]]
-    return {**margin_figures(market.config, raw[0], raw[1], raw[2], mark), "leverage": state.leverage.get(key)}
+    return {**margin_figures(market.config, raw[0], raw[1], raw[2], mark), "leverage": leverage}
 
 
 def _touches_leverage(event, key: PositionKey) -> bool:
@@ -42,12 +43,13 @@ def position_history(log, key: PositionKey, *, marks: bool = False, decode=None)
     account, market, side = key
     state, projection = State(), LiquidationProjection()
     rows: list[dict] = []
-    before = {"raw": _EMPTY, "mark": 0}
+    before = {"raw": _EMPTY, "mark": 0, "leverage": 0}
 
     def after_each(offset: int, event, verdict, decisions) -> None:
         raw = _raw(state, key)
         market_state = state.markets.get(market)
         mark = market_state.mark if market_state is not None else 0
+        leverage = effective_leverage(state, key)  # as `positions` shows it
         mine = [d for d in decisions if type(d) in (LiquidateCommand, AdlCommand)
                 and (d.account, d.market, d.position_side) == key]  # fmt: skip
         is_mark = type(event) is m.MarkPrice and event.market == market
@@ -58,8 +60,8 @@ def position_history(log, key: PositionKey, *, marks: bool = False, decode=None)
                 "event_id": getattr(event, "id", None),
                 "ts": getattr(event, "ts", None),
                 "verdict": None if verdict is None else f"{verdict.kind}: {verdict.reason}",
-                "before": _figures(state, key, before["raw"], before["mark"]),
-                "after": _figures(state, key, raw, mark),
+                "before": _figures(state, key, before["raw"], before["mark"], before["leverage"]),
+                "after": _figures(state, key, raw, mark, leverage),
                 "commands": [d.command_id for d in mine],
             }
             if any(type(d) is LiquidateCommand for d in mine):
@@ -67,7 +69,7 @@ def position_history(log, key: PositionKey, *, marks: bool = False, decode=None)
             if type(event) is not m.InvalidInput and not is_mark:
                 row["event"] = to_wire(event)
             rows.append(row)
-        before["raw"], before["mark"] = raw, mark
+        before["raw"], before["mark"], before["leverage"] = raw, mark, leverage
 
     for offset, payload in log.read(0):
         reduce_records(state, [(offset, payload)], projection=projection, decode=decode, on_step=after_each)
