@@ -93,6 +93,47 @@ def bankruptcy_price_fraction(size: int, cost: int, margin: int) -> tuple[int, i
     return numerator, denominator
 
 
+def liquidation_terms(brackets: tuple[Bracket, ...]) -> tuple[tuple[tuple[int, int, int | None, int], ...], ...]:
+    """The bracket constants of the liquidation price, per side: ``terms[long][index]``.
+
+    With ``f = S - r`` for a long and ``S + r`` for a short, the formula of the
+    module docstring is ``p = n / (|q| * f)`` where ``n = S * C - S^2 * M - S^2 * K``
+    for a long and its negation for a short; the bracket is self-consistent when
+    ``floor * S <= |q| * p < cap * S``, i.e. ``floor * S * f <= n < cap * S * f``.
+    Per bracket: (S^2 * K, floor * S * f, cap * S * f or None for the last, f).
+    """
+    last = len(brackets) - 1
+    sides = []
+    for long in (False, True):
+        terms = []
+        for index, bracket in enumerate(brackets):
+            factor = S - bracket.mmr if long else S + bracket.mmr
+            cap = bracket.notional_cap * S * factor if index < last else None
+            terms.append((S2 * bracket.maint_amount, bracket.notional_floor * S * factor, cap, factor))
+        sides.append(tuple(terms))
+    return tuple(sides)
+
+
+def solve_liquidation_price(
+    terms: tuple[tuple[tuple[int, int, int | None, int], ...], ...], size: int, cost: int, margin: int
+) -> tuple[int, int, int] | None:
+    """``liquidation_price_fraction`` with the bracket constants computed once (``liquidation_terms``)."""
+    if size > 0:
+        base = S * cost - S2 * margin
+        for index, (maint, low, high, factor) in enumerate(terms[1]):
+            numerator = base - maint
+            if numerator > 0 and numerator >= low and (high is None or numerator < high):
+                return numerator, size * factor, index
+        return None
+    if size < 0:
+        base = S2 * margin - S * cost
+        for index, (maint, low, high, factor) in enumerate(terms[0]):
+            numerator = base + maint
+            if numerator > 0 and numerator >= low and (high is None or numerator < high):
+                return numerator, -size * factor, index
+    return None
+
+
 def liquidation_price_fraction(
     brackets: tuple[Bracket, ...], size: int, cost: int, margin: int
 ) -> tuple[int, int, int] | None:
@@ -100,27 +141,10 @@ def liquidation_price_fraction(
 
     None when flat or when no positive price solves B = MM: a long whose margin
     covers the whole notional is then safe at every mark, a short whose margin
-    is already gone is liquidatable at every mark.
+    is already gone is liquidatable at every mark. The bracket is the one
+    whose notional range holds |q| * p (exactly one, see the module docstring).
     """
-    if size == 0:
-        return None
-    magnitude = abs(size)
-    last = len(brackets) - 1
-    for index, bracket in enumerate(brackets):
-        numerator = S * (cost - S * (margin + bracket.maint_amount))
-        denominator = size * S - magnitude * bracket.mmr
-        if denominator < 0:
-            numerator, denominator = -numerator, -denominator
-        if numerator <= 0:
-            continue
-        # self-consistent: floor <= |q| * p / S < cap (amount units), p = numerator / denominator
-        scaled_notional = magnitude * numerator
-        if scaled_notional < bracket.notional_floor * S * denominator:
-            continue
-        if index < last and scaled_notional >= bracket.notional_cap * S * denominator:
-            continue
-        return numerator, denominator, index
-    return None
+    return solve_liquidation_price(liquidation_terms(brackets), size, cost, margin)
 
 
 def price_to_tick(fraction: tuple[int, int], tick: int, round_up: bool) -> int:

@@ -96,6 +96,27 @@ class Outstanding(msgspec.Struct, frozen=True, array_like=True, gc=False):
     qty: int
 
 
+NOTHING = ()  # the outputs of most events: shared, never appended to
+
+
+class MarketIndex:
+    """One market's part of the index: its bracket constants and a heap per side.
+
+    ``heaps[long]`` holds (key, position key, version); the key is -ceil(p) for
+    longs and floor(p) for shorts, so each top is that side's riskiest position.
+    """
+
+    __slots__ = ("config", "heaps", "terms")
+
+    def __init__(self, config: MarketConfig) -> None:
+        self.heaps: list[list[tuple[int, PositionKey, int]]] = [[], []]
+        self.configure(config)
+
+    def configure(self, config: MarketConfig) -> None:
+        self.config = config
+        self.terms = mm.liquidation_terms(config.brackets)
+
+
 class LiquidationProjection:
     def __init__(self) -> None:
         self.outstanding: dict[PositionKey, Outstanding] = {}
@@ -104,116 +125,148 @@ class LiquidationProjection:
         self.last_marks: dict[str, int] = {}  # the previous applied mark, for the band check
         self.adl_pending: dict[PositionKey, int] = {}  # counterparty qty under ADL commands not yet filled
         self.adl_bankrupt: dict[PositionKey, int] = {}  # bankrupt qty deleveraged but not yet filled
-        # derived index: per market [short heap, long heap] of (key, position key, version);
-        # the key is -price for longs so that the top is always the riskiest
-        self._heaps: dict[str, list[list[tuple[int, PositionKey, int]]]] = {}
+        # derived index: per market its heaps of (key, position key, version), see MarketIndex
+        self._markets: dict[str, MarketIndex] = {}
         self._versions: dict[PositionKey, int] = {}  # the live entry of each indexed position
         self._version_counter = 0
         self._rankings: dict[tuple[str, bool], list] = {}  # per-event cache of ADL rankings
+        self._handlers = {
+            MarkPrice: self._on_mark, Fill: self._on_position_change, MarginTransfer: self._on_position_change,
+            LiquidationFill: self._on_liquidation_fill, AdlFill: self._on_adl_fill,
+            Funding: self._on_market_change, MarketConfig: self._on_market_change,
+        }  # fmt: skip
 
     # -- index ---------------------------------------------------------------------------
 
     def rebuild(self, state: State) -> None:
         """Derive the index from the core state (after a restore)."""
-        self._heaps.clear()
+        self._markets.clear()
         self._versions.clear()
         for key in sorted(state.positions):
             self._reindex(state, key, heapify_later=True)
-        for heaps in self._heaps.values():
-            for heap in heaps:
+        for index in self._markets.values():
+            for heap in index.heaps:
                 heapify(heap)
 
+    def _market_index(self, state: State, name: str) -> "MarketIndex":
+        """The market's index, with its bracket constants current (a market event may change them)."""
+        config = state.markets[name].config
+        index = self._markets.get(name)
+        if index is None:
+            index = self._markets[name] = MarketIndex(config)
+        elif index.config is not config:
+            index.configure(config)
+        return index
+
     def _reindex(self, state: State, key: PositionKey, heapify_later: bool = False) -> bool:
-        """Re-key one position; True when it is a liquidation candidate at the current mark."""
+        """Re-key one position; True when it is a liquidation candidate at the current mark.
+
+        The hot path of the projection (every fill): one solve, one heap push.
+        """
         position = state.positions.get(key)
         if position is None or key in self.outstanding:
             self._versions.pop(key, None)
             return False
         market = state.markets[key[1]]
-        solved = mm.liquidation_price_fraction(market.config.brackets, position.size, position.cost, position.margin)
-        long = position.size > 0
+        index = self._markets.get(key[1])
+        if index is None or index.config is not market.config:
+            index = self._market_index(state, key[1])
+        size = position.size
+        solved = mm.solve_liquidation_price(index.terms, size, position.cost, position.margin)
+        long = size > 0
         if solved is None:
             if long:
                 self._versions.pop(key, None)
                 return False  # safe at every positive mark
             sort_key = 0  # a short with no positive root is liquidatable at every mark
-        else:
-            numerator, denominator, _ = solved
-            # a long is a candidate when mark <= ceil(p) (key -ceil(p)), a short when mark >= floor(p)
-            sort_key = (-numerator) // denominator if long else numerator // denominator
+        elif long:  # a candidate when mark <= ceil(p): key -ceil(p)
+            sort_key = (-solved[0]) // solved[1]
+        else:  # a candidate when mark >= floor(p)
+            sort_key = solved[0] // solved[1]
         self._version_counter = version = self._version_counter + 1
         self._versions[key] = version  # old entries of this position are now stale
-        heaps = self._heaps.get(key[1])
-        if heaps is None:
-            heaps = self._heaps[key[1]] = [[], []]
-        heap = heaps[long]
         if heapify_later:
-            heap.append((sort_key, key, version))
+            index.heaps[long].append((sort_key, key, version))
         else:
-            heappush(heap, (sort_key, key, version))
-            if len(heap) > 2 * len(state.by_market[key[1]]) + 64:
-                self._compact(heaps, long)
+            heappush(index.heaps[long], (sort_key, key, version))
         mark = market.mark
         return mark != 0 and (mark <= -sort_key if long else mark >= sort_key)
 
-    def _compact(self, heaps: list, long: bool) -> None:
-        """Drop stale entries (more than half of the heap) in one pass."""
+    def _compact(self, index: "MarketIndex", live: int) -> None:
+        """Drop stale entries in one pass when they outnumber the live positions (checked once per mark)."""
         versions = self._versions
-        heap = [entry for entry in heaps[long] if versions.get(entry[1]) == entry[2]]
-        heapify(heap)
-        heaps[long] = heap
+        for long in (False, True):
+            heap = index.heaps[long]
+            if len(heap) > 2 * live + 64:
+                heap = [entry for entry in heap if versions.get(entry[1]) == entry[2]]
+                heapify(heap)
+                index.heaps[long] = heap
 
     # -- decisions -----------------------------------------------------------------------
 
-    def after_event(self, state: State, offset: int, event, applied: bool) -> list:
+    def after_event(self, state: State, offset: int, event, applied: bool) -> list | tuple:
         """Outputs (commands, alerts) after ``event`` was reduced at ``offset``; ``applied`` is False if refused."""
         if not applied:
-            return []
-        kind = type(event)
+            return NOTHING
+        handler = self._handlers.get(type(event))
+        return NOTHING if handler is None else handler(state, offset, event)
+
+    def _on_position_change(self, state: State, offset: int, event: Fill | MarginTransfer) -> list | tuple:
+        key = (event.account, event.market, event.position_side)
+        if key not in state.positions:
+            self.outstanding.pop(key, None)  # a full close ends an episode
+            self._versions.pop(key, None)
+            return NOTHING
+        if not self._reindex(state, key):
+            return NOTHING
         outputs: list = []
-        if kind is MarkPrice:
-            self._on_mark(state, offset, event, outputs)
-        elif kind is Fill or kind is MarginTransfer:
-            key = (event.account, event.market, event.position_side)
-            if key not in state.positions:
-                self.outstanding.pop(key, None)  # a full close ends an episode
-            if self._reindex(state, key):
-                self._check_one(state, key, offset, event.ts, outputs)
-        elif kind is LiquidationFill:
-            key = (event.account, event.market, event.position_side)
-            waiting = self.adl_bankrupt.get(key, 0)
-            if waiting and event.command_id.startswith("adl-"):  # the bankrupt side of an ADL trade
-                waiting -= event.qty
-                if waiting > 0:
-                    self.adl_bankrupt[key] = waiting
-                else:
-                    del self.adl_bankrupt[key]
-            if key not in state.positions:
-                self.adl_bankrupt.pop(key, None)
-                self.outstanding.pop(key, None)
-            elif key not in self.adl_bankrupt:
-                self.outstanding.pop(key, None)  # executed: the rest, if any, is judged again now
-            if self._reindex(state, key):
-                self._check_one(state, key, offset, event.ts, outputs)
-        elif kind is AdlFill:
-            key = (event.account, event.market, event.position_side)
-            left = self.adl_pending.get(key, 0) - event.qty
-            if left > 0:
-                self.adl_pending[key] = left
-            else:
-                self.adl_pending.pop(key, None)
-            if key not in state.positions:
-                self.outstanding.pop(key, None)
-            if self._reindex(state, key):
-                self._check_one(state, key, offset, event.ts, outputs)
-        elif kind is Funding or kind is MarketConfig:
-            positions = state.by_market.get(event.market, {})
-            for key in sorted(positions):
-                self._reindex(state, key)
-            self._evaluate_market(state, event.market, offset, event.ts, outputs)
+        self._check_one(state, key, offset, event.ts, outputs)
         return outputs
 
-    def _on_mark(self, state: State, offset: int, event: MarkPrice, outputs: list) -> None:
+    def _on_liquidation_fill(self, state: State, offset: int, event: LiquidationFill) -> list:
+        key = (event.account, event.market, event.position_side)
+        waiting = self.adl_bankrupt.get(key, 0)
+        if waiting and event.command_id.startswith("adl-"):  # the bankrupt side of an ADL trade
+            waiting -= event.qty
+            if waiting > 0:
+                self.adl_bankrupt[key] = waiting
+            else:
+                del self.adl_bankrupt[key]
+        if key not in state.positions:
+            self.adl_bankrupt.pop(key, None)
+            self.outstanding.pop(key, None)
+        elif key not in self.adl_bankrupt:
+            self.outstanding.pop(key, None)  # executed: the rest, if any, is judged again now
+        outputs: list = []
+        if self._reindex(state, key):
+            self._check_one(state, key, offset, event.ts, outputs)
+        return outputs
+
+    def _on_adl_fill(self, state: State, offset: int, event: AdlFill) -> list:
+        key = (event.account, event.market, event.position_side)
+        left = self.adl_pending.get(key, 0) - event.qty
+        if left > 0:
+            self.adl_pending[key] = left
+        else:
+            self.adl_pending.pop(key, None)
+        if key not in state.positions:
+            self.outstanding.pop(key, None)
+        outputs: list = []
+        if self._reindex(state, key):
+            self._check_one(state, key, offset, event.ts, outputs)
+        return outputs
+
+    def _on_market_change(self, state: State, offset: int, event: Funding | MarketConfig) -> list:
+        """Funding moves every margin of the market, a new config every requirement: re-key them all."""
+        outputs: list = []
+        positions = state.by_market.get(event.market, {})
+        for key in sorted(positions):
+            self._reindex(state, key)
+        self._evaluate_market(state, event.market, offset, event.ts, outputs)
+        return outputs
+
+    def _on_mark(self, state: State, offset: int, event: MarkPrice) -> list:
+        outputs: list = []
         market = state.markets[event.market]
         band = market.config.mark_band
         previous = self.last_marks.get(event.market)
@@ -224,13 +277,14 @@ class LiquidationProjection:
             if jump and not paused:
                 self.paused[event.market] = offset
                 outputs.append(self._alert(event, previous, offset, "mark_jump"))
-                return
+                return outputs
             if paused:
                 if jump:
-                    return
+                    return outputs
                 del self.paused[event.market]
                 outputs.append(self._alert(event, previous, offset, "mark_resumed"))
         self._evaluate_market(state, event.market, offset, event.ts, outputs)
+        return outputs
 
     def _alert(self, event: MarkPrice, previous: int, offset: int, reason: str) -> Alert:
         return Alert(f"alert-{offset}", event.market, reason, format_decimal(event.price), format_decimal(previous),
@@ -238,13 +292,16 @@ class LiquidationProjection:
 
     def _evaluate_market(self, state: State, name: str, offset: int, ts: int, outputs: list) -> None:
         market = state.markets.get(name)
-        heaps = self._heaps.get(name)
-        if market is None or heaps is None or market.mark == 0 or name in self.paused:
+        index = self._markets.get(name)
+        if market is None or index is None:
+            return
+        self._compact(index, len(state.by_market.get(name, ())))
+        if market.mark == 0 or name in self.paused:
             return
         mark = market.mark
         versions = self._versions
         for long in (True, False):
-            heap = heaps[long]
+            heap = index.heaps[long]
             back = []
             while heap:
                 sort_key, key, version = heap[0]

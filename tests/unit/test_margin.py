@@ -3,6 +3,8 @@
 from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ringfence.core import margin as mm
 from ringfence.core.model import Bracket
@@ -116,3 +118,33 @@ def test_margin_ratio():
     cost = size * d("60000")
     assert mm.margin_ratio_ceil(BTC_BRACKETS, size, cost, margin, mark) == d("0.04166667")  # (300 - 50) / 6000, rounded up
     assert mm.margin_ratio_ceil(BTC_BRACKETS, size, cost, margin, d("54000")) is None  # B = 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    qty=st.integers(1, 10**14), entry=st.integers(1, 10**14), leverage=st.integers(1, 200),
+    long=st.booleans(), tiered=st.booleans(),
+)  # fmt: skip
+def test_liquidation_price_is_the_root_of_b_equals_mm(qty, entry, leverage, long, tiered):
+    """The solved price p is where B = MM: liquidatable at floor(p) but not one unit safer (and None means none)."""
+    brackets = BTC_BRACKETS if tiered else single("0.004", "0")
+    size = qty if long else -qty
+    cost, margin = size * entry, qty * entry // (10**8 * leverage)
+    solved = mm.liquidation_price_fraction(brackets, size, cost, margin)
+    if solved is None:
+        # no positive root: a long is safe at every mark, a short liquidatable at every mark
+        assert mm.is_liquidatable(brackets, size, cost, margin, 1) is not long
+        return
+    numerator, denominator, index = solved
+    price = Fraction(numerator, denominator)
+    notional = qty * price
+    assert brackets[index].notional_floor * 10**8 <= notional
+    assert index == len(brackets) - 1 or notional < brackets[index].notional_cap * 10**8
+    balance = margin * 10**8 + size * price - cost
+    assert balance * 10**8 == notional * brackets[index].mmr - brackets[index].maint_amount * 10**16
+    edge = numerator // denominator if long else -(-numerator // denominator)  # the trigger side of p
+    if edge > 0:  # a root below one price unit has no mark on its trigger side
+        assert mm.is_liquidatable(brackets, size, cost, margin, edge)
+    safer = edge + 1 if long else edge - 1
+    if safer > 0:
+        assert not mm.is_liquidatable(brackets, size, cost, margin, safer)
