@@ -101,7 +101,7 @@ class Session:
         rng = self.rng
         while produced < count:
             roll = rng.random()
-            if self.ts >= self.next_funding:
+            if self.ts >= self.next_funding and count - produced >= len(MARKETS):
                 for market in MARKETS:
                     rate = rng.randint(-20_000, 40_000)  # -0.02 % .. +0.04 %, 1e-8
                     yield m.Funding(self._id("fund"), self.next_funding, market, rate, self.marks[market])
@@ -110,7 +110,7 @@ class Session:
             elif roll < 0.30:
                 yield self._mark()
                 produced += 1
-            elif roll < 0.94:
+            elif roll < 0.94 and count - produced >= 2:  # both sides of a trade, or something else
                 for fill in self._trade():
                     yield fill
                     produced += 1
@@ -161,7 +161,9 @@ class Session:
         funds = self.free_balance or self.deposit.get
         capacity = min(funds(buyer) * self.leverage[(buyer, market)], funds(seller) * self.leverage[(seller, market)])
         notional = int(capacity * rng.uniform(0.01, 0.2))
-        qty = max(lot, notional * U // price // lot * lot)
+        qty = notional * U // price // lot * lot
+        if qty == 0:
+            return []  # order entry refuses an order whose margin the trader's free balance cannot cover
         fills = []
         taker_buys = rng.random() < 0.5
         for trader, buying in ((buyer, True), (seller, False)):
