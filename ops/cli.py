@@ -21,7 +21,7 @@ from ringfence.events.json_codec import decode_line, too_large
 from ringfence.events.log import CorruptLog
 from ringfence.events.log_codec import encode_record
 from ringfence.core.model import InvalidInput
-from ringfence.projections.runner import run_core
+from ringfence.projections.runner import WORKER_MIN_EVENTS, close_projection, run_core
 from ringfence.projections.store import ChainSettingError, StateStore, StoreVersionError
 from ringfence.projections.views import books_view, positions_view, wallets_view
 from ringfence.ops.logging import configure_logging, get_logger
@@ -190,8 +190,9 @@ def _run_once(args, log) -> int:
         publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
         publish()  # what a previous run stored but did not get to publish
         state, report = run_core(log, store, progress=progress, publish=publish, checkpoint_every=args.checkpoint_every,
-                                 chain_every=args.chain_every)  # fmt: skip
+                                 chain_every=args.chain_every, worker=args.worker)  # fmt: skip
         digest = compute_digest(state, report.projection.canonical_sections())
+        close_projection(report.projection)
     progress.done()
     print(
         f"applied {report.events} events, state at offset {report.offset}: "
@@ -227,7 +228,8 @@ def cmd_run(args) -> int:
         try:
             while not stopping:
                 state, report = run_core(log, store, state=state, projection=projection, chain=chain, publish=publish,
-                                         checkpoint_every=args.checkpoint_every, chain_every=args.chain_every)  # fmt: skip
+                                         checkpoint_every=args.checkpoint_every, chain_every=args.chain_every,
+                                         worker=args.worker)  # fmt: skip
                 projection, chain = report.projection, report.chain
                 if report.events:
                     print(f"applied {report.events} events, state at offset {report.offset}", flush=True)
@@ -235,6 +237,8 @@ def cmd_run(args) -> int:
                 time.sleep(args.interval)
         except KeyboardInterrupt:
             pass
+        finally:
+            close_projection(projection)
     return EXIT_FLAGGED if flagged else EXIT_OK
 
 
@@ -765,6 +769,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chain-every", type=_events_count, default=None, metavar="EVENTS",
                    help=f"link the state digest into the digest chain every EVENTS events; fixed when the store "
                         f"is created (default {CHAIN_EVERY_EVENTS:,})")  # fmt: skip
+    p.add_argument("--worker", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"run the liquidation projection in a worker process, in parallel with the reduction "
+                        f"(default: when at least {WORKER_MIN_EVENTS:,} events are to be reduced)")  # fmt: skip
     p.set_defaults(handler=cmd_run)
 
     p = commands.add_parser("positions", parents=[common, as_json, at], help="open positions with their margin state")

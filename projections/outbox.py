@@ -12,7 +12,12 @@
 
 from collections.abc import Mapping
 
-from ringfence.projections.store import ALERT, CHAIN_LINK, COMMAND, DEADLETTER, REJECTION, StateStore
+import msgspec
+
+from ringfence.projections.liquidation import AdlCommand, LiquidateCommand
+from ringfence.projections.store import ALERT, CHAIN_LINK, COMMAND, DEADLETTER, REJECTION, StateStore, offset_key
+
+_json = msgspec.json.Encoder().encode
 
 OUTPUT_PREFIXES = {"commands": COMMAND, "rejections": REJECTION, "deadletters": DEADLETTER, "alerts": ALERT,
                    "digests": CHAIN_LINK}  # fmt: skip
@@ -32,3 +37,22 @@ def publish_pending(store: StateStore, sinks: Mapping[str, object]) -> int:
             sink.commit()
             store.set_published(last, prefix)
     return total
+
+
+def decision_records(decisions, sequence: int) -> tuple[list[tuple[bytes, bytes]], int, int]:
+    """The stored records of one event's decisions, with how many are commands and alerts.
+
+    ``sequence`` is the projection's command count before them: each command
+    takes the next outbox position, an alert is keyed by its offset.
+    """
+    records = []
+    commands = alerts = 0
+    for decision in decisions:
+        if type(decision) is LiquidateCommand or type(decision) is AdlCommand:
+            sequence += 1
+            commands += 1
+            records.append((offset_key(COMMAND, sequence), _json(decision)))
+        else:
+            alerts += 1
+            records.append((offset_key(ALERT, decision.offset), _json(decision)))
+    return records, commands, alerts

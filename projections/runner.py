@@ -5,6 +5,7 @@ import hashlib
 from collections.abc import Callable, Iterable
 from itertools import islice
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 
@@ -14,16 +15,23 @@ from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS
 from ringfence.core.model import InvalidInput, Verdict
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
+from ringfence.events.embedded import EmbeddedLog
 from ringfence.events.json_codec import bounded_raw, to_wire
 from ringfence.events.log_codec import decode_record
 from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
-from ringfence.projections.liquidation import AdlCommand, LiquidateCommand, LiquidationProjection
-from ringfence.projections.store import ALERT, COMMAND, DEADLETTER, REJECTION, StateStore, offset_key
+from ringfence.projections.liquidation import LiquidationProjection
+from ringfence.projections.outbox import decision_records
+from ringfence.projections.store import DEADLETTER, REJECTION, StateStore, offset_key
+from ringfence.projections.worker import ProjectionWorker
 
 _json = msgspec.json.Encoder().encode
 
 # progress is reported (and `until` checked) at least this often, in events
 PROGRESS_EVERY = 50_000
+# `run` hands the liquidation projection to a worker process (projections.worker)
+# when at least this many events are to be reduced: below it, starting the
+# worker (~0.2 s) costs more than the parallel work saves
+WORKER_MIN_EVENTS = 50_000
 
 
 @dataclass
@@ -34,7 +42,7 @@ class RunReport:
     commands: int = 0
     alerts: int = 0
     offset: int = -1
-    projection: LiquidationProjection | None = None
+    projection: LiquidationProjection | ProjectionWorker | None = None
     chain: DigestChain | None = None  # pass it back with the state and projection to go on in memory
 
 
@@ -66,7 +74,7 @@ def reduce_records(
     *,
     until: int | None = None,
     on_verdict: Callable[[int, object, Verdict], None] | None = None,
-    projection: LiquidationProjection | None = None,
+    projection: LiquidationProjection | ProjectionWorker | None = None,
     on_outputs: Callable[[list, int], None] | None = None,
     decode: Callable[[object], object] | None = None,
     chain: DigestChain | None = None,
@@ -81,12 +89,14 @@ def reduce_records(
     each record's fingerprint and links the digest at its fixed offsets;
     with ``stop_at_link`` it returns right after a link (for a snapshot).
     ``on_step(offset, event, verdict, decisions)`` sees each event once it is
-    applied and decided on (history, projections).
+    applied and decided on (history, projections). A ``ProjectionWorker``
+    is fed instead: its outputs are collected when it is synced.
     """
     count = 0
     last = INT64_MAX if until is None else until
     decode, apply = decode or decode_record, apply_event
-    decide = projection.after_event if projection is not None else None
+    feed = projection.feed if type(projection) is ProjectionWorker else None
+    decide = projection.after_event if projection is not None and feed is None else None
     fingerprints = chain.fingerprints if chain is not None else None
     next_link = chain.next_link if chain is not None else -2
     blake2b = hashlib.blake2b
@@ -104,7 +114,10 @@ def reduce_records(
         if verdict is not None and on_verdict is not None:
             on_verdict(offset, record, verdict)
         outputs = ()
-        if decide is not None:
+        if feed is not None:
+            if verdict is None:
+                feed(state, offset, record)
+        elif decide is not None:
             sequence = projection.sequence
             outputs = decide(state, offset, record, verdict is None)
             if outputs and on_outputs is not None:
@@ -133,15 +146,18 @@ class Reduction:
         store: StateStore,
         *,
         state: State | None = None,
-        projection: LiquidationProjection | None = None,
+        projection: LiquidationProjection | ProjectionWorker | None = None,
         liquidations: bool = True,
         chain: DigestChain | None = None,
         chain_every: int | None = None,
         snapshots: bool = True,
+        worker_log: Path | None = None,
     ) -> None:
         if state is None:
             state = store.load()
-            if liquidations:
+            if liquidations and worker_log is not None:
+                projection = ProjectionWorker(state, store.projection_snapshot(), worker_log)
+            elif liquidations:
                 projection = store.load_projection(state)
             chain = store.load_chain(chain_every)
             # the restored state is long-lived and acyclic: full collections need not walk it
@@ -169,6 +185,11 @@ class Reduction:
         """Make everything applied so far durable; False if there was nothing to write."""
         if not self.unsaved:
             return False
+        if type(self.projection) is ProjectionWorker:
+            outputs, commands, alerts = self.projection.take_outputs()
+            self.outputs.extend(outputs)
+            self.report.commands += commands
+            self.report.alerts += alerts
         self.store.checkpoint(self.state, self.outputs, self.projection, self.chain)
         self.outputs.clear()
         self.unsaved = 0
@@ -189,14 +210,10 @@ class Reduction:
             self.report.deadletters += 1
 
     def _collect_decisions(self, decisions: list, sequence: int) -> None:
-        for decision in decisions:
-            if type(decision) is LiquidateCommand or type(decision) is AdlCommand:
-                sequence += 1  # the outbox position the projection gave this command
-                self.report.commands += 1
-                self.outputs.append((offset_key(COMMAND, sequence), _json(decision)))
-            else:
-                self.report.alerts += 1
-                self.outputs.append((offset_key(ALERT, decision.offset), _json(decision)))
+        records, commands, alerts = decision_records(decisions, sequence)
+        self.outputs.extend(records)
+        self.report.commands += commands
+        self.report.alerts += alerts
 
 
 def run_core(
@@ -212,6 +229,7 @@ def run_core(
     publish: Callable[[], None] | None = None,
     chain: DigestChain | None = None,
     chain_every: int | None = None,
+    worker: bool | None = None,
 ) -> tuple[State, RunReport]:
     """Reduce every record of ``log`` after the state's offset, checkpointing every ``checkpoint_every`` events.
 
@@ -223,13 +241,21 @@ def run_core(
     4. At each chain link, checkpoint and keep a snapshot of the store there
        (point-in-time queries and verification start from those).
     5. Publish the outbox (``publish``) only after the checkpoint is durable.
+
+    ``worker``: run the liquidation projection in a worker process
+    (projections.worker); None chooses it for a long embedded-log tail
+    (WORKER_MIN_EVENTS). It applies when the state is loaded here; the
+    caller of a passed-in projection owns it (``close_projection``).
     """
-    reduction = Reduction(store, state=state, projection=projection, liquidations=liquidations, chain=chain,
-                          chain_every=chain_every)  # fmt: skip
-    state = reduction.state
     end = log.end_offset()
-    records = log.read(state.offset + 1)
     decode = getattr(log, "decode", None)
+    embedded = isinstance(log, EmbeddedLog)
+    if worker is None:
+        worker = embedded and end - (store.stored_offset() + 1) >= WORKER_MIN_EVENTS
+    reduction = Reduction(store, state=state, projection=projection, liquidations=liquidations, chain=chain,
+                          chain_every=chain_every, worker_log=log.directory if worker and embedded else None)  # fmt: skip
+    state = reduction.state
+    records = log.read(state.offset + 1)
     while True:
         applied = reduction.apply(islice(records, min(PROGRESS_EVERY, checkpoint_every)), until=until, decode=decode)
         finished = applied == 0 or (until is not None and state.offset >= until)
@@ -245,3 +271,9 @@ def run_core(
         if finished:
             break
     return state, reduction.report
+
+
+def close_projection(projection) -> None:
+    """Stop a projection's worker process, if it has one."""
+    if type(projection) is ProjectionWorker:
+        projection.close()

@@ -289,14 +289,19 @@ class StateStore:
         self._checkpointed_offset = state.offset
         state.clear_dirty()
 
+    def projection_snapshot(self) -> list | None:
+        """The liquidation projection's stored state (None before its first checkpoint)."""
+        snapshot = self._db.get(PROJECTION)
+        return None if snapshot is None else _decode_list(snapshot)
+
     def load_projection(self, state: State):
         """The liquidation projection as of the last checkpoint, its index rebuilt from ``state``."""
         projection = LiquidationProjection()
-        snapshot = self._db.get(PROJECTION)
+        snapshot = self.projection_snapshot()
         if snapshot is None:
             projection.rebuild(state)
         else:
-            projection.restore(_decode_list(snapshot), state)
+            projection.restore(snapshot, state)
         return projection
 
     def load_chain(self, every: int | None = None) -> DigestChain:

@@ -1,0 +1,320 @@
+"""The liquidation projection on its own core: `run` reduces, a worker process decides.
+
+In one process the projection costs about as much as the reduction it
+watches (docs/benchmarks.md). `run` over a long embedded log therefore hands
+it to a child process (``python -m ringfence.projections.worker``) and the
+two work in parallel:
+
+1. The parent reduces each record and, for every applied event the
+   projection reacts to, queues a row: the offset, and what the reduction
+   made of the event that the child cannot know without reducing: the
+   position's (size, cost, margin) after it and the settle asset's
+   insurance fund; for funding, every margin of the market. Batches of rows
+   go over the child's stdin (pickled; a writer thread sends them, so the
+   reduction does not wait on the pipe).
+2. The child reads the same records from the log itself (only those with a
+   row are decoded), keeps a mirror of what the projection reads of the
+   state (positions, markets, funds), and runs the same
+   ``LiquidationProjection`` on it, event by event. Same events, same
+   values, same decisions: command ids, outputs, snapshots and digests equal
+   the in-process run's (tested).
+3. At a checkpoint or a chain link the parent asks for everything up to the
+   last row it queued (``sync``): the outputs, the projection's snapshot and
+   canonical sections. It then writes state, outputs, projection and offset
+   in one batch as before, so the outbox and crash safety are unchanged.
+
+The child exits when its stdin closes, so a parent killed with -9 leaves no
+worker behind. A child that fails says why in one line on stderr, and the
+parent stops at its next sync with ``WorkerFailed``: the last checkpoint
+stands, and the next run goes on from it.
+"""
+import gc
+import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from ringfence.core.check import check
+from ringfence.core.model import AdlFill, Fill, Funding, LiquidationFill, MarginTransfer, MarketConfig, MarkPrice
+from ringfence.core.reducer import apply_event
+from ringfence.core.state import MarketState, State
+from ringfence.events.embedded import EmbeddedLog
+from ringfence.events.log_codec import decode_record
+from ringfence.projections.liquidation import LiquidationProjection
+from ringfence.projections.outbox import decision_records
+
+# what a row carries, by event type: one position (and the fund), every margin of a market, or nothing
+POSITION, MARGINS, MARKET = 0, 1, 2
+ROW_KINDS = {Fill: POSITION, MarginTransfer: POSITION, LiquidationFill: POSITION, AdlFill: POSITION,
+             Funding: MARGINS, MarkPrice: MARKET, MarketConfig: MARKET}  # fmt: skip
+ROWS_PER_BATCH = 4096  # rows per message: large enough to amortise the pipe, small enough to overlap
+QUEUED_BATCHES = 16  # how far the parent may run ahead of the child (~65k events)
+_FRAME = struct.Struct(">I")
+_SYNC, _BATCH, _INIT, _REPLY = b"s", b"b", b"i", b"r"
+
+
+class WorkerFailed(RuntimeError):
+    pass
+
+
+class ProjectionWorker:
+    """The parent's handle: fed by the reduction loop, read at checkpoints like a ``LiquidationProjection``.
+
+    A writer thread sends the batches, so the reduction waits on the pipe only
+    when the child is QUEUED_BATCHES behind.
+    """
+
+    def __init__(self, state: State, snapshot: list | None, log_directory: Path) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "ringfence.projections.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self._frames: queue.Queue = queue.Queue(QUEUED_BATCHES)
+        self._writer = threading.Thread(target=self._write_frames, name="projection-worker-writer", daemon=True)
+        self._writer.start()
+        self._rows: list = []
+        self._settles: dict[str, str] = {}  # market -> settle asset (immutable once configured)
+        self.feed = self._feeder()
+        self._unsynced = False
+        self._outputs: list[tuple[bytes, bytes]] = []
+        self.commands = self.alerts = 0  # not yet taken by a checkpoint
+        self.sequence = 0
+        self._snapshot: list = []
+        self._sections: list = []
+        positions = [(key, p.size, p.cost, p.margin) for key, p in state.positions.items()]
+        markets = [(name, m.config, m.mark, m.mark_ts) for name, m in state.markets.items()]
+        self._send(_INIT, (str(log_directory), state.offset + 1, positions, markets, dict(state.insurance), snapshot))
+        self._unsynced = True  # the child starts while the parent reduces: the first sync waits for it
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def _feeder(self):
+        """feed(state, offset, event) for one applied event: the row the child needs (see the module docstring).
+
+        A closure over its lists, since it runs once per event on the parent's hot path.
+        """
+        rows, settles, kinds, flush = self._rows, self._settles, ROW_KINDS, self._flush
+        append = rows.append
+
+        def feed(state: State, offset: int, event) -> None:
+            kind = kinds.get(type(event))
+            if kind is None:
+                return
+            if kind == POSITION:
+                market = event.market
+                position = state.positions.get((event.account, market, event.position_side))
+                settle = settles.get(market)
+                if settle is None:
+                    settle = settles[market] = state.markets[market].config.settle
+                fund = state.insurance.get(settle, 0)
+                if position is None:
+                    append((offset, None, fund))
+                else:
+                    append((offset, (position.size, position.cost, position.margin), fund))
+            elif kind == MARGINS:
+                append((offset, [(key, p.margin) for key, p in state.by_market.get(event.market, {}).items()], 0))
+            else:
+                append((offset, None, 0))
+            if len(rows) >= ROWS_PER_BATCH:
+                flush()
+
+        return feed
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._send(_BATCH, self._rows)
+            self._rows.clear()  # the same list: feed holds it
+            self._unsynced = True
+
+    # -- what checkpoints and chain links read ---------------------------------------------
+
+    def sync(self) -> None:
+        """Wait until the child has decided on every row sent; collect its outputs and state."""
+        self._flush()
+        if not self._unsynced:
+            return
+        self._send(_SYNC, None)
+        frame = _read_frame(self._process.stdout)
+        if frame is None:
+            code = self._process.wait()
+            raise WorkerFailed(f"the projection worker stopped (exit code {code}); the last checkpoint stands")
+        sequence, outputs, commands, alerts, self._snapshot, self._sections = frame[1]
+        self.sequence = sequence
+        self._outputs.extend(outputs)
+        self.commands += commands
+        self.alerts += alerts
+        self._unsynced = False
+
+    def take_outputs(self) -> tuple[list[tuple[bytes, bytes]], int, int]:
+        """The outputs decided since the last take, with how many are commands and alerts."""
+        self.sync()
+        taken = self._outputs, self.commands, self.alerts
+        self._outputs, self.commands, self.alerts = [], 0, 0
+        return taken
+
+    def snapshot(self) -> list:
+        self.sync()
+        return self._snapshot
+
+    def canonical_sections(self):
+        self.sync()
+        return iter(self._sections)
+
+    def close(self) -> None:
+        """Stop the child (its stdin closes); what was not synced is dropped, as a crash would drop it."""
+        if self._writer.is_alive():
+            self._frames.put(None)
+            self._writer.join()
+        self._process.wait()
+
+    def _send(self, tag: bytes, body) -> None:
+        data = tag + pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+        self._frames.put(_FRAME.pack(len(data)) + data)
+
+    def _write_frames(self) -> None:
+        stdin = self._process.stdin
+        failed = False
+        while (data := self._frames.get()) is not None:
+            if failed:
+                continue  # keep draining, so the parent never blocks on a full queue; sync reports the failure
+            try:
+                stdin.write(data)
+                stdin.flush()
+            except OSError:
+                failed = True
+        try:
+            stdin.close()
+        except OSError:
+            pass
+
+
+def _write_frame(stream: BinaryIO, tag: bytes, body) -> None:
+    data = tag + pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_FRAME.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read_frame(stream: BinaryIO) -> tuple[bytes, object] | None:
+    """(tag, body), or None when the other side has gone."""
+    header = stream.read(_FRAME.size)
+    if len(header) < _FRAME.size:
+        return None
+    (length,) = _FRAME.unpack(header)
+    data = stream.read(length)
+    if len(data) < length:
+        return None
+    return data[:1], pickle.loads(data[1:])
+
+
+def mirror_state(positions, markets, insurance) -> State:
+    """What the projection reads of the state (positions, markets, funds), from the parent's copy."""
+    state = State()
+    for name, config, mark, mark_ts in markets:
+        state.markets[name] = MarketState(config, mark, mark_ts)
+    for key, size, cost, margin in positions:
+        position = state.add_position(key)
+        position.size, position.cost, position.margin = size, cost, margin
+    state.insurance.update(insurance)
+    state.dirty_positions.clear()  # the mirror is never checkpointed
+    return state
+
+
+class Follower:
+    """The child's side: the mirror, the projection, and its own reader of the log."""
+
+    def __init__(self, log_directory: str, start: int, positions, markets, insurance, snapshot) -> None:
+        self.log = EmbeddedLog(log_directory, writable=False)
+        self.records = self.log.read(start)
+        self.state = state = mirror_state(positions, markets, insurance)
+        self.projection = projection = LiquidationProjection()
+        if snapshot is None:
+            projection.rebuild(state)
+        else:
+            projection.restore(snapshot, state)
+        self.outputs: list[tuple[bytes, bytes]] = []
+        self.commands = self.alerts = 0
+
+    def _payload(self, wanted: int):
+        """The log record at ``wanted``, skipping (undecoded) the records before it."""
+        for offset, payload in self.records:
+            if offset == wanted:
+                return payload
+        self.records = self.log.read(wanted)  # the parent read further than this reader had seen: read on
+        offset, payload = next(self.records, (None, None))
+        check(offset == wanted, f"the worker reads the record at offset {wanted} that the parent reduced")
+        return payload
+
+    def follow(self, rows: list) -> None:
+        """Apply a batch of rows to the mirror and decide after each, as the parent would have in process."""
+        state, projection = self.state, self.projection
+        positions, markets, insurance = state.positions, state.markets, state.insurance
+        decide = projection.after_event
+        for offset, carried, fund in rows:
+            event = decode_record(self._payload(offset))
+            kind = ROW_KINDS[type(event)]
+            if kind == POSITION:
+                key = (event.account, event.market, event.position_side)
+                position = positions.get(key)
+                if carried is None:
+                    if position is not None:
+                        state.remove_position(key)
+                else:
+                    if position is None:
+                        position = state.add_position(key)
+                    position.size, position.cost, position.margin = carried
+                insurance[markets[event.market].config.settle] = fund
+                state.offset = offset
+            elif kind == MARGINS:
+                for key, margin in carried:
+                    positions[key].margin = margin
+                state.offset = offset
+            else:
+                check(apply_event(state, offset, event) is None, "the mirror applies what the parent applied")
+            sequence = projection.sequence
+            decisions = decide(state, offset, event, True)
+            if decisions:
+                records, commands, alerts = decision_records(decisions, sequence)
+                self.outputs.extend(records)
+                self.commands += commands
+                self.alerts += alerts
+        state.dirty_positions.clear()  # the mirror is never checkpointed
+
+    def reply(self) -> tuple:
+        projection = self.projection
+        reply = (projection.sequence, self.outputs, self.commands, self.alerts, projection.snapshot(),
+                 list(projection.canonical_sections()))  # fmt: skip
+        self.outputs, self.commands, self.alerts = [], 0, 0
+        return reply
+
+
+def serve(source: BinaryIO, sink: BinaryIO) -> None:
+    """The child: follow the rows, decide, answer each sync; return when the parent closes the pipe."""
+    follower = None
+    while (frame := _read_frame(source)) is not None:
+        tag, body = frame
+        if tag == _BATCH:
+            follower.follow(body)
+        elif tag == _INIT:
+            follower = Follower(*body)
+            gc.freeze()  # the mirror is long-lived: keep it out of full collections
+        elif tag == _SYNC:
+            _write_frame(sink, _REPLY, follower.reply())
+
+
+def main() -> int:
+    try:
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+    except Exception as error:  # one line for the operator; the parent then stops with its own
+        print(f"ringfence: projection worker: {type(error).__name__}: {error}", file=sys.stderr)
+        if os.environ.get("RINGFENCE_DEBUG"):
+            raise
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The liquidation projection in a worker process decides exactly what it decides in process.
+
+Real embedded logs, real RocksDB stores, a real child process. Equality is
+checked on everything a run stores (state, outputs, projection, chain links,
+fingerprints), byte for byte.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ringfence.core import model as m
+from ringfence.core.digest import compute_digest
+from ringfence.events.embedded import EmbeddedLog
+from ringfence.events.log_codec import encode_record
+from ringfence.ops.demo import run_demo
+from ringfence.ops.simulate import MARKETS, market_events
+from ringfence.projections.runner import close_projection, run_core
+from ringfence.projections.store import FINGERPRINTS, StateStore
+from ringfence.projections.worker import ProjectionWorker, WorkerFailed
+from tests.property.streams import adversarial_stream
+
+U = 10**8
+
+
+def hostile_log(path, seed: int, count: int) -> None:
+    """Adversarial trading plus what else the projection reacts to: a mark band, jumps beyond it, a new config."""
+    events = [event for event, _ in adversarial_stream(seed, count)]
+    banded = [msgspec.structs.replace(config, id=f"band-{config.market}", mark_band=U // 100)
+              for config in market_events(0)]  # fmt: skip
+    at = len(events) // 3
+    events[at:at] = banded
+    for n, position in enumerate(range(at + 40, len(events), max(1, len(events) // 7))):
+        market = sorted(MARKETS)[n % 2]
+        price = MARKETS[market][2] * (100 + (-1) ** n * 6) // 100
+        events.insert(position, m.MarkPrice(f"jump-{n}", events[position - 1].ts, market, price))
+    with EmbeddedLog(path) as log:
+        for event in events:
+            log.append(encode_record(event))
+        log.commit()
+
+
+def run_store(log_dir, store_dir, *, worker: bool, until=None, **kw) -> str:
+    log = EmbeddedLog(log_dir, writable=False)
+    with StateStore(store_dir) as store:
+        state, report = run_core(log, store, worker=worker, until=until, **kw)
+        digest = compute_digest(state, report.projection.canonical_sections())
+        close_projection(report.projection)
+    return digest
+
+
+def stored(store_dir) -> list:
+    """Every key a run wrote, byte for byte; the record fingerprints by offset (their chunks follow the checkpoints)."""
+    with StateStore(store_dir, read_only=True) as store:
+        keys = [(key, value) for key, value in store._db.items() if not key.startswith(FINGERPRINTS)]
+        return keys + list(store.fingerprints())
+
+
+def test_worker_and_in_process_store_the_same_on_a_demo_log(tmp_path):
+    summary = run_demo(tmp_path / "demo", seed=5, traders=300, events=30_000)
+    assert summary.commands > 100 and summary.adl_commands  # liquidations and ADL to agree on
+    log_dir = tmp_path / "demo" / "log"
+    options = {"checkpoint_every": 7_000, "chain_every": 5_000}
+    digests = {mode: run_store(log_dir, tmp_path / f"s-{mode}", worker=mode, **options) for mode in (False, True)}
+    assert digests[False] == digests[True] == summary.digest
+    assert stored(tmp_path / "s-False") == stored(tmp_path / "s-True")
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(300, 1500), split=st.floats(0.1, 0.9))
+def test_worker_agrees_on_hostile_streams_and_across_a_resume(tmp_path_factory, seed, count, split):
+    root = tmp_path_factory.mktemp("hostile")
+    hostile_log(root / "log", seed, count)
+    whole = run_store(root / "log", root / "in-process", worker=False, checkpoint_every=200)
+    assert run_store(root / "log", root / "worker", worker=True, checkpoint_every=200) == whole
+    # a store the worker started and the in-process projection finishes (and the other way round)
+    middle = int(count * split)
+    run_store(root / "log", root / "w-then-p", worker=True, until=middle)
+    assert run_store(root / "log", root / "w-then-p", worker=False) == whole
+    run_store(root / "log", root / "p-then-w", worker=False, until=middle)
+    assert run_store(root / "log", root / "p-then-w", worker=True) == whole
+    reference = stored(root / "in-process")
+    for name in ("worker", "w-then-p", "p-then-w"):
+        assert stored(root / name) == reference, name
+    alerts = [key for key, _ in reference if isinstance(key, bytes) and key.startswith(b"a:")]
+    assert alerts  # the jumps beyond the band paused and resumed liquidations
+
+
+def test_a_worker_that_dies_stops_the_run_and_the_next_run_goes_on(tmp_path):
+    hostile_log(tmp_path / "log", seed=5, count=6_000)
+    expected = run_store(tmp_path / "log", tmp_path / "reference", worker=False)
+    checkpoints = []
+
+    def kill_the_worker(done, end):
+        checkpoints.append(done)
+        if len(checkpoints) == 2:
+            os.kill(workers[0]._process.pid, signal.SIGKILL)
+
+    workers = []
+    original = ProjectionWorker.__init__
+
+    def remember(self, *args):
+        original(self, *args)
+        workers.append(self)
+
+    ProjectionWorker.__init__ = remember
+    try:
+        log = EmbeddedLog(tmp_path / "log", writable=False)
+        with StateStore(tmp_path / "store") as store, pytest.raises(WorkerFailed, match="exit code -9"):
+            run_core(log, store, worker=True, checkpoint_every=1_000, progress=kill_the_worker)
+    finally:
+        ProjectionWorker.__init__ = original
+    with StateStore(tmp_path / "store", read_only=True) as store:
+        kept = store.stored_offset()
+    assert 0 < kept < 6_000  # the checkpoints before the kill stand, nothing after it was written
+    assert run_store(tmp_path / "log", tmp_path / "store", worker=True) == expected
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as file:
+        return [int(child) for child in file.read().split()]
+
+
+def exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited, init reaps it
+    except FileNotFoundError:
+        return True
+
+
+def test_cli_worker_output_equals_in_process_and_dies_with_its_parent(tmp_path, cli):
+    hostile_log(tmp_path / "log", seed=8, count=3_000)
+    outs = {}
+    for flag in ("--worker", "--no-worker"):
+        shutil.copytree(tmp_path / "log", tmp_path / flag / "log")
+        outs[flag] = cli("run", flag, data=tmp_path / flag, check_rc=None)[1]
+    assert outs["--worker"] == outs["--no-worker"]
+    assert "liquidation commands" in outs["--worker"]
+
+    # a parent killed with -9 leaves no worker behind: the child sees its stdin close
+    run_demo(tmp_path / "big", seed=2, traders=500, events=60_000)
+    shutil.rmtree(tmp_path / "big" / "state")
+    env = {**os.environ, "RINGFENCE_DATA": str(tmp_path / "big")}
+    parent = subprocess.Popen([sys.executable, "-m", "ringfence.ops.cli", "run", "--worker"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not children(parent.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (worker,) = children(parent.pid)
+    parent.send_signal(signal.SIGKILL)
+    assert parent.wait() == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while not exited(worker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert exited(worker)
