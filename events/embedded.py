@@ -21,7 +21,7 @@ import fcntl
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ringfence.core.limits import MAX_RECORD_BYTES, SEGMENT_BYTES
@@ -58,11 +58,18 @@ class ScanStop:
         self.position, self.why, self.count = 0, "end", 0
 
 
-def scan_records(data: bytes | memoryview, stop: ScanStop) -> Iterator[tuple[int, int, int]]:
-    """Yield (index, payload start, payload end) of whole, valid records; record in ``stop`` why it ended."""
+def scan_records(data: bytes | memoryview, stop: ScanStop, first: int = 0, start: int = 0,
+                 on_mark: Callable[[int, int], None] | None = None, mark_base: int = 0) -> Iterator[tuple[int, memoryview]]:
+    """Yield (offset, payload) of whole, valid records from ``start``, numbering the first ``first``.
+
+    ``on_mark(offset, byte position)`` sees every _MARK_EVERY-th record
+    counted from ``mark_base``; ``stop`` records why the scan ended. One loop
+    for every reader: it runs once per record.
+    """
+    data = memoryview(data)
     position = 0
     size = len(data)
-    index = 0
+    offset = first
     unpack = _HEADER.unpack_from
     crc32 = zlib.crc32
     why = "end"
@@ -71,18 +78,22 @@ def scan_records(data: bytes | memoryview, stop: ScanStop) -> Iterator[tuple[int
             why = "short"
             break
         length, checksum = unpack(data, position)
-        start = position + _HEADER_SIZE
-        end = start + length
+        begin = position + _HEADER_SIZE
+        end = begin + length
         if length > MAX_RECORD_BYTES or end > size:
             why = "short"
             break
-        if crc32(data[start:end]) != checksum:
+        payload = data[begin:end]
+        if crc32(payload) != checksum:
             why = "checksum"
             break
-        yield index, start, end
-        index += 1
+        if on_mark is not None and (offset - mark_base) % _MARK_EVERY == 0:
+            on_mark(offset, position)
+        if offset >= start:
+            yield offset, payload
+        offset += 1
         position = end
-    stop.position, stop.why, stop.count = position, why, index
+    stop.position, stop.why, stop.count = position, why, offset - first
 
 
 def _scan_whole(data: bytes) -> ScanStop:
@@ -110,10 +121,13 @@ class EmbeddedLog:
         self._bases = self._list_bases()
         if writable and not self._bases:
             self._create_segment(0)
-        last_count, last_bytes = self._recover_last() if writable else self._count_last()
-        self._end = (self._bases[-1] if self._bases else 0) + last_count
-        self._segment_size = last_bytes
+        # a reader counts the last segment only when asked for the end: one that
+        # just reads from an offset (the projection worker) need not scan it twice
+        self._end: int | None = None
+        self._segment_size = 0
         if writable:
+            last_count, self._segment_size = self._recover_last()
+            self._end = self._bases[-1] + last_count
             self._file = open(self.directory / _segment_name(self._bases[-1]), "ab")
 
     # -- opening -------------------------------------------------------------------------
@@ -137,11 +151,10 @@ class EmbeddedLog:
         _fsync_dir(self.directory)
         self._bases.append(base)
 
-    def _count_last(self) -> tuple[int, int]:
+    def _count_last(self) -> int:
         if not self._bases:
-            return 0, 0
-        stop = _scan_whole((self.directory / _segment_name(self._bases[-1])).read_bytes())
-        return stop.count, stop.position
+            return 0
+        return self._bases[-1] + _scan_whole((self.directory / _segment_name(self._bases[-1])).read_bytes()).count
 
     def _recover_last(self) -> tuple[int, int]:
         path = self.directory / _segment_name(self._bases[-1])
@@ -214,6 +227,9 @@ class EmbeddedLog:
     # -- reading -------------------------------------------------------------------------
 
     def end_offset(self) -> int:
+        """One past the last whole record (for a reader: as of the first time it is asked)."""
+        if self._end is None:
+            self._end = self._count_last()
         return self._end
 
     def _hint(self, base: int, start: int) -> tuple[int, int]:
@@ -250,12 +266,10 @@ class EmbeddedLog:
                 segment.seek(byte_position)
                 view = memoryview(segment.read())
             stop = ScanStop()
-            for index, begin, end in scan_records(view, stop):
-                offset = first + index
-                if (offset - base) % _MARK_EVERY == 0:
-                    self._mark(base, offset, byte_position + begin - _HEADER_SIZE)
-                if offset >= start:
-                    yield offset, view[begin:end]
+            def on_mark(offset: int, position: int, base=base, skipped=byte_position) -> None:
+                self._mark(base, offset, skipped + position)
+
+            yield from scan_records(view, stop, first, start, on_mark, base)
             # a short record at the end of the last segment is one still being written
             if stop.why == "checksum" or (stop.why == "short" and next_base is not None):
                 raise CorruptLog(f"record at offset {first + stop.count} in {path.name} is damaged ({stop.why})")

@@ -130,7 +130,8 @@ class LiquidationProjection:
         self._versions: dict[PositionKey, int] = {}  # the live entry of each indexed position
         self._version_counter = 0
         self._rankings: dict[tuple[str, bool], list] = {}  # per-event cache of ADL rankings
-        self._handlers = {
+        # event type -> handler(state, offset, event) for an applied event (the worker calls them directly)
+        self.handlers = {
             MarkPrice: self._on_mark, Fill: self._on_position_change, MarginTransfer: self._on_position_change,
             LiquidationFill: self._on_liquidation_fill, AdlFill: self._on_adl_fill,
             Funding: self._on_market_change, MarketConfig: self._on_market_change,
@@ -208,7 +209,7 @@ class LiquidationProjection:
         """Outputs (commands, alerts) after ``event`` was reduced at ``offset``; ``applied`` is False if refused."""
         if not applied:
             return NOTHING
-        handler = self._handlers.get(type(event))
+        handler = self.handlers.get(type(event))
         return NOTHING if handler is None else handler(state, offset, event)
 
     def _on_position_change(self, state: State, offset: int, event: Fill | MarginTransfer) -> list | tuple:

@@ -7,9 +7,12 @@ two work in parallel:
 
 1. The parent reduces each record and, for every applied event the
    projection reacts to, queues a row: the offset, and what the reduction
-   made of the event that the child cannot know without reducing: the
-   position's (size, cost, margin) after it and the settle asset's
-   insurance fund; for funding, every margin of the market. Batches of rows
+   made of the event that the child cannot know without reducing. One flat
+   tuple per row (the hot path allocates nothing else): ``(offset, fund,
+   size, cost, margin)`` for a position after a fill or transfer, ``(offset,
+   fund)`` when it closed (fund: the settle asset's insurance fund);
+   ``(offset, [(key, margin), ...])`` after funding; ``(offset,)`` for a mark
+   or market config, which the child applies itself. Batches of rows
    go over the child's stdin (pickled; a writer thread sends them, so the
    reduction does not wait on the pipe).
 2. The child reads the same records from the log itself (only those with a
@@ -52,8 +55,8 @@ from ringfence.projections.outbox import decision_records
 POSITION, MARGINS, MARKET = 0, 1, 2
 ROW_KINDS = {Fill: POSITION, MarginTransfer: POSITION, LiquidationFill: POSITION, AdlFill: POSITION,
              Funding: MARGINS, MarkPrice: MARKET, MarketConfig: MARKET}  # fmt: skip
-ROWS_PER_BATCH = 4096  # rows per message: large enough to amortise the pipe, small enough to overlap
-QUEUED_BATCHES = 16  # how far the parent may run ahead of the child (~65k events)
+ROWS_PER_BATCH = 1024  # rows per message: large enough to amortise the pipe, small enough to overlap
+QUEUED_BATCHES = 64  # how far the parent may run ahead of the child (~65k events)
 _FRAME = struct.Struct(">I")
 _SYNC, _BATCH, _INIT, _REPLY = b"s", b"b", b"i", b"r"
 
@@ -110,15 +113,14 @@ class ProjectionWorker:
                 settle = settles.get(market)
                 if settle is None:
                     settle = settles[market] = state.markets[market].config.settle
-                fund = state.insurance.get(settle, 0)
                 if position is None:
-                    append((offset, None, fund))
+                    append((offset, state.insurance.get(settle, 0)))
                 else:
-                    append((offset, (position.size, position.cost, position.margin), fund))
+                    append((offset, state.insurance.get(settle, 0), position.size, position.cost, position.margin))
             elif kind == MARGINS:
-                append((offset, [(key, p.margin) for key, p in state.by_market.get(event.market, {}).items()], 0))
+                append((offset, [(key, p.margin) for key, p in state.by_market.get(event.market, {}).items()]))
             else:
-                append((offset, None, 0))
+                append((offset,))
             if len(rows) >= ROWS_PER_BATCH:
                 flush()
 
@@ -235,50 +237,69 @@ class Follower:
             projection.rebuild(state)
         else:
             projection.restore(snapshot, state)
+        self.settles: dict[str, str] = {}  # market -> settle asset (immutable once configured)
         self.outputs: list[tuple[bytes, bytes]] = []
         self.commands = self.alerts = 0
 
-    def _payload(self, wanted: int):
-        """The log record at ``wanted``, skipping (undecoded) the records before it."""
-        for offset, payload in self.records:
-            if offset == wanted:
-                return payload
-        self.records = self.log.read(wanted)  # the parent read further than this reader had seen: read on
+    def _read_on(self, wanted: int):
+        """The record at ``wanted`` when the parent read further than this reader had seen: read on from it."""
+        self.records = self.log.read(wanted)
         offset, payload = next(self.records, (None, None))
         check(offset == wanted, f"the worker reads the record at offset {wanted} that the parent reduced")
         return payload
 
     def follow(self, rows: list) -> None:
-        """Apply a batch of rows to the mirror and decide after each, as the parent would have in process."""
-        state, projection = self.state, self.projection
+        """Apply a batch of rows to the mirror and decide after each, as the parent would have in process.
+
+        The hot loop of the worker: the projection's handler is called directly
+        (every row's event type has one), and a market's settle asset is looked
+        up once.
+        """
+        state, projection, settles = self.state, self.projection, self.settles
         positions, markets, insurance = state.positions, state.markets, state.insurance
-        decide = projection.after_event
-        for offset, carried, fund in rows:
-            event = decode_record(self._payload(offset))
-            kind = ROW_KINDS[type(event)]
+        handlers, records = projection.handlers, self.records
+        for row in rows:
+            offset = row[0]
+            for at, payload in records:  # the records before it are skipped undecoded
+                if at == offset:
+                    break
+            else:
+                payload = self._read_on(offset)
+                records = self.records
+            event = decode_record(payload)
+            event_type = type(event)
+            kind = ROW_KINDS[event_type]
             if kind == POSITION:
-                key = (event.account, event.market, event.position_side)
+                market = event.market
+                key = (event.account, market, event.position_side)
                 position = positions.get(key)
-                if carried is None:
+                if len(row) == 2:  # closed
                     if position is not None:
                         state.remove_position(key)
                 else:
                     if position is None:
                         position = state.add_position(key)
-                    position.size, position.cost, position.margin = carried
-                insurance[markets[event.market].config.settle] = fund
+                    _, _, position.size, position.cost, position.margin = row
+                settle = settles.get(market)
+                if settle is None:
+                    settle = settles[market] = markets[market].config.settle
+                insurance[settle] = row[1]
+                state.offset = offset
+            elif event_type is MarkPrice:  # applied by the parent: only its price and time matter here
+                market = markets[event.market]
+                market.mark, market.mark_ts = event.price, event.ts
                 state.offset = offset
             elif kind == MARGINS:
-                for key, margin in carried:
+                for key, margin in row[1]:
                     positions[key].margin = margin
                 state.offset = offset
             else:
                 check(apply_event(state, offset, event) is None, "the mirror applies what the parent applied")
             sequence = projection.sequence
-            decisions = decide(state, offset, event, True)
+            decisions = handlers[event_type](state, offset, event)
             if decisions:
-                records, commands, alerts = decision_records(decisions, sequence)
-                self.outputs.extend(records)
+                records_out, commands, alerts = decision_records(decisions, sequence)
+                self.outputs.extend(records_out)
                 self.commands += commands
                 self.alerts += alerts
         state.dirty_positions.clear()  # the mirror is never checkpointed
@@ -317,4 +338,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)  # the mirror is garbage now: skip freeing a large heap object by object
