@@ -185,12 +185,16 @@ class Reduction:
         """Make everything applied so far durable; False if there was nothing to write."""
         if not self.unsaved:
             return False
-        if type(self.projection) is ProjectionWorker:
-            outputs, commands, alerts = self.projection.take_outputs()
+        worker = self.projection if type(self.projection) is ProjectionWorker else None
+        if worker is not None:
+            worker.request_sync()  # it finishes its last rows while the state is staged
+        batch = self.store.stage(self.state)
+        if worker is not None:
+            outputs, commands, alerts = worker.take_outputs()
             self.outputs.extend(outputs)
             self.report.commands += commands
             self.report.alerts += alerts
-        self.store.checkpoint(self.state, self.outputs, self.projection, self.chain)
+        self.store.commit(batch, self.state, self.outputs, self.projection, self.chain)
         self.outputs.clear()
         self.unsaved = 0
         gc.freeze()  # what survived until now is long-lived: keep it out of full collections

@@ -223,7 +223,7 @@ class StateStore:
 
     def checkpoint(self, state: State, outputs: list[tuple[bytes, bytes]], projection=None,
                    chain: DigestChain | None = None) -> None:  # fmt: skip
-        """Persist the state's changes, the outputs and the offset atomically.
+        """Persist the state's changes, the outputs and the offset atomically (``stage`` then ``commit``).
 
         1. Check the offset moves forward (a stored offset never goes back).
         2. Put or delete every dirty position, wallet, leverage and market key.
@@ -237,6 +237,13 @@ class StateStore:
         7. Only after the write succeeds, forget the dirty sets. If the process
            dies before step 6 completes, nothing of this batch is stored and a
            restart replays from the previous offset.
+        """
+        self.commit(self.stage(state), state, outputs, projection, chain)
+
+    def stage(self, state: State) -> WriteBatch:
+        """Steps 1-4 of ``checkpoint``: a batch with the state's changes, nothing written yet.
+
+        Separate so that `run` can stage while its projection worker finishes.
         """
         check(state.offset >= self._checkpointed_offset, "a checkpoint never moves the offset back")
         batch = WriteBatch(raw_mode=True)
@@ -273,6 +280,11 @@ class StateStore:
             batch.delete_range(REMEMBERED_ID + _TWO_OFFSETS.pack(0, 0),
                                REMEMBERED_ID + _TWO_OFFSETS.pack(state.id_generation - 1, 0))  # fmt: skip
         batch.put(META_ID_GENERATION, _OFFSET.pack(state.id_generation))
+        return batch
+
+    def commit(self, batch: WriteBatch, state: State, outputs: list[tuple[bytes, bytes]], projection=None,
+               chain: DigestChain | None = None) -> None:  # fmt: skip
+        """Steps 5-7 of ``checkpoint`` on a batch from ``stage`` of the same state."""
         for key, record in outputs:
             batch.put(key, record)
         if projection is not None:

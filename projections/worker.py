@@ -12,9 +12,10 @@ two work in parallel:
    size, cost, margin)`` for a position after a fill or transfer, ``(offset,
    fund)`` when it closed (fund: the settle asset's insurance fund);
    ``(offset, [(key, margin), ...])`` after funding; ``(offset,)`` for a mark
-   or market config, which the child applies itself. Batches of rows
-   go over the child's stdin (pickled; a writer thread sends them, so the
-   reduction does not wait on the pipe).
+   or market config, which the child applies itself. Batches of rows go
+   over the child's stdin (marshalled: twice as fast as pickle for plain
+   tuples; a writer thread sends them, so the reduction does not wait on
+   the pipe).
 2. The child reads the same records from the log itself (only those with a
    row are decoded), keeps a mirror of what the projection reads of the
    state (positions, markets, funds), and runs the same
@@ -24,7 +25,9 @@ two work in parallel:
 3. At a checkpoint or a chain link the parent asks for everything up to the
    last row it queued (``sync``): the outputs, the projection's snapshot and
    canonical sections. It then writes state, outputs, projection and offset
-   in one batch as before, so the outbox and crash safety are unchanged.
+   in one batch as before, so the outbox and crash safety are unchanged. A
+   checkpoint asks first (``request_sync``) and stages the state's keys
+   while the child finishes its last rows.
 
 The child exits when its stdin closes, so a parent killed with -9 leaves no
 worker behind. A child that fails says why in one line on stderr, and the
@@ -33,6 +36,7 @@ stands, and the next run goes on from it.
 """
 import gc
 import os
+import marshal
 import pickle
 import queue
 import struct
@@ -82,7 +86,9 @@ class ProjectionWorker:
         self._rows: list = []
         self._settles: dict[str, str] = {}  # market -> settle asset (immutable once configured)
         self.feed = self._feeder()
-        self._unsynced = False
+        # frames (init, batches) sent; how many the last reply covers; the count at a sync not yet answered
+        self._sent = self._synced = 0
+        self._requested: int | None = None
         self._outputs: list[tuple[bytes, bytes]] = []
         self.commands = self.alerts = 0  # not yet taken by a checkpoint
         self.sequence = 0
@@ -91,7 +97,7 @@ class ProjectionWorker:
         positions = [(key, p.size, p.cost, p.margin) for key, p in state.positions.items()]
         markets = [(name, m.config, m.mark, m.mark_ts) for name, m in state.markets.items()]
         self._send(_INIT, (str(log_directory), state.offset + 1, positions, markets, dict(state.insurance), snapshot))
-        self._unsynced = True  # the child starts while the parent reduces: the first sync waits for it
+        self._sent = 1  # the child starts while the parent reduces: the first sync waits for it
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -130,26 +136,32 @@ class ProjectionWorker:
         if self._rows:
             self._send(_BATCH, self._rows)
             self._rows.clear()  # the same list: feed holds it
-            self._unsynced = True
+            self._sent += 1
 
     # -- what checkpoints and chain links read ---------------------------------------------
 
+    def request_sync(self) -> None:
+        """Ask for the child's outputs and state up to the last row fed, without waiting (``sync`` waits)."""
+        self._flush()
+        if self._requested is None and self._synced < self._sent:
+            self._send(_SYNC, None)
+            self._requested = self._sent
+
     def sync(self) -> None:
         """Wait until the child has decided on every row sent; collect its outputs and state."""
-        self._flush()
-        if not self._unsynced:
-            return
-        self._send(_SYNC, None)
-        frame = _read_frame(self._process.stdout)
-        if frame is None:
-            code = self._process.wait()
-            raise WorkerFailed(f"the projection worker stopped (exit code {code}); the last checkpoint stands")
-        sequence, outputs, commands, alerts, self._snapshot, self._sections = frame[1]
-        self.sequence = sequence
-        self._outputs.extend(outputs)
-        self.commands += commands
-        self.alerts += alerts
-        self._unsynced = False
+        self.request_sync()
+        while self._requested is not None:
+            frame = _read_frame(self._process.stdout)
+            if frame is None:
+                code = self._process.wait()
+                raise WorkerFailed(f"the projection worker stopped (exit code {code}); the last checkpoint stands")
+            sequence, outputs, commands, alerts, self._snapshot, self._sections = frame[1]
+            self.sequence = sequence
+            self._outputs.extend(outputs)
+            self.commands += commands
+            self.alerts += alerts
+            self._synced, self._requested = self._requested, None
+            self.request_sync()  # rows fed after the request was sent: ask again
 
     def take_outputs(self) -> tuple[list[tuple[bytes, bytes]], int, int]:
         """The outputs decided since the last take, with how many are commands and alerts."""
@@ -174,7 +186,7 @@ class ProjectionWorker:
         self._process.wait()
 
     def _send(self, tag: bytes, body) -> None:
-        data = tag + pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+        data = tag + _dumps(tag, body)
         self._frames.put(_FRAME.pack(len(data)) + data)
 
     def _write_frames(self) -> None:
@@ -194,8 +206,13 @@ class ProjectionWorker:
             pass
 
 
+def _dumps(tag: bytes, body) -> bytes:
+    """Rows are plain tuples, lists, ints and strings: marshal; the rest (configs, outputs) pickle."""
+    return marshal.dumps(body) if tag == _BATCH else pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _write_frame(stream: BinaryIO, tag: bytes, body) -> None:
-    data = tag + pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+    data = tag + _dumps(tag, body)
     stream.write(_FRAME.pack(len(data)) + data)
     stream.flush()
 
@@ -209,7 +226,8 @@ def _read_frame(stream: BinaryIO) -> tuple[bytes, object] | None:
     data = stream.read(length)
     if len(data) < length:
         return None
-    return data[:1], pickle.loads(data[1:])
+    tag = data[:1]
+    return tag, marshal.loads(data[1:]) if tag == _BATCH else pickle.loads(data[1:])
 
 
 def mirror_state(positions, markets, insurance) -> State:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import islice
 
 import msgspec
 import pytest
@@ -23,7 +24,10 @@ from ringfence.events.embedded import EmbeddedLog
 from ringfence.events.log_codec import encode_record
 from ringfence.ops.demo import run_demo
 from ringfence.ops.simulate import MARKETS, market_events
-from ringfence.projections.runner import close_projection, run_core
+from ringfence.core.state import State
+from ringfence.projections.liquidation import LiquidationProjection
+from ringfence.projections.outbox import decision_records
+from ringfence.projections.runner import close_projection, reduce_records, run_core
 from ringfence.projections.store import FINGERPRINTS, StateStore
 from ringfence.projections.worker import ProjectionWorker, WorkerFailed
 from tests.property.streams import adversarial_stream
@@ -162,3 +166,27 @@ def test_cli_worker_output_equals_in_process_and_dies_with_its_parent(tmp_path, 
     while not exited(worker) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert exited(worker)
+
+
+def test_a_sync_asked_for_before_more_rows_covers_them_too(tmp_path):
+    """request_sync, then more events fed: the sync that waits must answer for all of them."""
+    hostile_log(tmp_path / "log", seed=11, count=2_000)
+    log = EmbeddedLog(tmp_path / "log", writable=False)
+    decided = {}
+    for mode in ("in process", "worker"):
+        state = State()
+        projection = LiquidationProjection() if mode == "in process" else ProjectionWorker(state, None, log.directory)
+        outputs = []
+        records = log.read(0)
+        reduce_records(state, islice(records, 1_000), projection=projection,
+                       on_outputs=lambda decisions, sequence: outputs.extend(decision_records(decisions, sequence)[0]))
+        if mode == "worker":
+            projection.request_sync()  # answered for the first 1,000 events only ...
+        reduce_records(state, records, projection=projection,
+                       on_outputs=lambda decisions, sequence: outputs.extend(decision_records(decisions, sequence)[0]))
+        if mode == "worker":
+            outputs = projection.take_outputs()[0]  # ... so this must ask again for the rest
+            close_projection(projection)
+        decided[mode] = (outputs, msgspec.msgpack.encode(projection.snapshot()))
+    assert decided["in process"][0]  # commands and alerts to agree on
+    assert decided["worker"] == decided["in process"]
