@@ -207,8 +207,12 @@ class ProjectionWorker:
 
 
 def _dumps(tag: bytes, body) -> bytes:
-    """Rows are plain tuples, lists, ints and strings: marshal; the rest (configs, outputs) pickle."""
-    return marshal.dumps(body) if tag == _BATCH else pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+    """Rows are plain tuples, lists, ints and strings: marshal; the rest (configs, outputs) pickle.
+
+    Marshal format 2 has no back-references: later formats look up every
+    object shared with the state (a row's ints are the position's) in a table.
+    """
+    return marshal.dumps(body, 2) if tag == _BATCH else pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _write_frame(stream: BinaryIO, tag: bytes, body) -> None:
