@@ -151,7 +151,8 @@ class EmbeddedLog:
         _fsync_dir(self.directory)
         self._bases.append(base)
 
-    def _count_last(self) -> int:
+    def _find_end(self) -> int:
+        """One past the last whole record: the last segment's base plus its count of whole records."""
         if not self._bases:
             return 0
         return self._bases[-1] + _scan_whole((self.directory / _segment_name(self._bases[-1])).read_bytes()).count
@@ -229,7 +230,7 @@ class EmbeddedLog:
     def end_offset(self) -> int:
         """One past the last whole record (for a reader: as of the first time it is asked)."""
         if self._end is None:
-            self._end = self._count_last()
+            self._end = self._find_end()
         return self._end
 
     def _hint(self, base: int, start: int) -> tuple[int, int]:

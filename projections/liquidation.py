@@ -218,13 +218,17 @@ class LiquidationProjection:
             self.outstanding.pop(key, None)  # a full close ends an episode
             self._versions.pop(key, None)
             return NOTHING
+        return self._rejudge(state, key, offset, event.ts)
+
+    def _rejudge(self, state: State, key: PositionKey, offset: int, ts: int) -> list | tuple:
+        """After an event on one position: re-key it, and decide on it alone if it is now a candidate."""
         if not self._reindex(state, key):
             return NOTHING
         outputs: list = []
-        self._check_one(state, key, offset, event.ts, outputs)
+        self._check_one(state, key, offset, ts, outputs)
         return outputs
 
-    def _on_liquidation_fill(self, state: State, offset: int, event: LiquidationFill) -> list:
+    def _on_liquidation_fill(self, state: State, offset: int, event: LiquidationFill) -> list | tuple:
         key = (event.account, event.market, event.position_side)
         waiting = self.adl_bankrupt.get(key, 0)
         if waiting and event.command_id.startswith("adl-"):  # the bankrupt side of an ADL trade
@@ -238,12 +242,9 @@ class LiquidationProjection:
             self.outstanding.pop(key, None)
         elif key not in self.adl_bankrupt:
             self.outstanding.pop(key, None)  # executed: the rest, if any, is judged again now
-        outputs: list = []
-        if self._reindex(state, key):
-            self._check_one(state, key, offset, event.ts, outputs)
-        return outputs
+        return self._rejudge(state, key, offset, event.ts)
 
-    def _on_adl_fill(self, state: State, offset: int, event: AdlFill) -> list:
+    def _on_adl_fill(self, state: State, offset: int, event: AdlFill) -> list | tuple:
         key = (event.account, event.market, event.position_side)
         left = self.adl_pending.get(key, 0) - event.qty
         if left > 0:
@@ -252,10 +253,7 @@ class LiquidationProjection:
             self.adl_pending.pop(key, None)
         if key not in state.positions:
             self.outstanding.pop(key, None)
-        outputs: list = []
-        if self._reindex(state, key):
-            self._check_one(state, key, offset, event.ts, outputs)
-        return outputs
+        return self._rejudge(state, key, offset, event.ts)
 
     def _on_market_change(self, state: State, offset: int, event: Funding | MarketConfig) -> list:
         """Funding moves every margin of the market, a new config every requirement: re-key them all."""

@@ -186,8 +186,7 @@ class ProjectionWorker:
         self._process.wait()
 
     def _send(self, tag: bytes, body) -> None:
-        data = tag + _dumps(tag, body)
-        self._frames.put(_FRAME.pack(len(data)) + data)
+        self._frames.put(_frame(tag, body))
 
     def _write_frames(self) -> None:
         stdin = self._process.stdin
@@ -206,19 +205,14 @@ class ProjectionWorker:
             pass
 
 
-def _dumps(tag: bytes, body) -> bytes:
-    """Rows are plain tuples, lists, ints and strings: marshal; the rest (configs, outputs) pickle.
+def _frame(tag: bytes, body) -> bytes:
+    """[u32 length][tag][body]. Rows are plain tuples, lists, ints and strings: marshal; the rest pickle.
 
     Marshal format 2 has no back-references: later formats look up every
     object shared with the state (a row's ints are the position's) in a table.
     """
-    return marshal.dumps(body, 2) if tag == _BATCH else pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _write_frame(stream: BinaryIO, tag: bytes, body) -> None:
-    data = tag + _dumps(tag, body)
-    stream.write(_FRAME.pack(len(data)) + data)
-    stream.flush()
+    data = tag + (marshal.dumps(body, 2) if tag == _BATCH else pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL))
+    return _FRAME.pack(len(data)) + data
 
 
 def _read_frame(stream: BinaryIO) -> tuple[bytes, object] | None:
@@ -345,7 +339,8 @@ def serve(source: BinaryIO, sink: BinaryIO) -> None:
             follower = Follower(*body)
             gc.freeze()  # the mirror is long-lived: keep it out of full collections
         elif tag == _SYNC:
-            _write_frame(sink, _REPLY, follower.reply())
+            sink.write(_frame(_REPLY, follower.reply()))
+            sink.flush()
 
 
 def main() -> int:
