@@ -48,3 +48,18 @@ CHAIN_EVERY_EVENTS = 500_000
 # from a checkpoint. Old ones are pruned: each pins the files compaction has
 # since replaced, so disk use grows with their number.
 SNAPSHOTS_KEPT = 10
+
+# A liquidation timeout above a day is a configuration error: a command that
+# nobody answers for that long leaves the position without protection.
+MAX_LIQUIDATION_TIMEOUT_MS = 86_400_000
+
+# Ended liquidation commands (cancelled, timed out, answered) are remembered so
+# that a late answer from the matching engine is still recognised as one of
+# them: for an hour of event time after they ended (an engine answers in
+# milliseconds; an hour covers any outage it recovers from), and at most the
+# last 256 of a position (a bankrupt position's ADL split can be dozens of
+# commands, superseded again and again in a storm). An answer
+# naming a forgotten command is dead-lettered as unknown_command. Event time,
+# not offsets, so the answer is the same on every partition layout.
+ENDED_COMMANDS_MS = 3_600_000
+ENDED_COMMANDS_KEPT = 256

@@ -18,6 +18,11 @@ import msgspec
 BOTH, LONG, SHORT = "BOTH", "LONG", "SHORT"
 BUY, SELL = "buy", "sell"
 
+# The liquidation timeout of a market that does not set one: a minute of event
+# time is long for a liquidation engine (they answer in milliseconds) and short
+# for a position left without a working command.
+DEFAULT_LIQUIDATION_TIMEOUT_MS = 60_000
+
 _opts = dict(frozen=True, array_like=True, gc=False, tag_field="type")
 
 
@@ -43,6 +48,9 @@ class MarketConfig(msgspec.Struct, tag="market", **_opts):
     # a mark that moves more than this fraction from the previous mark pauses
     # liquidations in the market until a mark moves less (0 = no band)
     mark_band: int = 0
+    # an unanswered liquidation command is cancelled and issued again this long
+    # after it was issued, in event time (docs/decisions.md, "Liquidation episodes")
+    liquidation_timeout_ms: int = DEFAULT_LIQUIDATION_TIMEOUT_MS
 
 
 class Deposit(msgspec.Struct, tag="deposit", **_opts):

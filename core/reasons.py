@@ -42,6 +42,13 @@ MARGIN_TRANSFER_EXCEEDS_MAX = "margin_transfer_exceeds_max"
 LEVERAGE_EXCEEDS_BRACKET = "leverage_exceeds_bracket"
 ADL_EXCEEDS_POSITION = "adl_exceeds_position"  # dead letter (listed last to keep the numbers)
 
+# Dead letters: an answer (liquidation_fill / adl_fill) that does not fit the
+# commands the liquidation projection issued (projections.episodes).
+UNKNOWN_COMMAND = "unknown_command"
+COMMAND_FOR_OTHER_POSITION = "command_for_other_position"
+ANSWER_EXCEEDS_COMMAND = "answer_exceeds_command"
+ANSWER_SIDE_MISMATCH = "answer_side_mismatch"
+
 ORDER = (
     MALFORMED_JSON,
     RECORD_TOO_LARGE,
@@ -75,5 +82,9 @@ ORDER = (
     MARGIN_TRANSFER_EXCEEDS_MAX,
     LEVERAGE_EXCEEDS_BRACKET,
     ADL_EXCEEDS_POSITION,
+    UNKNOWN_COMMAND,
+    COMMAND_FOR_OTHER_POSITION,
+    ANSWER_EXCEEDS_COMMAND,
+    ANSWER_SIDE_MISMATCH,
 )
 NUMBER = {code: number for number, code in enumerate(ORDER, start=1)}

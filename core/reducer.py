@@ -51,8 +51,15 @@ def _reject(reason: str, detail: str) -> Verdict:
     return Verdict("rejection", reason, detail)
 
 
-def apply_event(state: State, offset: int, event) -> Verdict | None:
-    """Apply one log record at ``offset``; return None, or the verdict on a record not applied."""
+def apply_event(state: State, offset: int, event, check_answer=None) -> Verdict | None:
+    """Apply one log record at ``offset``; return None, or the verdict on a record not applied.
+
+    ``check_answer(state, event) -> Verdict | None``, when given, judges a
+    liquidation or ADL fill against the commands that were issued (the
+    liquidation projection's episode book) before it is applied: an answer to
+    no live or remembered command of that position is a dead letter and
+    changes nothing.
+    """
     if offset <= state.offset:
         raise InvariantError(f"offset {offset} after {state.offset}: offsets only move forward")
     state.offset = offset
@@ -72,7 +79,11 @@ def apply_event(state: State, offset: int, event) -> Verdict | None:
     first_offset = recent.setdefault(event_id, offset)
     if first_offset != offset:
         return _dead(r.DUPLICATE_ID, f"id {event_id!r} was already accepted at offset {first_offset}")
-    verdict = handler(state, event)
+    if check_answer is not None and (handler is _apply_liquidation_fill or handler is _apply_adl_fill):
+        # the reducer's own reasons first, so that they never depend on who holds the episode book
+        verdict = _answer_verdict(state, event) or check_answer(state, event) or handler(state, event)
+    else:
+        verdict = handler(state, event)
     if verdict is not None and verdict.kind == "deadletter":
         del recent[event_id]
     return verdict
@@ -366,16 +377,27 @@ def _settle_flat(state: State, key: PositionKey, position: Position, settle: str
     state.remove_position(key)
 
 
-def _apply_liquidation_fill(state: State, event: LiquidationFill) -> Verdict | None:
+def _answer_verdict(state: State, event: LiquidationFill) -> Verdict | None:
+    """Why a liquidation or ADL fill cannot apply to its market or position, or None."""
     verdict = _trade_verdict(state, event)
+    if verdict is not None:
+        return verdict
+    position = state.positions.get((event.account, event.market, _CANONICAL_SIDE[event.position_side]))
+    if position is None or event.qty > abs(position.size):
+        held = 0 if position is None else abs(position.size)
+        if type(event) is AdlFill:
+            return _dead(r.ADL_EXCEEDS_POSITION, f"ADL of {dec(event.qty)} exceeds the open size {dec(held)}")
+        return _dead(r.LIQUIDATION_EXCEEDS_POSITION, f"liquidation of {dec(event.qty)} exceeds the open size {dec(held)}")
+    return None
+
+
+def _apply_liquidation_fill(state: State, event: LiquidationFill) -> Verdict | None:
+    verdict = _answer_verdict(state, event)
     if verdict is not None:
         return verdict
     config = state.markets[event.market].config
     key = (event.account, event.market, event.position_side)
-    position = state.positions.get(key)
-    if position is None or event.qty > abs(position.size):
-        held = 0 if position is None else abs(position.size)
-        return _dead(r.LIQUIDATION_EXCEEDS_POSITION, f"liquidation of {dec(event.qty)} exceeds the open size {dec(held)}")
+    position = state.positions[key]
     settle = config.settle
     # The trader closes at the bankruptcy price: they lose exactly this share of
     # the margin (rounded up); the difference to the execution price is the fund's.
@@ -394,15 +416,12 @@ def _apply_liquidation_fill(state: State, event: LiquidationFill) -> Verdict | N
 
 def _apply_adl_fill(state: State, event: AdlFill) -> Verdict | None:
     """An ADL trade closes a position at the given price like a reducing fill without a fee."""
-    verdict = _trade_verdict(state, event)
+    verdict = _answer_verdict(state, event)
     if verdict is not None:
         return verdict
     config = state.markets[event.market].config
     key = (event.account, config.market, _CANONICAL_SIDE[event.position_side])
-    position = state.positions.get(key)
-    if position is None or event.qty > abs(position.size):
-        held = 0 if position is None else abs(position.size)
-        return _dead(r.ADL_EXCEEDS_POSITION, f"ADL of {dec(event.qty)} exceeds the open size {dec(held)}")
+    position = state.positions[key]
     _close(state, key, position, config.settle, event.qty, event.price, 0)
     return None
 

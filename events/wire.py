@@ -13,11 +13,12 @@ import msgspec
 from ringfence.core import model as m
 from ringfence.core import reasons as r
 from ringfence.core.fixed import INT64_MAX, SCALE, DecimalError, parse_decimal
-from ringfence.core.limits import MAX_BRACKETS, MAX_ID_CHARS, MAX_LEVERAGE
+from ringfence.core.limits import MAX_BRACKETS, MAX_ID_CHARS, MAX_LEVERAGE, MAX_LIQUIDATION_TIMEOUT_MS
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Ts = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 Dec = Annotated[str, msgspec.Meta(max_length=64)]
+TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=MAX_LIQUIDATION_TIMEOUT_MS)]
 Leverage = Annotated[int, msgspec.Meta(ge=1, le=MAX_LEVERAGE)]
 PositionSide = Literal["BOTH", "LONG", "SHORT"]
 Side = Literal["buy", "sell"]
@@ -43,6 +44,7 @@ class WireMarket(msgspec.Struct, tag="market", **_opts):
     brackets: Annotated[list[WireBracket], msgspec.Meta(min_length=1, max_length=MAX_BRACKETS)]
     liquidation_fee_rate: Dec = "0"
     mark_band: Dec = "0"
+    liquidation_timeout_ms: TimeoutMs = m.DEFAULT_LIQUIDATION_TIMEOUT_MS
 
 
 class WireDeposit(msgspec.Struct, tag="deposit", **_opts):
@@ -241,6 +243,6 @@ def to_domain(wire: WireEvent) -> m.Event:
             wire.id, wire.ts, wire.market, wire.settle,
             _units(wire.tick_size, "tick_size", positive=True), _units(wire.lot_size, "lot_size", positive=True),
             _brackets(wire.brackets), _rate(wire.liquidation_fee_rate, "liquidation_fee_rate"),
-            _rate(wire.mark_band, "mark_band"),
+            _rate(wire.mark_band, "mark_band"), wire.liquidation_timeout_ms,
         )  # fmt: skip
     raise InvalidRecord(r.UNKNOWN_TYPE, f"no domain event for {kind.__name__}")

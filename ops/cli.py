@@ -316,12 +316,22 @@ _OUTPUT_COLUMNS = {
     "rejections": ["offset", "event_id", "reason", "detail"],
     "deadletters": ["offset", "source", "reason", "detail"],
     "commands": ["type", "command_id", "account", "market", "position_side", "side", "qty", "bankruptcy_price",
-                 "price", "bankrupt_account", "trigger_offset"],
+                 "price", "bankrupt_account", "reason", "trigger_offset", "trigger_event_id"],
     "alerts": ["alert_id", "market", "reason", "mark_price", "previous_mark", "offset"],
 }  # fmt: skip
 
 
+_LIVE_COLUMNS = ["command_id", "type", "account", "market", "position_side", "side", "open_qty", "target_account",
+                 "target_open_qty", "age_ms", "expires_ts"]  # fmt: skip
+
+
 def _outputs(args, kind: str) -> int:
+    if kind == "commands" and args.live:
+        from ringfence.projections.views import live_commands_view
+
+        state, projection = _load_with_projection(args)
+        _print_rows(live_commands_view(state, projection.book), args.json, _LIVE_COLUMNS)
+        return EXIT_OK
     with _open_reader(args.data) as store:
         source = {
             "rejections": store.rejections,
@@ -411,6 +421,7 @@ def _history_line(row: dict) -> str:
 
     verdict = f" [{row['verdict']}]" if row["verdict"] else ""
     commands = f" -> {', '.join(row['commands'])}" if row["commands"] else ""
+    commands += "".join(f" -> cancel {c['command_id']} ({c['reason']})" for c in row["cancels"])
     line = f"{row['offset']:>8} {row['type']:<16}{verdict} {figures(row['before'])}  =>  {figures(row['after'])}{commands}"
     trigger = row.get("trigger")
     if trigger:
@@ -697,7 +708,9 @@ def cmd_demo(args) -> int:
         ("events", f"{summary.events:,}"),
         ("events/s", f"{summary.events / summary.seconds:,.0f} (generate, log, reduce, project, checkpoint)"),
         ("open positions", f"{summary.open_positions:,}"),
-        ("commands", f"{summary.commands:,} (liquidations and ADL)"),
+        ("commands", f"{summary.commands:,} (liquidations and ADL), {summary.cancels:,} cancelled"),
+        ("live commands", f"{summary.live_commands:,} (issued, not yet answered, at the end)"),
+        ("stuck positions", f"{summary.stuck_positions:,} (liquidatable without live commands; must be 0)"),
         ("liquidation fills", f"{summary.liquidation_fills:,}"),
         ("ADL trades", f"{summary.adl_commands:,}"),
         ("insurance fund", f"{summary.insurance_fund} USDT"),
@@ -784,12 +797,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("books", cmd_books, "insurance fund, fee income, clearing and net deposits"),
         ("rejections", lambda a: _outputs(a, "rejections"), "requests the state refused, with reasons"),
         ("deadletters", lambda a: _outputs(a, "deadletters"), "records that could not be applied, with reasons"),
-        ("commands", lambda a: _outputs(a, "commands"), "liquidation commands emitted so far (the outbox)"),
+        ("commands", lambda a: _outputs(a, "commands"),
+         "liquidation and ADL commands and their cancels emitted so far (the outbox); --live: those still live"),
         ("alerts", lambda a: _outputs(a, "alerts"), "mark-price alerts (liquidations paused / resumed)"),
     ):
         p = commands.add_parser(name, parents=[common, as_json] + ([at] if name in ("wallets", "books") else []),
                                 help=text)  # fmt: skip
         p.set_defaults(handler=handler)
+        if name == "commands":
+            p.add_argument("--live", action="store_true",
+                           help="the live commands (issued, not fully answered nor cancelled) with their age in event time")
 
     p = commands.add_parser("demo", help="the main job: simulate an exchange session end to end and summarise it")
     p.add_argument("--seed", type=int, default=1)

@@ -3,9 +3,11 @@
 A seeded session (ops.simulate) is written to the event log in slices; after
 each slice the real `run` path (projections.runner.run_core: reduce, project,
 checkpoint, publish) processes it, and a simulated matching engine answers
-every new liquidation command with a liquidation fill near the mark plus the
-counterparty's ordinary fill, which enter the log with the next slice (the
-engine's latency). Same seed, same log, same digest.
+the new commands and cancels (MatchingEngine: fills near the mark with an
+ordinary counterparty, ADL trades, races with cancels, lost orders), which
+enter the log with the next slice (the engine's latency). Same seed, same
+log, same digest. The summary counts the positions the episode invariant
+would call stuck (liquidatable without live commands for all of them): 0.
 """
 
 import random
@@ -21,11 +23,15 @@ from ringfence.core.fixed import SCALE, format_decimal, parse_decimal
 from ringfence.events.embedded import EmbeddedLog
 from ringfence.events.log_codec import encode_record
 from ringfence.ops.simulate import MARKETS, Session
+from ringfence.projections.liquidation import stuck_positions
 from ringfence.projections.outbox import publish_pending
 from ringfence.projections.runner import run_core
 from ringfence.projections.store import StateStore
 
-SLICE_EVENTS = 2_000
+# The matching engine answers after each slice, so a slice is its latency: 250 events are ~37 s of the
+# session's event time, inside the markets' default liquidation time-out (60 s), which so cancels only
+# the orders the engine lost.
+SLICE_EVENTS = 250
 # taker fee the matching engine charges the liquidation's counterparty (0.05 %)
 COUNTERPARTY_FEE_BP10 = 5
 
@@ -36,6 +42,9 @@ class DemoSummary:
     seconds: float
     open_positions: int
     commands: int
+    cancels: int
+    live_commands: int
+    stuck_positions: int
     adl_commands: int
     liquidation_fills: int
     rejections: int
@@ -53,64 +62,103 @@ DEMO_CHAIN_EVERY = 50_000
 
 
 class MatchingEngine:
-    """Answers liquidation commands: the liquidated side at the mark with some slippage, and a counterparty."""
+    """A liquidation desk: works the commands of the outbox the way a matching engine would.
+
+    After each slice it reads the new outbox records in order: a command
+    becomes a working order; a cancel withdraws the order, unless (now and
+    then) the order had already executed, in which case its fill arrives
+    anyway, naming the cancelled command, as a real race would. A few orders
+    are lost and never answered: the projection times them out and commands
+    again. The rest execute, each against what the position holds by then:
+    the liquidated side near the mark with some slippage and an ordinary
+    counterparty, or both sides of an ADL trade at its price.
+    """
+
+    LOST = 0.02  # orders the desk never answers
+    RACED = 0.15  # cancelled orders that had already executed
 
     def __init__(self, session: Session, seed: int):
         self.session = session
         self.rng = random.Random(seed ^ 0x5EED)
 
-    def answer(self, command: dict, ts: int) -> list[m.Event]:
-        if command["type"] == "adl":
-            return self._deleverage(command, ts)
+    def answer(self, records: list[dict], state, ts: int) -> list[m.Event]:
+        """The answers to one slice's outbox records, against ``state`` (the positions as the log has them)."""
+        working: dict[str, dict] = {}
+        executed: list[dict] = []
+        for record in records:
+            if record["type"] == "cancel":
+                order = working.pop(record["command_id"], None)
+                if order is not None and self.rng.random() < self.RACED:
+                    executed.append(order)
+            elif self.rng.random() >= self.LOST:
+                working[record["command_id"]] = record
+        executed.extend(working.values())
+        sizes: dict = {}  # what each position holds as the answers so far leave it
+
+        def held(key) -> int:
+            if key not in sizes:
+                position = state.positions.get(key)
+                sizes[key] = 0 if position is None else position.size
+            return sizes[key]
+
+        answers: list[m.Event] = []
+        for order in executed:
+            answers.extend(self._deleverage(order, held, sizes, ts) if order["type"] == "adl"
+                           else self._liquidate(order, held, sizes, ts))  # fmt: skip
+        return answers
+
+    def _liquidate(self, command: dict, held, sizes: dict, ts: int) -> list[m.Event]:
         market = command["market"]
         tick, _, _, _ = MARKETS[market]
         mark = parse_decimal(command["mark_price"])
         selling = command["side"] == m.SELL
         key = (command["account"], market, command["position_side"])
         # the engine closes what the account holds now (it may have traded since the command)
-        held = self.session.sizes.get(key, 0)
-        qty = min(parse_decimal(command["qty"]), held if selling else -held)
+        size = held(key)
+        qty = min(parse_decimal(command["qty"]), size if selling else -size)
         if qty <= 0:
             return []
         # a liquidation order crosses the book: 0-20 bp of slippage, and a thin book now and then costs 1 %
         slippage_bp = self.rng.randint(0, 20) if self.rng.random() > 0.02 else 100
         moved = mark * (10_000 - slippage_bp if selling else 10_000 + slippage_bp) // 10_000
         price = max(tick, moved // tick * tick)
-        self.session.sizes[key] = self.session.sizes.get(key, 0) + (-qty if selling else qty)
+        sizes[key] = size + (-qty if selling else qty)
+        self.session.sizes[key] = sizes[key]
         counterparty = self.rng.choice(self.session.traders)
         while counterparty == command["account"]:
             counterparty = self.rng.choice(self.session.traders)
         leg = self.session.choose_leg(counterparty, market, buying=selling, qty=qty)
         counter_key = (counterparty, market, leg)
         self.session.sizes[counter_key] = self.session.sizes.get(counter_key, 0) + (qty if selling else -qty)
+        sizes[counter_key] = held(counter_key) + (qty if selling else -qty)  # its ordinary fill is an answer too
         fee = -((-qty * price * COUNTERPARTY_FEE_BP10) // (SCALE * 10_000))
+        answer_id = f"lf-{command['command_id']}-{ts}"
         return [
-            m.LiquidationFill(f"lf-{command['command_id']}", ts, command["command_id"], command["account"], market,
+            m.LiquidationFill(answer_id, ts, command["command_id"], command["account"], market,
                               command["position_side"], qty, price),
-            m.Fill(f"lc-{command['command_id']}", ts, counterparty, market, leg, m.BUY if selling else m.SELL,
-                   qty, price, fee),
+            m.Fill(f"lc-{answer_id}", ts, counterparty, market, leg, m.BUY if selling else m.SELL, qty, price, fee),
         ]  # fmt: skip
 
-
-    def _deleverage(self, command: dict, ts: int) -> list[m.Event]:
+    def _deleverage(self, command: dict, held, sizes: dict, ts: int) -> list[m.Event]:
         """Both sides of an ADL trade at the bankruptcy price: the counterparty closes, the bankrupt is liquidated."""
         market = command["market"]
         price = parse_decimal(command["price"])
-        qty = parse_decimal(command["qty"])
         counter_key = (command["account"], market, command["position_side"])
         bankrupt_key = (command["bankrupt_account"], market, command["bankrupt_position_side"])
-        counter_held, bankrupt_held = self.session.sizes.get(counter_key, 0), self.session.sizes.get(bankrupt_key, 0)
+        counter_held, bankrupt_held = held(counter_key), held(bankrupt_key)
         # both positions may have traded since the command: trade what both still hold
         counter_buys = command["side"] == m.BUY
-        qty = min(qty, -counter_held if counter_buys else counter_held, bankrupt_held if counter_buys else -bankrupt_held)
+        qty = min(parse_decimal(command["qty"]), -counter_held if counter_buys else counter_held,
+                  bankrupt_held if counter_buys else -bankrupt_held)  # fmt: skip
         if qty <= 0:
             return []
-        self.session.sizes[counter_key] = counter_held + (qty if counter_buys else -qty)
-        self.session.sizes[bankrupt_key] = bankrupt_held + (-qty if counter_buys else qty)
+        sizes[counter_key] = self.session.sizes[counter_key] = counter_held + (qty if counter_buys else -qty)
+        sizes[bankrupt_key] = self.session.sizes[bankrupt_key] = bankrupt_held + (-qty if counter_buys else qty)
+        answer_id = f"{command['command_id']}-{ts}"
         return [
-            m.AdlFill(f"af-{command['command_id']}", ts, command["command_id"], command["account"], market,
+            m.AdlFill(f"af-{answer_id}", ts, command["command_id"], command["account"], market,
                       command["position_side"], qty, price),
-            m.LiquidationFill(f"ab-{command['command_id']}", ts, command["command_id"], command["bankrupt_account"],
+            m.LiquidationFill(f"ab-{answer_id}", ts, command["command_id"], command["bankrupt_account"],
                               market, command["bankrupt_position_side"], qty, price),
         ]  # fmt: skip
 
@@ -128,7 +176,7 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None)
     started = time.perf_counter()
     decode_command = msgspec.json.Decoder().decode
     state = projection = chain = None
-    totals = {"events": 0, "commands": 0, "adl": 0, "fills": 0, "rejections": 0, "deadletters": 0}
+    totals = {"events": 0, "commands": 0, "cancels": 0, "adl": 0, "fills": 0, "rejections": 0, "deadletters": 0}
     pending: list[m.Event] = []
     with EmbeddedLog(data / "log") as log, StateStore(data / "state") as store, \
             EmbeddedLog(data / "commands") as commands_log:  # fmt: skip
@@ -156,12 +204,15 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None)
             totals["commands"] += report.commands
             totals["rejections"] += report.rejections
             totals["deadletters"] += report.deadletters
+            records = []
             for sequence, record in store.commands(after=seen):
                 seen = sequence
-                command = decode_command(record)
-                answer = engine.answer(command, session.ts)
-                totals["adl" if command["type"] == "adl" else "fills"] += bool(answer)
-                pending.extend(answer)
+                records.append(decode_command(record))
+            answers = engine.answer(records, state, session.ts)
+            totals["adl"] += sum(type(a) is m.AdlFill for a in answers)
+            totals["fills"] += sum(type(a) is m.LiquidationFill for a in answers)
+            totals["cancels"] += sum(r["type"] == "cancel" for r in records)
+            pending.extend(answers)
             if progress is not None:
                 progress(totals["events"], events)
         digest = compute_digest(state, projection.canonical_sections())
@@ -170,6 +221,9 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None)
         seconds=time.perf_counter() - started,
         open_positions=len(state.positions),
         commands=totals["commands"],
+        cancels=totals["cancels"],
+        live_commands=len(projection.book.live()),
+        stuck_positions=len(stuck_positions(state, projection)),
         adl_commands=totals["adl"],
         liquidation_fills=totals["fills"],
         rejections=totals["rejections"],

@@ -24,6 +24,9 @@ class PartitionStatus:
     open_positions: int = 0
     events: int = 0
     commands: int = 0
+    cancels: int = 0
+    live_commands: int = 0
+    stuck_positions: int | None = None  # by full scan, refreshed with the digest (docs/decisions.md)
     rejections: int = 0
     deadletters: int = 0
     digest: str = ""
@@ -87,6 +90,12 @@ class Metrics:
                per_partition(lambda s: s.events))  # fmt: skip
         family("ringfence_liquidations_total", "counter", "liquidation and ADL commands emitted",
                per_partition(lambda s: s.commands))  # fmt: skip
+        family("ringfence_cancels_total", "counter", "commands cancelled (superseded, timed out, healthy again, ...)",
+               per_partition(lambda s: s.cancels))  # fmt: skip
+        family("ringfence_live_commands", "gauge", "liquidation and ADL commands issued and not yet ended",
+               per_partition(lambda s: s.live_commands))  # fmt: skip
+        family("ringfence_stuck_positions", "gauge", "liquidatable positions without live commands closing them "
+               "(full scan with each digest; must be 0)", per_partition(lambda s: s.stuck_positions))  # fmt: skip
         family("ringfence_rejections_total", "counter", "requests refused", per_partition(lambda s: s.rejections))
         family("ringfence_deadletters_total", "counter", "records dead-lettered", per_partition(lambda s: s.deadletters))
         family("ringfence_last_digest_info", "gauge", "the last state digest computed, as labels",

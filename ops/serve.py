@@ -35,6 +35,7 @@ from ringfence.ops.kafka_log import OUTPUT_KINDS, KafkaLog, KafkaSettings, Topic
 from ringfence.ops.kafka_log import new_consumer, new_producer
 from ringfence.ops.logging import get_logger
 from ringfence.ops.metrics import Metrics, PartitionStatus
+from ringfence.projections.liquidation import stuck_positions
 from ringfence.projections.outbox import publish_pending
 from ringfence.projections.runner import Reduction
 from ringfence.projections.store import DEADLETTER, StateStore
@@ -121,7 +122,9 @@ class PartitionWorker:
         state = self.reduction.state
         if self.last_digest[0] == state.offset:
             return
-        digest = compute_digest(state, self.reduction.projection.canonical_sections())
+        projection = self.reduction.projection
+        digest = compute_digest(state, projection.canonical_sections())
+        self.status.stuck_positions = len(stuck_positions(state, projection))  # O(state), as the digest
         self.last_digest = (state.offset, now)
         self.status.digest, self.status.digest_offset = digest, state.offset
         self.log.info("digest", offset=state.offset, digest=digest)
@@ -142,7 +145,8 @@ class PartitionWorker:
         report, status = self.reduction.report, self.status
         status.offset = self.reduction.state.offset
         status.open_positions = len(self.reduction.state.positions)
-        status.events, status.commands = report.events, report.commands
+        status.events, status.commands, status.cancels = report.events, report.commands, report.cancels
+        status.live_commands = self.reduction.projection.book.live_count()
         status.rejections, status.deadletters = report.rejections, report.deadletters
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from ringfence.projections.liquidation import AdlCommand, LiquidateCommand
+from ringfence.projections.outputs import Alert, CancelCommand
 from ringfence.projections.store import ALERT, CHAIN_LINK, COMMAND, DEADLETTER, REJECTION, StateStore, offset_key
 
 _json = msgspec.json.Encoder().encode
@@ -39,20 +39,24 @@ def publish_pending(store: StateStore, sinks: Mapping[str, object]) -> int:
     return total
 
 
-def decision_records(decisions, sequence: int) -> tuple[list[tuple[bytes, bytes]], int, int]:
-    """The stored records of one event's decisions, with how many are commands and alerts.
+def decision_records(decisions, sequence: int) -> tuple[list[tuple[bytes, bytes]], int, int, int]:
+    """The stored records of one event's decisions, with how many are commands, cancels and alerts.
 
-    ``sequence`` is the projection's command count before them: each command
-    takes the next outbox position, an alert is keyed by its offset.
+    ``sequence`` is the projection's outbox count before them: each command
+    and cancel takes the next outbox position, an alert is keyed by its offset.
     """
     records = []
-    commands = alerts = 0
+    commands = cancels = alerts = 0
     for decision in decisions:
-        if type(decision) is LiquidateCommand or type(decision) is AdlCommand:
-            sequence += 1
-            commands += 1
-            records.append((offset_key(COMMAND, sequence), _json(decision)))
-        else:
+        kind = type(decision)
+        if kind is Alert:
             alerts += 1
             records.append((offset_key(ALERT, decision.offset), _json(decision)))
-    return records, commands, alerts
+        else:
+            sequence += 1
+            if kind is CancelCommand:
+                cancels += 1
+            else:
+                commands += 1
+            records.append((offset_key(COMMAND, sequence), _json(decision)))
+    return records, commands, cancels, alerts

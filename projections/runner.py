@@ -4,7 +4,7 @@ import gc
 import hashlib
 from collections.abc import Callable, Iterable
 from itertools import islice
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgspec
@@ -22,7 +22,7 @@ from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
 from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.outbox import decision_records
 from ringfence.projections.store import DEADLETTER, REJECTION, StateStore, offset_key
-from ringfence.projections.worker import ProjectionWorker
+from ringfence.projections.worker import AnswerRefused, ProjectionWorker
 
 _json = msgspec.json.Encoder().encode
 
@@ -44,6 +44,10 @@ class RunReport:
     offset: int = -1
     projection: LiquidationProjection | ProjectionWorker | None = None
     chain: DigestChain | None = None  # pass it back with the state and projection to go on in memory
+    cancels: int = 0
+    # the offset of an answer the worker's episode book refused: the run went on in process from the
+    # checkpoint before it (projections.worker), and that answer is a dead letter
+    worker_refused: int | None = None
 
 
 def output_record(offset: int, record, verdict: Verdict) -> tuple[bytes, bytes]:
@@ -97,6 +101,9 @@ def reduce_records(
     decode, apply = decode or decode_record, apply_event
     feed = projection.feed if type(projection) is ProjectionWorker else None
     decide = projection.after_event if projection is not None and feed is None else None
+    # answers are judged against the episode book before they apply; a worker's child judges them
+    # itself and refuses the run if one does not fit (projections.worker), so the parent applies them as read
+    check_answer = projection.check_answer if decide is not None else None
     fingerprints = chain.fingerprints if chain is not None else None
     next_link = chain.next_link if chain is not None else -2
     blake2b = hashlib.blake2b
@@ -109,7 +116,7 @@ def reduce_records(
             record = decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError):
             record = decode_or_invalid(payload)
-        verdict = apply(state, offset, record)  # apply the fact first, decide what to emit second
+        verdict = apply(state, offset, record, check_answer)  # apply the fact first, decide what to emit second
         count += 1
         if verdict is not None and on_verdict is not None:
             on_verdict(offset, record, verdict)
@@ -165,6 +172,7 @@ class Reduction:
         self.store, self.state, self.projection, self.chain = store, state, projection, chain
         self.outputs: list[tuple[bytes, bytes]] = []
         self.report = RunReport(offset=state.offset, projection=projection, chain=chain)
+        self.saved = replace(self.report)  # the report as of the last checkpoint
         self.unsaved = 0  # events applied since the last checkpoint
         self.snapshots = snapshots and chain is not None
         self.at_link = False  # the last apply stopped at a chain link: checkpoint, then snapshot()
@@ -190,12 +198,14 @@ class Reduction:
             worker.request_sync()  # it finishes its last rows while the state is staged
         batch = self.store.stage(self.state)
         if worker is not None:
-            outputs, commands, alerts = worker.take_outputs()
+            outputs, commands, cancels, alerts = worker.take_outputs()
             self.outputs.extend(outputs)
             self.report.commands += commands
+            self.report.cancels += cancels
             self.report.alerts += alerts
         self.store.commit(batch, self.state, self.outputs, self.projection, self.chain)
         self.outputs.clear()
+        self.saved = replace(self.report)
         self.unsaved = 0
         gc.freeze()  # what survived until now is long-lived: keep it out of full collections
         return True
@@ -214,9 +224,10 @@ class Reduction:
             self.report.deadletters += 1
 
     def _collect_decisions(self, decisions: list, sequence: int) -> None:
-        records, commands, alerts = decision_records(decisions, sequence)
+        records, commands, cancels, alerts = decision_records(decisions, sequence)
         self.outputs.extend(records)
         self.report.commands += commands
+        self.report.cancels += cancels
         self.report.alerts += alerts
 
 
@@ -261,13 +272,22 @@ def run_core(
     state = reduction.state
     records = log.read(state.offset + 1)
     while True:
-        applied = reduction.apply(islice(records, min(PROGRESS_EVERY, checkpoint_every)), until=until, decode=decode)
-        finished = applied == 0 or (until is not None and state.offset >= until)
-        saved = reduction.at_link or (reduction.unsaved and (reduction.unsaved >= checkpoint_every or finished))
-        if reduction.at_link:
-            reduction.snapshot()
-        elif saved:
-            reduction.checkpoint()
+        try:
+            applied = reduction.apply(islice(records, min(PROGRESS_EVERY, checkpoint_every)), until=until, decode=decode)
+            finished = applied == 0 or (until is not None and state.offset >= until)
+            saved = reduction.at_link or (reduction.unsaved and (reduction.unsaved >= checkpoint_every or finished))
+            if reduction.at_link:
+                reduction.snapshot()
+            elif saved:
+                reduction.checkpoint()
+        except AnswerRefused as refused:
+            # The parent applied an answer the episode book refuses; nothing since the last checkpoint was
+            # written. Go on from it with the projection in process (which dead-letters that answer) for the
+            # rest of this run: a log with one refused answer may have many, and each would cost a restart.
+            reduction = _restart(reduction, store, liquidations, chain_every, refused.offset)
+            state = reduction.state
+            records = log.read(state.offset + 1)
+            continue
         if saved and publish is not None:
             publish()  # only after the commands are durable (the outbox)
         if progress is not None and applied:
@@ -275,6 +295,18 @@ def run_core(
         if finished:
             break
     return state, reduction.report
+
+
+def _restart(reduction: Reduction, store: StateStore, liquidations: bool, chain_every: int | None,
+             refused: int) -> Reduction:  # fmt: skip
+    """An in-process Reduction from the store's last checkpoint, carrying the report as of that checkpoint."""
+    close_projection(reduction.projection)
+    carried = reduction.saved
+    fresh = Reduction(store, liquidations=liquidations, chain_every=chain_every)
+    fresh.report = replace(carried, offset=fresh.state.offset, projection=fresh.projection, chain=fresh.chain,
+                           worker_refused=refused)  # fmt: skip
+    fresh.saved = replace(fresh.report)
+    return fresh
 
 
 def close_projection(projection) -> None:

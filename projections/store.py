@@ -21,7 +21,9 @@ numeric order):
     x:<offset>             dead-letter record (JSON)
     c:<sequence>           liquidation command (JSON), the outbox
     a:<offset>             alert (JSON)
-    j:liquidation          the liquidation projection's own state
+    j:liquidation          the liquidation projection's head (sequence, paused markets, last marks)
+    e:<command id>         a liquidation or ADL command of the episode book (projections.episodes.Command)
+    q:<acct>\0<mkt>\0<side>  a position's record in the episode book (its command ids)
     k:<offset>             digest chain link (JSON, projections.chain.ChainLink)
     f:<first offset>       fingerprints of the records from that offset on, 8 bytes each
     meta:chain             [every, last link offset, last chain hash]
@@ -45,9 +47,10 @@ from ringfence.core.limits import CHAIN_EVERY_EVENTS, SNAPSHOTS_KEPT
 from ringfence.core.model import MarketConfig
 from ringfence.core.state import MarketState, State
 from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
+from ringfence.projections.episodes import BOOK_VERSION
 from ringfence.projections.liquidation import LiquidationProjection
 
-FORMAT_VERSION = 2  # 2: the digest chain (k:, f:, meta:chain)
+FORMAT_VERSION = 3  # 2: the digest chain (k:, f:, meta:chain); 3: the episode book (e:, q:)
 
 META_VERSION = b"meta:version"
 META_OFFSET = b"meta:offset"
@@ -63,6 +66,8 @@ DEADLETTER = b"x:"
 COMMAND = b"c:"
 ALERT = b"a:"
 PROJECTION = b"j:liquidation"
+EPISODE_COMMAND = b"e:"
+EPISODE_POSITION = b"q:"
 CHAIN_LINK = b"k:"
 FINGERPRINTS = b"f:"
 META_CHAIN = b"meta:chain"
@@ -288,7 +293,14 @@ class StateStore:
         for key, record in outputs:
             batch.put(key, record)
         if projection is not None:
-            batch.put(PROJECTION, _encode(projection.snapshot()))
+            head, commands, positions = projection.stored_changes()
+            batch.put(PROJECTION, _encode(head))
+            for command_id, command in commands.items():
+                key = EPISODE_COMMAND + command_id.encode()
+                batch.delete(key) if command is None else batch.put(key, _encode(command))
+            for position_key, record in positions.items():
+                key = EPISODE_POSITION + _join(*position_key)
+                batch.delete(key) if record is None else batch.put(key, _encode(record))
         if chain is not None:
             first, fingerprints, links = chain.take()
             if fingerprints:
@@ -300,11 +312,17 @@ class StateStore:
         self._db.write(batch, self._sync)
         self._checkpointed_offset = state.offset
         state.clear_dirty()
+        if projection is not None:
+            projection.clear_stored()
 
     def projection_snapshot(self) -> list | None:
-        """The liquidation projection's stored state (None before its first checkpoint)."""
-        snapshot = self._db.get(PROJECTION)
-        return None if snapshot is None else _decode_list(snapshot)
+        """The liquidation projection's stored state as its ``sections`` (None before its first checkpoint)."""
+        head = self._db.get(PROJECTION)
+        if head is None:
+            return None
+        commands = [_decode_list(value) for _, value in self._scan(EPISODE_COMMAND)]
+        positions = [[*_split(key, EPISODE_POSITION), _decode_list(value)] for key, value in self._scan(EPISODE_POSITION)]
+        return [*_decode_list(head), [BOOK_VERSION], commands, sorted(positions)]
 
     def load_projection(self, state: State):
         """The liquidation projection as of the last checkpoint, its index rebuilt from ``state``."""

@@ -116,3 +116,26 @@ def books_view(state: State) -> list[dict]:
     ):
         rows.extend({"book": name, "key": key, "balance": format_decimal(value)} for key, value in sorted(book.items()))
     return rows
+
+
+def live_commands_view(state: State, book) -> list[dict]:
+    """Live liquidation and ADL commands (projections.episodes), with their age in the market's event time.
+
+    The age is the market's last mark ``ts`` minus the ``ts`` the command was
+    issued at: the clock its time-out runs on.
+    """
+    rows = []
+    for command in book.live():
+        market = state.markets[command.market]
+        lot = decimals_of(market.config.lot_size)
+        rows.append({
+            "command_id": command.command_id, "type": "adl" if command.target_account else "liquidate",
+            "account": command.account, "market": command.market, "position_side": command.position_side,
+            "side": command.closing_side, "qty": format_units(command.qty, lot),
+            "open_qty": format_units(command.qty - command.filled, lot),
+            "target_account": command.target_account or None, "target_side": command.target_side or None,
+            "target_open_qty": format_units(command.qty - command.target_filled, lot) if command.target_account else None,
+            "issued_ts": command.issued_ts, "expires_ts": command.expires_ts,
+            "age_ms": max(0, market.mark_ts - command.issued_ts),
+        })  # fmt: skip
+    return rows

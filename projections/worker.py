@@ -23,7 +23,7 @@ two work in parallel:
    values, same decisions: command ids, outputs, snapshots and digests equal
    the in-process run's (tested).
 3. At a checkpoint or a chain link the parent asks for everything up to the
-   last row it queued (``sync``): the outputs, the projection's snapshot and
+   last row it queued (``sync``): the outputs, the projection's stored changes and
    canonical sections. It then writes state, outputs, projection and offset
    in one batch as before, so the outbox and crash safety are unchanged. A
    checkpoint asks first (``request_sync``) and stages the state's keys
@@ -62,11 +62,23 @@ ROW_KINDS = {Fill: POSITION, MarginTransfer: POSITION, LiquidationFill: POSITION
 ROWS_PER_BATCH = 1024  # rows per message: large enough to amortise the pipe, small enough to overlap
 QUEUED_BATCHES = 64  # how far the parent may run ahead of the child (~65k events)
 _FRAME = struct.Struct(">I")
-_SYNC, _BATCH, _INIT, _REPLY = b"s", b"b", b"i", b"r"
+_SYNC, _BATCH, _INIT, _REPLY, _REFUSED = b"s", b"b", b"i", b"r", b"x"
 
 
 class WorkerFailed(RuntimeError):
     pass
+
+
+class AnswerRefused(Exception):
+    """The child's episode book refused an answer the parent applied (its check needs the book, which is the child's).
+
+    Nothing since the last checkpoint has been written; ``run_core`` starts
+    again from it with the projection in process, which dead-letters the answer.
+    """
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"the answer at offset {offset} does not fit its command ({reason})")
+        self.offset, self.reason = offset, reason
 
 
 class ProjectionWorker:
@@ -90,10 +102,13 @@ class ProjectionWorker:
         self._sent = self._synced = 0
         self._requested: int | None = None
         self._outputs: list[tuple[bytes, bytes]] = []
-        self.commands = self.alerts = 0  # not yet taken by a checkpoint
+        self.commands = self.cancels = self.alerts = 0  # not yet taken by a checkpoint
         self.sequence = 0
-        self._snapshot: list = []
-        self._sections: list = []
+        # the projection's stored changes since the last checkpoint, merged over syncs (LiquidationProjection.stored_changes)
+        self._head: list = []
+        self._changed_commands: dict = {}
+        self._changed_positions: dict = {}
+        self._sections: list | None = None  # the whole state as of the last full sync, None once rows went out since
         positions = [(key, p.size, p.cost, p.margin) for key, p in state.positions.items()]
         markets = [(name, m.config, m.mark, m.mark_ts) for name, m in state.markets.items()]
         self._send(_INIT, (str(log_directory), state.offset + 1, positions, markets, dict(state.insurance), snapshot))
@@ -137,46 +152,58 @@ class ProjectionWorker:
             self._send(_BATCH, self._rows)
             self._rows.clear()  # the same list: feed holds it
             self._sent += 1
+            self._sections = None
 
     # -- what checkpoints and chain links read ---------------------------------------------
 
-    def request_sync(self) -> None:
-        """Ask for the child's outputs and state up to the last row fed, without waiting (``sync`` waits)."""
+    def request_sync(self, full: bool = False) -> None:
+        """Ask for the child's outputs and state up to the last row fed, without waiting (``sync`` waits).
+
+        ``full`` asks for the whole state too (a digest needs it), not only its changes.
+        """
         self._flush()
-        if self._requested is None and self._synced < self._sent:
-            self._send(_SYNC, None)
+        if self._requested is None and (self._synced < self._sent or (full and self._sections is None)):
+            self._send(_SYNC, full)
             self._requested = self._sent
 
-    def sync(self) -> None:
+    def sync(self, full: bool = False) -> None:
         """Wait until the child has decided on every row sent; collect its outputs and state."""
-        self.request_sync()
+        self.request_sync(full)
         while self._requested is not None:
             frame = _read_frame(self._process.stdout)
             if frame is None:
                 code = self._process.wait()
                 raise WorkerFailed(f"the projection worker stopped (exit code {code}); the last checkpoint stands")
-            sequence, outputs, commands, alerts, self._snapshot, self._sections = frame[1]
-            self.sequence = sequence
+            if frame[0] == _REFUSED:
+                raise AnswerRefused(*frame[1])
+            sequence, outputs, commands, cancels, alerts, (head, changed, positions), sections = frame[1]
+            self.sequence, self._head, self._sections = sequence, head, sections
+            self._changed_commands.update(changed)
+            self._changed_positions.update(positions)
             self._outputs.extend(outputs)
             self.commands += commands
+            self.cancels += cancels
             self.alerts += alerts
             self._synced, self._requested = self._requested, None
-            self.request_sync()  # rows fed after the request was sent: ask again
+            self.request_sync(full)  # rows fed after the request was sent: ask again
 
-    def take_outputs(self) -> tuple[list[tuple[bytes, bytes]], int, int]:
-        """The outputs decided since the last take, with how many are commands and alerts."""
+    def take_outputs(self) -> tuple[list[tuple[bytes, bytes]], int, int, int]:
+        """The outputs decided since the last take, with how many are commands, cancels and alerts."""
         self.sync()
-        taken = self._outputs, self.commands, self.alerts
-        self._outputs, self.commands, self.alerts = [], 0, 0
+        taken = self._outputs, self.commands, self.cancels, self.alerts
+        self._outputs, self.commands, self.cancels, self.alerts = [], 0, 0, 0
         return taken
 
-    def snapshot(self) -> list:
+    def stored_changes(self) -> tuple[list, dict, dict]:
         self.sync()
-        return self._snapshot
+        return self._head, self._changed_commands, self._changed_positions
+
+    def clear_stored(self) -> None:
+        self._changed_commands, self._changed_positions = {}, {}
 
     def canonical_sections(self):
-        self.sync()
-        return iter(self._sections)
+        self.sync(full=True)
+        return self._sections
 
     def close(self) -> None:
         """Stop the child (its stdin closes); what was not synced is dropped, as a crash would drop it."""
@@ -255,7 +282,8 @@ class Follower:
             projection.restore(snapshot, state)
         self.settles: dict[str, str] = {}  # market -> settle asset (immutable once configured)
         self.outputs: list[tuple[bytes, bytes]] = []
-        self.commands = self.alerts = 0
+        self.commands = self.cancels = self.alerts = 0
+        self.refused: tuple[int, str] | None = None  # an answer the book refused: follow no further
 
     def _read_on(self, wanted: int):
         """The record at ``wanted`` when the parent read further than this reader had seen: read on from it."""
@@ -273,7 +301,9 @@ class Follower:
         """
         state, projection, settles = self.state, self.projection, self.settles
         positions, markets, insurance = state.positions, state.markets, state.insurance
-        handlers, records = projection.handlers, self.records
+        handlers, records, check_answer = projection.handlers, self.records, projection.check_answer
+        if self.refused is not None:
+            return
         for row in rows:
             offset = row[0]
             for at, payload in records:  # the records before it are skipped undecoded
@@ -287,6 +317,11 @@ class Follower:
             kind = ROW_KINDS[event_type]
             if kind == POSITION:
                 market = event.market
+                if event_type is LiquidationFill or event_type is AdlFill:  # judged as the reducer would in process
+                    verdict = check_answer(state, event)
+                    if verdict is not None:
+                        self.refused = (offset, verdict.reason)
+                        return
                 key = (event.account, market, event.position_side)
                 position = positions.get(key)
                 if len(row) == 2:  # closed
@@ -314,18 +349,23 @@ class Follower:
             sequence = projection.sequence
             decisions = handlers[event_type](state, offset, event)
             if decisions:
-                records_out, commands, alerts = decision_records(decisions, sequence)
+                records_out, commands, cancels, alerts = decision_records(decisions, sequence)
                 self.outputs.extend(records_out)
                 self.commands += commands
+                self.cancels += cancels
                 self.alerts += alerts
         state.dirty_positions.clear()  # the mirror is never checkpointed
 
-    def reply(self) -> tuple:
+    def reply(self, full: bool) -> tuple[bytes, tuple]:
+        if self.refused is not None:
+            return _REFUSED, self.refused
         projection = self.projection
-        reply = (projection.sequence, self.outputs, self.commands, self.alerts, projection.snapshot(),
-                 list(projection.canonical_sections()))  # fmt: skip
-        self.outputs, self.commands, self.alerts = [], 0, 0
-        return reply
+        changes = projection.stored_changes()
+        projection.clear_stored()
+        reply = (projection.sequence, self.outputs, self.commands, self.cancels, self.alerts, changes,
+                 projection.sections() if full else None)  # fmt: skip
+        self.outputs, self.commands, self.cancels, self.alerts = [], 0, 0, 0
+        return _REPLY, reply
 
 
 def serve(source: BinaryIO, sink: BinaryIO) -> None:
@@ -339,7 +379,7 @@ def serve(source: BinaryIO, sink: BinaryIO) -> None:
             follower = Follower(*body)
             gc.freeze()  # the mirror is long-lived: keep it out of full collections
         elif tag == _SYNC:
-            sink.write(_frame(_REPLY, follower.reply()))
+            sink.write(_frame(*follower.reply(body)))
             sink.flush()
 
 

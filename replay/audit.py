@@ -7,10 +7,12 @@ from ringfence.projections.runner import reduce_records
 
 
 def replay(log, until: int | None = None) -> State:
-    """The core state after every record of ``log`` up to ``until`` (inclusive; None = the end)."""
-    state = State()
-    reduce_records(state, log.read(0), until=until, decode=getattr(log, "decode", None))
-    return state
+    """The core state after every record of ``log`` up to ``until`` (inclusive; None = the end).
+
+    With the liquidation projection: whether a liquidation or ADL fill applies
+    depends on the commands it issued (an answer to none is a dead letter).
+    """
+    return replay_with_liquidations(log, until)[0]
 
 
 def replay_with_liquidations(log, until: int | None = None) -> tuple[State, LiquidationProjection, list]:

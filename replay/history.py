@@ -14,7 +14,8 @@ from ringfence.core import model as m
 from ringfence.core.reducer import effective_leverage
 from ringfence.core.state import PositionKey, State
 from ringfence.events.json_codec import to_wire
-from ringfence.projections.liquidation import AdlCommand, LiquidateCommand, LiquidationProjection
+from ringfence.projections.liquidation import LiquidationProjection
+from ringfence.projections.outputs import AdlCommand, CancelCommand, LiquidateCommand
 from ringfence.projections.runner import reduce_records
 from ringfence.projections.sdk import event_type
 from ringfence.projections.views import margin_figures, trigger_arithmetic
@@ -50,7 +51,7 @@ def position_history(log, key: PositionKey, *, marks: bool = False, decode=None)
         market_state = state.markets.get(market)
         mark = market_state.mark if market_state is not None else 0
         leverage = effective_leverage(state, key)  # as `positions` shows it
-        mine = [d for d in decisions if type(d) in (LiquidateCommand, AdlCommand)
+        mine = [d for d in decisions if type(d) in (LiquidateCommand, AdlCommand, CancelCommand)
                 and (d.account, d.market, d.position_side) == key]  # fmt: skip
         is_mark = type(event) is m.MarkPrice and event.market == market
         if raw != before["raw"] or mine or _touches_leverage(event, key) or (marks and is_mark and raw != _EMPTY):
@@ -62,7 +63,8 @@ def position_history(log, key: PositionKey, *, marks: bool = False, decode=None)
                 "verdict": None if verdict is None else f"{verdict.kind}: {verdict.reason}",
                 "before": _figures(state, key, before["raw"], before["mark"], before["leverage"]),
                 "after": _figures(state, key, raw, mark, leverage),
-                "commands": [d.command_id for d in mine],
+                "commands": [d.command_id for d in mine if type(d) is not CancelCommand],
+                "cancels": [{"command_id": d.command_id, "reason": d.reason} for d in mine if type(d) is CancelCommand],
             }
             if any(type(d) is LiquidateCommand for d in mine):
                 row["trigger"] = trigger_arithmetic(state.markets[market].config, *raw[:3], mark)

@@ -31,7 +31,8 @@ from ringfence.core import model as m
 from ringfence.core.fixed import parse_decimal
 from ringfence.core.state import State
 from ringfence.events.log_codec import decode_record
-from ringfence.projections.liquidation import AdlCommand, LiquidateCommand, LiquidationProjection
+from ringfence.projections.liquidation import LiquidationProjection
+from ringfence.projections.outputs import AdlCommand, LiquidateCommand
 from ringfence.projections.runner import decode_or_invalid, reduce_records
 
 VIRTUAL = 1_000  # virtual offsets per log offset: room for the answers to one event's commands

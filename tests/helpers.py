@@ -35,7 +35,8 @@ class Book:
 
     def apply(self, event):
         offset = self.state.offset + 1
-        verdict = apply_event(self.state, offset, event)
+        check = self.projection.check_answer if self.projection is not None else None
+        verdict = apply_event(self.state, offset, event, check)
         self.verdicts.append(verdict)
         if self.projection is not None:
             self.outputs.extend(self.projection.after_event(self.state, offset, event, verdict is None))
@@ -72,8 +73,21 @@ class Book:
     def funding(self, rate, mark_price, market="BTCUSDT"):
         return self.apply(m.Funding(self._id(), 0, market, d(rate), d(mark_price)))
 
-    def liquidation(self, account, qty, price, market="BTCUSDT", side="BOTH"):
-        return self.apply(m.LiquidationFill(self._id(), 0, "cmd", account, market, side, d(qty), d(price)))
+    def liquidation(self, account, qty, price, market="BTCUSDT", side="BOTH", command_id=None, ts=0):
+        """A liquidation fill answering ``command_id`` (default: the position's live command, if any)."""
+        if command_id is None and self.projection is not None:
+            live = self.projection.book.live_for((account, market, side))
+            command_id = live[0].command_id if live else "none"
+        return self.apply(m.LiquidationFill(self._id(), ts, command_id or "cmd", account, market, side, d(qty), d(price)))
+
+    def adl_fill(self, account, qty, price, command_id, market="BTCUSDT", side="BOTH", ts=0):
+        return self.apply(m.AdlFill(self._id(), ts, command_id, account, market, side, d(qty), d(price)))
+
+    def cancels(self):
+        return [o for o in self.outputs if o.__struct_config__.tag == "cancel"]
+
+    def live(self):
+        return self.projection.book.live()
 
     def market_with_band(self, band, **kw):
         config = market(**kw)

@@ -28,7 +28,7 @@ from ringfence.core.state import State
 from ringfence.events.embedded import EmbeddedLog
 from ringfence.ops.demo import run_demo
 from ringfence.ops.simulate import market_events
-from ringfence.projections.liquidation import LiquidationProjection
+from ringfence.projections.liquidation import LiquidationProjection, Trigger
 from ringfence.projections.runner import close_projection, run_core
 from ringfence.projections.store import StateStore
 
@@ -56,15 +56,16 @@ def build(positions: int, seed: int = 1) -> tuple[State, int]:
     return state, offset + 1
 
 
-def naive_scan(state: State, market: str, offset: int, commander: LiquidationProjection) -> int:
+def naive_scan(state: State, market: str, offset: int, event, commander: LiquidationProjection) -> int:
     """Check every position exactly; command the liquidatable ones the same way the projection does."""
     config = state.markets[market]
+    trigger = Trigger(offset, event)
     found: list = []
     for key, position in list(state.positions.items()):
-        if key[1] == market and key not in commander.outstanding and mm.is_liquidatable(
+        if key[1] == market and not commander.book.has_live(key) and mm.is_liquidatable(
             config.config.brackets, position.size, position.cost, position.margin, config.mark
         ):
-            commander._decide(state, key, offset, 0, found)
+            commander._judge(state, key, trigger, found)
     return len(found)
 
 
@@ -76,7 +77,7 @@ def time_marks(state: State, offset: int, projection: LiquidationProjection | No
         event = m.MarkPrice(f"q{offset + n}", offset + n, "BTCUSDT", price)
         apply_event(state, offset + n, event)
         if projection is None:
-            commands += naive_scan(state, "BTCUSDT", offset + n, commander)
+            commands += naive_scan(state, "BTCUSDT", offset + n, event, commander)
         else:
             commands += len(projection.after_event(state, offset + n, event, True))
     return (time.perf_counter() - started) / len(prices), commands

@@ -189,7 +189,7 @@ def test_restart_after_a_clean_stop_and_after_kill_9_resumes_from_the_stored_off
         assert {c["command_id"] for c in published} == set(whole[p]["commands"])
         by_id = {}
         for command in published:  # at least once: a repeat is the identical command
-            assert by_id.setdefault(command["command_id"], command) == command
+            assert by_id.setdefault(command.get("cancel_id") or command["command_id"], command) == command
 
 
 def test_two_instances_share_the_partitions_and_the_survivor_of_a_kill_9_takes_them_over(tmp_path, broker, cli):
@@ -219,7 +219,7 @@ def test_two_instances_share_the_partitions_and_the_survivor_of_a_kill_9_takes_t
         assert set(ids) == set(expected[p]["commands"])  # none missing, none invented
         by_id = {}
         for command in commands[p]:
-            assert by_id.setdefault(command["command_id"], command) == command  # a duplicate is identical
+            assert by_id.setdefault(command.get("cancel_id") or command["command_id"], command) == command  # a duplicate is identical
     assert any(e["event"] == "assigned" and len(e["partitions"]) == PARTITIONS for e in first.log_events())
 
 

@@ -41,12 +41,13 @@ def stricter(config: dict, factor: int = 2) -> dict:
 def strict_reference(log, configs: dict[str, m.MarketConfig]) -> set:
     """Slow: replay the history as logged; after every event test every open position with the strict brackets.
 
-    A position counts if it is liquidatable under them before its first liquidation in the log.
+    A position counts if it is liquidatable under them before its first liquidation in the log, or the first
+    ADL trade against it (whatif replaces both with its own, so the position differs from then on).
     """
     state, found, liquidated = State(), set(), set()
     for offset, payload in log.read(0):
         event = decode_record(payload)
-        if type(event) is m.LiquidationFill:
+        if type(event) in (m.LiquidationFill, m.AdlFill):
             liquidated.add((event.account, event.market, event.position_side))
         apply_event(state, offset, event)
         for key, position in state.positions.items():

@@ -5,12 +5,14 @@ checked on everything a run stores (state, outputs, projection, chain links,
 fingerprints), byte for byte.
 """
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from itertools import islice
 
 import msgspec
@@ -68,9 +70,26 @@ def stored(store_dir) -> list:
         return keys + list(store.fingerprints())
 
 
+@contextmanager
+def recording_workers():
+    """Every ProjectionWorker started inside, in order."""
+    workers = []
+    original = ProjectionWorker.__init__
+
+    def remember(self, *args):
+        original(self, *args)
+        workers.append(self)
+
+    ProjectionWorker.__init__ = remember
+    try:
+        yield workers
+    finally:
+        ProjectionWorker.__init__ = original
+
+
 def test_worker_and_in_process_store_the_same_on_a_demo_log(tmp_path):
-    summary = run_demo(tmp_path / "demo", seed=5, traders=300, events=30_000)
-    assert summary.commands > 100 and summary.adl_commands  # liquidations and ADL to agree on
+    summary = run_demo(tmp_path / "demo", seed=4, traders=300, events=30_000)
+    assert summary.commands > 100 and summary.adl_commands and summary.cancels  # liquidations, ADL, cancels
     log_dir = tmp_path / "demo" / "log"
     options = {"checkpoint_every": 7_000, "chain_every": 5_000}
     digests = {mode: run_store(log_dir, tmp_path / f"s-{mode}", worker=mode, **options) for mode in (False, True)}
@@ -99,7 +118,8 @@ def test_worker_agrees_on_hostile_streams_and_across_a_resume(tmp_path_factory, 
 
 
 def test_a_worker_that_dies_stops_the_run_and_the_next_run_goes_on(tmp_path):
-    hostile_log(tmp_path / "log", seed=5, count=6_000)
+    run_demo(tmp_path / "demo", seed=4, traders=300, events=8_000)  # no refused answers: the worker runs throughout
+    shutil.copytree(tmp_path / "demo" / "log", tmp_path / "log")
     expected = run_store(tmp_path / "log", tmp_path / "reference", worker=False)
     checkpoints = []
 
@@ -108,23 +128,13 @@ def test_a_worker_that_dies_stops_the_run_and_the_next_run_goes_on(tmp_path):
         if len(checkpoints) == 2:
             os.kill(workers[0]._process.pid, signal.SIGKILL)
 
-    workers = []
-    original = ProjectionWorker.__init__
-
-    def remember(self, *args):
-        original(self, *args)
-        workers.append(self)
-
-    ProjectionWorker.__init__ = remember
-    try:
-        log = EmbeddedLog(tmp_path / "log", writable=False)
-        with StateStore(tmp_path / "store") as store, pytest.raises(WorkerFailed, match="exit code -9"):
+    log = EmbeddedLog(tmp_path / "log", writable=False)
+    with recording_workers() as workers, StateStore(tmp_path / "store") as store:
+        with pytest.raises(WorkerFailed, match="exit code -9"):
             run_core(log, store, worker=True, checkpoint_every=1_000, progress=kill_the_worker)
-    finally:
-        ProjectionWorker.__init__ = original
     with StateStore(tmp_path / "store", read_only=True) as store:
         kept = store.stored_offset()
-    assert 0 < kept < 6_000  # the checkpoints before the kill stand, nothing after it was written
+    assert 0 < kept < 8_000  # the checkpoints before the kill stand, nothing after it was written
     assert run_store(tmp_path / "log", tmp_path / "store", worker=True) == expected
 
 
@@ -139,6 +149,37 @@ def exited(pid: int) -> bool:
             return file.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited, init reaps it
     except FileNotFoundError:
         return True
+
+
+def test_an_answer_the_worker_refuses_is_dead_lettered_as_in_process(tmp_path):
+    """The parent applies answers as read; the child refuses a forged one; run goes on in process from the checkpoint."""
+    run_demo(tmp_path / "demo", seed=4, traders=300, events=8_000)
+    with EmbeddedLog(tmp_path / "demo" / "log", writable=False) as source, EmbeddedLog(tmp_path / "log") as log:
+        for offset, payload in source.read(0):
+            log.append(payload)
+            if offset == 4_000:  # a forged answer for an open position, halfway
+                key = sorted(open_positions(tmp_path / "demo" / "log", 4_000))[0]
+                tick, lot, price, _ = MARKETS[key[1]]
+                log.append(encode_record(m.LiquidationFill("forged", 0, "liq-00000000000000000000", *key, lot, price)))
+        log.commit()
+    expected = run_store(tmp_path / "log", tmp_path / "in-process", worker=False, checkpoint_every=1_000)
+    log = EmbeddedLog(tmp_path / "log", writable=False)
+    with recording_workers() as workers, StateStore(tmp_path / "worker") as store:
+        state, report = run_core(log, store, worker=True, checkpoint_every=1_000)
+        digest = compute_digest(state, report.projection.canonical_sections())
+        close_projection(report.projection)
+    assert report.worker_refused == 4_001 and len(workers) == 1  # refused: the rest of the run in process
+    assert digest == expected
+    assert stored(tmp_path / "worker") == stored(tmp_path / "in-process")
+    with StateStore(tmp_path / "worker", read_only=True) as store:
+        (letter,) = [json.loads(raw) for raw in store.deadletters() if b"forged" in raw]
+    assert (letter["offset"], letter["reason"]) == (4_001, "unknown_command")
+
+
+def open_positions(log_dir, until: int) -> set:
+    from ringfence.replay.audit import replay
+
+    return set(replay(EmbeddedLog(log_dir, writable=False), until).positions)
 
 
 def test_cli_worker_output_equals_in_process_and_dies_with_its_parent(tmp_path, cli):
@@ -170,8 +211,8 @@ def test_cli_worker_output_equals_in_process_and_dies_with_its_parent(tmp_path, 
 
 def test_a_sync_asked_for_before_more_rows_covers_them_too(tmp_path):
     """request_sync, then more events fed: the sync that waits must answer for all of them."""
-    hostile_log(tmp_path / "log", seed=11, count=2_000)
-    log = EmbeddedLog(tmp_path / "log", writable=False)
+    run_demo(tmp_path / "demo", seed=11, traders=300, events=4_000)  # answers that fit (reduce_records has no fallback)
+    log = EmbeddedLog(tmp_path / "demo" / "log", writable=False)
     decided = {}
     for mode in ("in process", "worker"):
         state = State()
@@ -186,7 +227,10 @@ def test_a_sync_asked_for_before_more_rows_covers_them_too(tmp_path):
                        on_outputs=lambda decisions, sequence: outputs.extend(decision_records(decisions, sequence)[0]))
         if mode == "worker":
             outputs = projection.take_outputs()[0]  # ... so this must ask again for the rest
+            sections = projection.canonical_sections()
             close_projection(projection)
-        decided[mode] = (outputs, msgspec.msgpack.encode(projection.snapshot()))
+        else:
+            sections = projection.sections()
+        decided[mode] = (outputs, msgspec.msgpack.encode(sections))
     assert decided["in process"][0]  # commands and alerts to agree on
     assert decided["worker"] == decided["in process"]

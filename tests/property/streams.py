@@ -1,54 +1,141 @@
 """Seeded event streams for property tests: the realistic simulator plus adversarial events.
 
 The adversarial part looks at the state (as a matching engine would) to send
-liquidation fills for positions that exist, fills far from the mark that
-bankrupt positions, large funding rates and transfers of every size.
+fills far from the mark that bankrupt and flip positions, large funding rates,
+transfers of every size and market configs with short liquidation time-outs
+and mark bands. A hostile matching engine answers the liquidation and ADL
+commands the projection emits: fully, partially, late (after their cancel),
+twice, for more than was asked, for the wrong position, out of order (the two
+legs of an ADL trade either way round), never, or with forged ids.
+
+The stream runs the real reducer with the liquidation projection (the
+product's state: answers are judged against the commands issued) and yields
+``(event, state)`` after each event is applied.
 """
 
 import random
 
+import msgspec
+
 from ringfence.core import model as m
+from ringfence.core.fixed import parse_decimal
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
-from ringfence.ops.simulate import MARKETS, Session
+from ringfence.ops.simulate import MARKETS, Session, market_events
+from ringfence.projections.liquidation import LiquidationProjection
+from ringfence.projections.outputs import AdlCommand, LiquidateCommand
 
 U = 10**8
+
+
+class HostileEngine:
+    """Remembers every command it was sent and answers some of them, in every way a real engine can go wrong."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.commands: list = []  # every liquidate / adl command seen, in order
+
+    def take(self, outputs) -> None:
+        self.commands.extend(o for o in outputs if type(o) in (LiquidateCommand, AdlCommand))
+
+    def answer(self, state: State, serial: int, ts: int) -> list:
+        rng = self.rng
+        if not self.commands:
+            return []
+        roll = rng.random()
+        # mostly the newest commands (a working engine), sometimes any old one (late, twice)
+        command = self.commands[-1 - min(len(self.commands) - 1, int(rng.expovariate(0.5)))]
+        if roll < 0.05:  # forged: an id nobody issued
+            command_id = rng.choice(("liq-", "adl-", "")) + f"{rng.getrandbits(80):020x}"
+        elif roll < 0.10:  # another position's command
+            command_id = rng.choice(self.commands).command_id
+        else:
+            command_id = command.command_id
+        tick, lot, _, _ = MARKETS[command.market]
+        mark = state.markets[command.market].mark or tick
+        asked = parse_decimal(command.qty)
+        qty = max(lot, asked * rng.choice((1, 1, 1, 2, 4, 5)) // 4 // lot * lot)  # full, partial, over
+        if type(command) is LiquidateCommand:
+            price = max(tick, mark * rng.randint(90, 110) // 100 // tick * tick)
+            return [m.LiquidationFill(f"ans-{serial}", ts, command_id, command.account, command.market,
+                                      command.position_side, qty, price)]  # fmt: skip
+        price = parse_decimal(command.price)
+        legs = [
+            m.AdlFill(f"ans-{serial}-t", ts, command_id, command.account, command.market, command.position_side,
+                      qty, price),
+            m.LiquidationFill(f"ans-{serial}-b", ts, command_id, command.bankrupt_account, command.market,
+                              command.bankrupt_position_side, qty, price),
+        ]  # fmt: skip
+        if rng.random() < 0.4:
+            legs.reverse()  # out of order
+        if rng.random() < 0.2:
+            legs.pop()  # one leg never comes
+        return legs
 
 
 def adversarial_stream(seed: int, count: int, traders: int = 12):
     """Yield (event, state-after) pairs; events depend on the state, so the stream is built while applying."""
     rng = random.Random(seed)
     session = Session(seed, traders)
-    state = State()
+    state, projection = State(), LiquidationProjection()
+    engine = HostileEngine(random.Random(seed ^ 0xE9))
     base = session.events(count)
     serial = 0
-    for event in base:
+    queued: list = []
+    produced = 0
+    while produced < count:
         serial += 1
-        roll = rng.random()
-        if roll < 0.08 and state.positions:
-            key = rng.choice(sorted(state.positions))
-            position = state.positions[key]
-            tick, lot, _, _ = MARKETS[key[1]]
-            qty = max(lot, abs(position.size) * rng.choice((1, 1, 2, 3)) // 4 // lot * lot)
-            mark = session.marks[key[1]]
-            price = max(tick, mark * rng.randint(80, 120) // 100 // tick * tick)
-            event = m.LiquidationFill(f"liq-{serial}", event.ts, f"cmd-{serial}", *key, min(qty, abs(position.size)), price)
-        elif roll < 0.12:
-            market = rng.choice(list(MARKETS))
-            tick, lot, _, _ = MARKETS[market]
-            trader = rng.choice(session.traders)
-            price = max(tick, session.marks[market] * rng.randint(50, 150) // 100 // tick * tick)
-            qty = lot * rng.randint(1, 5000)
-            side = rng.choice((m.BUY, m.SELL))
-            leg = m.BOTH if trader not in session.hedge else (m.LONG if side == m.BUY else m.SHORT)
-            fee = rng.randint(-10**6, 10**9)
-            event = m.Fill(f"adv-{serial}", event.ts, trader, market, leg, side, qty, price, fee)
-        elif roll < 0.14:
-            market = rng.choice(list(MARKETS))
-            event = m.Funding(f"fund-{serial}", event.ts, market, rng.randint(-U // 100, U // 100), session.marks[market])
-        elif roll < 0.16 and state.positions:
-            key = rng.choice(sorted(state.positions))
-            amount = rng.choice((-1, 1)) * rng.randint(1, 10**13)
-            event = m.MarginTransfer(f"xfer-{serial}", event.ts, *key, amount)
-        apply_event(state, state.offset + 1, event)
+        if queued:
+            event = queued.pop(0)
+        else:
+            event = next(base, None)
+            if event is None:
+                break
+            roll = rng.random()
+            if roll < 0.12:
+                answers = engine.answer(state, serial, event.ts)
+                if answers:
+                    event, queued = answers[0], answers[1:]
+            elif roll < 0.16:
+                market = rng.choice(list(MARKETS))
+                tick, lot, _, _ = MARKETS[market]
+                trader = rng.choice(session.traders)
+                price = max(tick, session.marks[market] * rng.randint(50, 150) // 100 // tick * tick)
+                qty = lot * rng.randint(1, 5000)
+                side = rng.choice((m.BUY, m.SELL))
+                leg = m.BOTH if trader not in session.hedge else (m.LONG if side == m.BUY else m.SHORT)
+                fee = rng.randint(-10**6, 10**9)
+                event = m.Fill(f"adv-{serial}", event.ts, trader, market, leg, side, qty, price, fee)
+            elif roll < 0.18:
+                market = rng.choice(list(MARKETS))
+                event = m.Funding(f"fund-{serial}", event.ts, market, rng.randint(-U // 100, U // 100),
+                                  session.marks[market])  # fmt: skip
+            elif roll < 0.20 and state.positions:
+                key = rng.choice(sorted(state.positions))
+                amount = rng.choice((-1, 1)) * rng.randint(1, 10**13)
+                event = m.MarginTransfer(f"xfer-{serial}", event.ts, *key, amount)
+            elif roll < 0.215:  # a jump of 3-8 %: beyond a mark band, it pauses the market
+                market = rng.choice(list(MARKETS))
+                tick = MARKETS[market][0]
+                jumped = session.marks[market] * (100 + rng.choice((-1, 1)) * rng.randint(3, 8)) // 100
+                session.marks[market] = price = max(tick, jumped // tick * tick)
+                event = m.MarkPrice(f"jump-{serial}", event.ts, market, price)
+            elif roll < 0.225:  # a market config: short time-outs, sometimes a mark band
+                config = rng.choice(market_events(event.ts))
+                event = msgspec.structs.replace(
+                    config, id=f"cfg-{serial}", ts=event.ts, liquidation_timeout_ms=rng.choice((500, 5_000, 60_000)),
+                    mark_band=rng.choice((0, U // 50, U // 50)),
+                )  # fmt: skip
+        verdict = apply_event(state, state.offset + 1, event, projection.check_answer)
+        engine.take(projection.after_event(state, state.offset, event, verdict is None))
+        produced += 1
         yield event, state
+
+
+def replay_with_check(events):
+    """(state, projection, [(verdict, outputs)]) of applying ``events`` as the product does."""
+    state, projection, steps = State(), LiquidationProjection(), []
+    for offset, event in enumerate(events):
+        verdict = apply_event(state, offset, event, projection.check_answer)
+        steps.append((verdict, projection.after_event(state, offset, event, verdict is None)))
+    return state, projection, steps

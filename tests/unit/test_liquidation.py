@@ -42,7 +42,8 @@ def test_one_tick_above_liquidates_nothing_one_tick_below_liquidates(book):
     book.mark(text(price - TICK))
     (command,) = book.commands()
     assert (command.account, command.side, command.qty) == ("alice", "sell", "1.000")
-    assert command.trigger_offset == book.state.offset and command.command_id == f"liq-{book.state.offset}-0"
+    assert command.trigger_offset == book.state.offset and command.trigger_event_id == f"e{book.serial}"
+    assert command.command_id.startswith("liq-") and len(command.command_id) == 24
 
 
 def test_short_side_mirror(book):
@@ -56,24 +57,30 @@ def test_short_side_mirror(book):
     assert command.bankruptcy_price == "66000.0"
 
 
-def test_exactly_one_command_per_episode(book):
+def test_exactly_one_live_command_per_episode_and_changes_supersede_it(book):
     book.mark("54200")  # below the liquidation price (~54,271), above bankruptcy (54,000)
-    book.mark("54100")
-    book.funding("0.0001", "54100")
-    book.transfer("alice", "1")
-    assert len(book.commands()) == 1
+    book.mark("54100")  # marks do not repeat a live command
+    (first,) = book.commands()
+    book.funding("0.0001", "54100")  # funding changes the position: cancel, judge again, command again
+    book.transfer("alice", "1")  # so does a margin transfer
+    cancels = book.cancels()
+    assert [c.reason for c in cancels] == ["position_changed", "position_changed"]
+    assert [c.command_id for c in cancels] == [c.command_id for c in book.commands()[:2]]
+    (live,) = book.live()
+    assert live.command_id == book.commands()[-1].command_id != first.command_id and live.qty == d("1")
     book.liquidation("alice", "1", "50000")  # executed: the episode ends with the position
-    assert book.position("alice") is None and not book.projection.outstanding
+    assert book.position("alice") is None and not book.live()
     book.mark("48000")
-    assert len(book.commands()) == 1
+    assert len(book.commands()) == 3 and len(book.cancels()) == 2
 
 
-def test_partial_execution_is_commanded_again_for_the_rest(book):
+def test_partial_execution_leaves_the_command_live_for_the_rest(book):
     book.mark("54200")
     book.liquidation("alice", "0.4", "54200")
-    first, second = book.commands()
-    assert first.qty == "1.000" and second.qty == "0.600"
-    assert second.trigger_offset == book.state.offset  # judged again at the fill
+    (command,) = book.commands()
+    assert command.qty == "1.000" and not book.cancels()
+    (live,) = book.live()
+    assert live.open_qty() == d("0.6") == book.position("alice").size
 
 
 def test_stale_mark_liquidates_nothing(book):
@@ -93,7 +100,9 @@ def test_funding_can_trigger_a_liquidation(book):
 def test_a_trader_closing_ends_the_episode(book):
     book.mark("54200")
     book.fill("alice", "sell", "1", "54200")
-    assert not book.projection.outstanding
+    assert not book.live()
+    (cancel,) = book.cancels()
+    assert cancel.reason == "position_closed" and cancel.command_id == book.commands()[0].command_id
 
 
 def test_liquidation_is_isolated(book):
@@ -180,7 +189,7 @@ def test_a_gap_beyond_the_fund_deleverages_the_top_ranked_opposite_positions():
         assert len(b.outputs) == len(adl)  # the episode goes on: nothing new is commanded meanwhile
     assert b.position("alice") is None
     assert b.state.insurance.get("USDT", 0) >= 0  # the fund ends at zero (plus rounding dust), not below
-    assert not b.projection.adl_pending and not b.projection.adl_bankrupt and not b.projection.outstanding
+    assert not b.live() and not b.projection.book.targets
     assert b.conserved()
 
 
