@@ -213,6 +213,15 @@ class EpisodeBook:
             del self.positions[key]
             self.dirty_positions.add(key)
 
+    def ended_before(self, ts: int) -> bool:
+        """Is some ended command due to be forgotten at ``ts``? (cheap: the heap's top)"""
+        return bool(self._ended) and self._ended[0][0] + ENDED_COMMANDS_MS <= ts
+
+    def expires_by(self, market: str, ts: int) -> bool:
+        """May a command of the market have timed out at ``ts``? (cheap: the heap's top, maybe a stale entry)"""
+        heap = self._expiry.get(market)
+        return bool(heap) and heap[0][0] <= ts
+
     def forget_ended(self, state: State, ts: int) -> None:
         """Forget the commands that ended ENDED_COMMANDS_MS or more before event time ``ts``."""
         ended = self._ended

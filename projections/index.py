@@ -31,10 +31,11 @@ Entry = tuple[int, PositionKey, int]  # (sort key, position key, version)
 class MarketIndex:
     """One market's bracket constants and its heaps: ``heaps[commanded][long]``."""
 
-    __slots__ = ("config", "heaps", "terms")
+    __slots__ = ("config", "heaps", "terms", "pushes")
 
     def __init__(self, config: MarketConfig) -> None:
         self.heaps: list[list[list[Entry]]] = [[[], []], [[], []]]
+        self.pushes = 0  # entries pushed since the heaps were last compacted (each may have made an old one stale)
         self.configure(config)
 
     def configure(self, config: MarketConfig) -> None:
@@ -101,18 +102,19 @@ class PriceIndex:
         self._counter = version = self._counter + 1
         self.versions[key] = version  # old entries of this position are now stale
         heap = index.heaps[commanded][long]
+        index.pushes += 1
         if heapify_later:
             heap.append((sort_key, key, version))
         else:
             heappush(heap, (sort_key, key, version))
-        return mark != 0 and _candidate(sort_key, mark, commanded, long)
+        return mark != 0 and candidate(sort_key, mark, commanded, long)
 
     def take(self, index: MarketIndex, mark: int, commanded: bool, long: bool) -> list[Entry]:
         """Pop the current entries that are candidates at ``mark``; put back the ones not acted on."""
         heap = index.heaps[commanded][long]
         versions = self.versions
         taken = []
-        while heap and _candidate(heap[0][0], mark, commanded, long):
+        while heap and candidate(heap[0][0], mark, commanded, long):
             entry = heappop(heap)
             if versions.get(entry[1]) == entry[2]:
                 taken.append(entry)
@@ -124,18 +126,23 @@ class PriceIndex:
             heappush(heap, entry)
 
     def compact(self, index: MarketIndex, live: int) -> None:
-        """Drop stale entries in one pass when they outnumber the live positions (checked once per mark)."""
+        """Drop stale entries in one pass once the pushes since the last pass outnumber twice the live positions.
+
+        Checked once per mark; each push leaves at most one stale entry, so the
+        heaps stay within about three times the live positions.
+        """
+        if index.pushes <= 2 * live + 256:
+            return
+        index.pushes = 0
         versions = self.versions
         for heaps in index.heaps:
             for long in (False, True):
-                heap = heaps[long]
-                if len(heap) > 2 * live + 64:
-                    heap = [entry for entry in heap if versions.get(entry[1]) == entry[2]]
-                    heapify(heap)
-                    heaps[long] = heap
+                heap = [entry for entry in heaps[long] if versions.get(entry[1]) == entry[2]]
+                heapify(heap)
+                heaps[long] = heap
 
 
-def _candidate(sort_key: int, mark: int, commanded: bool, long: bool) -> bool:
+def candidate(sort_key: int, mark: int, commanded: bool, long: bool) -> bool:
     if commanded:  # may have recovered
         return mark > sort_key if long else mark < -sort_key
     return mark <= -sort_key if long else mark >= sort_key

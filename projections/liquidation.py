@@ -37,7 +37,7 @@ from ringfence.core.model import BUY, SELL, AdlFill, Fill, Funding, LiquidationF
 from ringfence.core.state import PositionKey, State
 from ringfence.projections import adl
 from ringfence.projections.episodes import ADL, LIQUIDATE, Command, EpisodeBook, closes, other_side
-from ringfence.projections.index import PriceIndex
+from ringfence.projections.index import PriceIndex, candidate
 from ringfence.projections.outputs import (
     MARKET_PAUSED,
     NO_LONGER_LIQUIDATABLE,
@@ -141,7 +141,9 @@ class LiquidationProjection:
     def _on_mark(self, state: State, offset: int, event: MarkPrice) -> list:
         outputs: list = []
         trigger = Trigger(offset, event)
-        self.book.forget_ended(state, event.ts)
+        book = self.book
+        if book.ended_before(event.ts):  # the hot path: checks inline, calls only when there is work
+            book.forget_ended(state, event.ts)
         market = state.markets[event.market]
         band = market.config.mark_band
         previous = self.last_marks.get(event.market)
@@ -159,9 +161,10 @@ class LiquidationProjection:
                     return outputs
                 del self.paused[event.market]
                 outputs.append(self._alert(trigger, event, previous, "mark_resumed"))
-        self._expire(state, event.market, trigger, outputs)
+        if book.expires_by(event.market, event.ts):
+            self._expire(state, event.market, trigger, outputs)
         self._evaluate_market(state, event.market, trigger, outputs)
-        return self._finish(state, trigger, outputs)
+        return self._finish(state, trigger, outputs) if outputs or self._targets_released else NOTHING
 
     def _alert(self, trigger: Trigger, event: MarkPrice, previous: int, reason: str) -> Alert:
         return Alert(output_id("alert", event.market, reason, event.id, event.ts), event.market, reason,
@@ -329,8 +332,12 @@ class LiquidationProjection:
         if market.mark == 0 or name in self.paused:
             return
         mark = market.mark
+        heaps = index.heaps
         for commanded in (True, False):
             for long in (True, False):
+                heap = heaps[commanded][long]
+                if not heap or not candidate(heap[0][0], mark, commanded, long):
+                    continue  # the usual quiet mark: one comparison per heap
                 back = []
                 for entry in self.index.take(index, mark, commanded, long):
                     key = entry[1]
