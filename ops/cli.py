@@ -321,8 +321,8 @@ _OUTPUT_COLUMNS = {
 }  # fmt: skip
 
 
-_LIVE_COLUMNS = ["command_id", "type", "account", "market", "position_side", "side", "open_qty", "target_account",
-                 "target_open_qty", "age_ms", "expires_ts"]  # fmt: skip
+_LIVE_COLUMNS = ["type", "command_id", "account", "market", "position_side", "side", "open_qty", "bankrupt_account",
+                 "bankrupt_open_qty", "age_ms", "expires_ts"]  # fmt: skip
 
 
 def _outputs(args, kind: str) -> int:

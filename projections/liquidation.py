@@ -243,9 +243,14 @@ class LiquidationProjection:
             self._targets_released.append(command.target)
         self.book.end(command, trigger.ts)
         self.sequence += 1
-        outputs.append(CancelCommand(output_id("cancel", command.command_id), command.command_id, command.account,
-                                     command.market, command.position_side, reason, trigger.offset, trigger.event_id,
-                                     trigger.ts))  # fmt: skip
+        cancel_id = output_id("cancel", command.command_id)
+        if command.kind == ADL:  # named as the adl command names them: the counterparty, then the bankrupt position
+            outputs.append(CancelCommand(cancel_id, command.command_id, command.target_account, command.market,
+                                         command.target_side, reason, trigger.offset, trigger.event_id, trigger.ts,
+                                         command.account, command.position_side))  # fmt: skip
+        else:
+            outputs.append(CancelCommand(cancel_id, command.command_id, command.account, command.market,
+                                         command.position_side, reason, trigger.offset, trigger.event_id, trigger.ts))  # fmt: skip
 
     def _issue(self, state: State, key: PositionKey, qty: int, trigger: Trigger, outputs: list) -> None:
         """Commands closing ``qty`` of a liquidatable position: ADL for what the fund cannot absorb, a liquidation for the rest.

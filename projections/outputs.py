@@ -61,10 +61,12 @@ class AdlCommand(msgspec.Struct, frozen=True, gc=False, tag="adl", tag_field="ty
 class CancelCommand(msgspec.Struct, frozen=True, gc=False, tag="cancel", tag_field="type"):
     """A live command is withdrawn: the matching engine stops working it.
 
-    ``account``/``market``/``position_side`` name the position the command
-    was issued for (the bankrupt one for an ADL command). An execution that
-    raced the cancel is still a fact: its fill is applied within the position
-    and the position is judged again (docs/decisions.md).
+    The position fields are those of the command it cancels: for a
+    ``liquidate`` the position it closes, for an ``adl`` the counterparty in
+    ``account``/``position_side`` and the bankrupt position in
+    ``bankrupt_account``/``bankrupt_position_side`` (None for a liquidate).
+    An execution that raced the cancel is still a fact: its fill is applied
+    within the position and the position is judged again (docs/decisions.md).
     """
 
     cancel_id: str  # its own id, for consumers that deduplicate (a command is cancelled once: hashed from its id)
@@ -76,6 +78,8 @@ class CancelCommand(msgspec.Struct, frozen=True, gc=False, tag="cancel", tag_fie
     trigger_offset: int
     trigger_event_id: str
     ts: int
+    bankrupt_account: str | None = None
+    bankrupt_position_side: str | None = None
 
 
 class Alert(msgspec.Struct, frozen=True, gc=False, tag="alert", tag_field="type"):

@@ -9,6 +9,7 @@ from ringfence.core import margin as mm
 from ringfence.core.fixed import decimals_of, format_decimal, format_units
 from ringfence.core.reducer import effective_leverage
 from ringfence.core.state import PositionKey, State
+from ringfence.projections.episodes import other_side
 
 
 def _price(fraction, tick: int, long: bool) -> str | None:
@@ -119,22 +120,30 @@ def books_view(state: State) -> list[dict]:
 
 
 def live_commands_view(state: State, book) -> list[dict]:
-    """Live liquidation and ADL commands (projections.episodes), with their age in the market's event time.
+    """Live liquidation and ADL commands (projections.episodes), named as their command records name them.
 
-    The age is the market's last mark ``ts`` minus the ``ts`` the command was
-    issued at: the clock its time-out runs on.
+    A ``liquidate`` row names the position it closes; an ``adl`` row the
+    counterparty (``account``, ``side`` its closing side, ``open_qty`` its leg)
+    and the bankrupt position (``bankrupt_open_qty`` that leg). The age is the
+    market's last mark ``ts`` minus the ``ts`` the command was issued at: the
+    clock its time-out runs on.
     """
     rows = []
     for command in book.live():
         market = state.markets[command.market]
         lot = decimals_of(market.config.lot_size)
+        adl = bool(command.target_account)
+        bankrupt_open = format_units(command.qty - command.filled, lot)
         rows.append({
-            "command_id": command.command_id, "type": "adl" if command.target_account else "liquidate",
-            "account": command.account, "market": command.market, "position_side": command.position_side,
-            "side": command.closing_side, "qty": format_units(command.qty, lot),
-            "open_qty": format_units(command.qty - command.filled, lot),
-            "target_account": command.target_account or None, "target_side": command.target_side or None,
-            "target_open_qty": format_units(command.qty - command.target_filled, lot) if command.target_account else None,
+            "type": "adl" if adl else "liquidate", "command_id": command.command_id,
+            "account": command.target_account if adl else command.account, "market": command.market,
+            "position_side": command.target_side if adl else command.position_side,
+            "side": other_side(command.closing_side) if adl else command.closing_side,
+            "qty": format_units(command.qty, lot),
+            "open_qty": format_units(command.qty - command.target_filled, lot) if adl else bankrupt_open,
+            "bankrupt_account": command.account if adl else None,
+            "bankrupt_position_side": command.position_side if adl else None,
+            "bankrupt_open_qty": bankrupt_open if adl else None,
             "issued_ts": command.issued_ts, "expires_ts": command.expires_ts,
             "age_ms": max(0, market.mark_ts - command.issued_ts),
         })  # fmt: skip

@@ -52,7 +52,8 @@ def position_history(log, key: PositionKey, *, marks: bool = False, decode=None)
         mark = market_state.mark if market_state is not None else 0
         leverage = effective_leverage(state, key)  # as `positions` shows it
         mine = [d for d in decisions if type(d) in (LiquidateCommand, AdlCommand, CancelCommand)
-                and (d.account, d.market, d.position_side) == key]  # fmt: skip
+                and key in ((d.account, d.market, d.position_side),
+                            (getattr(d, "bankrupt_account", None), d.market, getattr(d, "bankrupt_position_side", None)))]  # fmt: skip
         is_mark = type(event) is m.MarkPrice and event.market == market
         if raw != before["raw"] or mine or _touches_leverage(event, key) or (marks and is_mark and raw != _EMPTY):
             row = {

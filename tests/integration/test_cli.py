@@ -1,6 +1,7 @@
 """The CLI end to end, in fresh processes, on a real RocksDB store and the embedded log."""
 
 import json
+from pathlib import Path
 
 from ringfence.events.json_codec import encode_line
 from ringfence.ops.simulate import generate
@@ -213,3 +214,28 @@ def test_ingest_of_one_partition_keeps_its_accounts_and_every_market_wide_event(
     assert sum(counts) == len(lines) + 2 * broadcasts
     rc, _, err = cli("ingest", str(source), "--partition", "3", "--of", "3", data=tmp_path / "bad", check_rc=2)
     assert err.count("\n") == 1 and "0 <= P < N" in err
+
+
+def test_commands_live_lists_what_the_outbox_issued_and_did_not_cancel(tmp_path, cli):
+    """No engine answers the example session: live = issued minus cancelled, named as the records name them."""
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "d"
+    cli("ingest", str(root / "examples" / "session.jsonl"), data=data)
+    cli("run", data=data, check_rc=3)
+    records = [json.loads(line) for line in cli("commands", "--json", data=data)[1].splitlines()]
+    cancelled = {r["command_id"] for r in records if r["type"] == "cancel"}
+    issued = {r["command_id"]: r for r in records if r["type"] != "cancel"}
+    live = [json.loads(line) for line in cli("commands", "--live", "--json", data=data)[1].splitlines()]
+    assert live and {row["command_id"] for row in live} == set(issued) - cancelled
+    for row in live:
+        command = issued[row["command_id"]]
+        assert (row["type"], row["account"], row["position_side"], row["side"], row["open_qty"]) == (
+            command["type"], command["account"], command["position_side"], command["side"], command["qty"])
+        assert row.get("bankrupt_account") == command.get("bankrupt_account") and row["age_ms"] >= 0
+    for record in records:  # a cancel names the positions as its command does
+        if record["type"] == "cancel":
+            command = issued[record["command_id"]]
+            assert (record["account"], record["position_side"]) == (command["account"], command["position_side"])
+            assert record.get("bankrupt_account") == command.get("bankrupt_account")
+    text = cli("commands", "--live", data=data)[1]
+    assert text.splitlines()[0].split()[:3] == ["type", "command_id", "account"]

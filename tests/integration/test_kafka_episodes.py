@@ -30,6 +30,8 @@ def by_position(records: list[dict]) -> tuple[dict, dict]:
             names[record["command_id"]].add(key)
         elif record["type"] == "adl":
             names[record["command_id"]].add((record["bankrupt_account"], record["market"], record["bankrupt_position_side"]))
+        elif record.get("bankrupt_account"):  # an adl command's cancel names the bankrupt position too
+            names[record["command_id"]].add((record["bankrupt_account"], record["market"], record["bankrupt_position_side"]))
         else:
             names[record["command_id"]].add((record["account"], record["market"], record["position_side"]))
     return dict(liquidate), names

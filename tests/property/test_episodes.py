@@ -156,7 +156,12 @@ def check_session(seed: int, count: int) -> Reference:
             if kind is CancelCommand:
                 command = reference.commands.get(output.command_id)
                 assert command is not None and command.live, f"{where}: cancel of a command not live: {output}"
-                assert command.key == (output.account, output.market, output.position_side), where
+                named = (output.account, output.market, output.position_side)
+                if command.target is None:
+                    assert command.key == named and output.bankrupt_account is None, where
+                else:  # as the adl command names them
+                    assert command.target == named, where
+                    assert command.key == (output.bankrupt_account, output.market, output.bankrupt_position_side), where
                 if output.reason == "timed_out":
                     assert type(event) is m.MarkPrice and event.market == output.market, where
                     assert event.ts >= command.expires, f"{where}: timed out early"
