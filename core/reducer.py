@@ -79,11 +79,7 @@ def apply_event(state: State, offset: int, event, check_answer=None) -> Verdict 
     first_offset = recent.setdefault(event_id, offset)
     if first_offset != offset:
         return _dead(r.DUPLICATE_ID, f"id {event_id!r} was already accepted at offset {first_offset}")
-    if check_answer is not None and (handler is _apply_liquidation_fill or handler is _apply_adl_fill):
-        # the reducer's own reasons first, so that they never depend on who holds the episode book
-        verdict = _answer_verdict(state, event) or check_answer(state, event) or handler(state, event)
-    else:
-        verdict = handler(state, event)
+    verdict = handler(state, event) if handler is not _apply_answer else _apply_answer(state, event, check_answer)
     if verdict is not None and verdict.kind == "deadletter":
         del recent[event_id]
     return verdict
@@ -377,28 +373,32 @@ def _settle_flat(state: State, key: PositionKey, position: Position, settle: str
     state.remove_position(key)
 
 
-def _answer_verdict(state: State, event: LiquidationFill) -> Verdict | None:
-    """Why a liquidation or ADL fill cannot apply to its market or position, or None."""
+def _apply_answer(state: State, event: LiquidationFill, check_answer=None) -> Verdict | None:
+    """A liquidation fill, or an ADL fill (the counterparty's side of an ADL trade), answering a command.
+
+    The reducer's own reasons come first, so that they never depend on who
+    holds the episode book; then ``check_answer`` (apply_event).
+    """
     verdict = _trade_verdict(state, event)
     if verdict is not None:
         return verdict
-    position = state.positions.get((event.account, event.market, _CANONICAL_SIDE[event.position_side]))
+    config = state.markets[event.market].config
+    key = (event.account, config.market, _CANONICAL_SIDE[event.position_side])
+    position = state.positions.get(key)
+    adl = type(event) is AdlFill
     if position is None or event.qty > abs(position.size):
         held = 0 if position is None else abs(position.size)
-        if type(event) is AdlFill:
+        if adl:
             return _dead(r.ADL_EXCEEDS_POSITION, f"ADL of {dec(event.qty)} exceeds the open size {dec(held)}")
         return _dead(r.LIQUIDATION_EXCEEDS_POSITION, f"liquidation of {dec(event.qty)} exceeds the open size {dec(held)}")
-    return None
-
-
-def _apply_liquidation_fill(state: State, event: LiquidationFill) -> Verdict | None:
-    verdict = _answer_verdict(state, event)
-    if verdict is not None:
-        return verdict
-    config = state.markets[event.market].config
-    key = (event.account, event.market, event.position_side)
-    position = state.positions[key]
+    if check_answer is not None:
+        verdict = check_answer(state, event)
+        if verdict is not None:
+            return verdict
     settle = config.settle
+    if adl:  # closes like a reducing fill without a fee
+        _close(state, key, position, settle, event.qty, event.price, 0)
+        return None
     # The trader closes at the bankruptcy price: they lose exactly this share of
     # the margin (rounded up); the difference to the execution price is the fund's.
     lost_share = mul_div_ceil(position.margin, event.qty, abs(position.size))
@@ -411,18 +411,6 @@ def _apply_liquidation_fill(state: State, event: LiquidationFill) -> Verdict | N
         _settle_flat(state, key, position, settle)
     else:
         state.touch_position(key, position)
-    return None
-
-
-def _apply_adl_fill(state: State, event: AdlFill) -> Verdict | None:
-    """An ADL trade closes a position at the given price like a reducing fill without a fee."""
-    verdict = _answer_verdict(state, event)
-    if verdict is not None:
-        return verdict
-    config = state.markets[event.market].config
-    key = (event.account, config.market, _CANONICAL_SIDE[event.position_side])
-    position = state.positions[key]
-    _close(state, key, position, config.settle, event.qty, event.price, 0)
     return None
 
 
@@ -469,6 +457,6 @@ _HANDLERS = {
     Fill: _apply_fill,
     MarkPrice: _apply_mark,
     Funding: _apply_funding,
-    LiquidationFill: _apply_liquidation_fill,
-    AdlFill: _apply_adl_fill,
+    LiquidationFill: _apply_answer,
+    AdlFill: _apply_answer,
 }

@@ -196,7 +196,7 @@ def _run_once(args, log) -> int:
     progress.done()
     print(
         f"applied {report.events} events, state at offset {report.offset}: "
-        f"{len(state.positions)} open positions, {report.commands} liquidation commands, "
+        f"{len(state.positions)} open positions, {report.commands} liquidation commands ({report.cancels} cancels), "
         f"{report.rejections} rejections, {report.deadletters} dead letters; digest {digest}"
     )
     if report.rejections or report.deadletters:

@@ -164,7 +164,7 @@ class LiquidationProjection:
         if book.expires_by(event.market, event.ts):
             self._expire(state, event.market, trigger, outputs)
         self._evaluate_market(state, event.market, trigger, outputs)
-        return self._finish(state, trigger, outputs) if outputs or self._targets_released else NOTHING
+        return self._finish(state, trigger, outputs) if outputs else NOTHING  # a cancel is always an output
 
     def _alert(self, trigger: Trigger, event: MarkPrice, previous: int, reason: str) -> Alert:
         return Alert(output_id("alert", event.market, reason, event.id, event.ts), event.market, reason,

@@ -93,8 +93,6 @@ class Alert(msgspec.Struct, frozen=True, gc=False, tag="alert", tag_field="type"
     ts: int
 
 
-COMMANDS = (LiquidateCommand, AdlCommand, CancelCommand)  # what goes to the commands outbox
-
 # Why a command was cancelled (stable codes)
 POSITION_CHANGED = "position_changed"  # something other than its own answers changed the position
 NO_LONGER_LIQUIDATABLE = "no_longer_liquidatable"  # B > MM at the mark now

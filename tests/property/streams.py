@@ -131,11 +131,3 @@ def adversarial_stream(seed: int, count: int, traders: int = 12):
         produced += 1
         yield event, state
 
-
-def replay_with_check(events):
-    """(state, projection, [(verdict, outputs)]) of applying ``events`` as the product does."""
-    state, projection, steps = State(), LiquidationProjection(), []
-    for offset, event in enumerate(events):
-        verdict = apply_event(state, offset, event, projection.check_answer)
-        steps.append((verdict, projection.after_event(state, offset, event, verdict is None)))
-    return state, projection, steps

@@ -31,7 +31,7 @@ from ringfence.core.limits import ENDED_COMMANDS_KEPT, ENDED_COMMANDS_MS
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
 from ringfence.projections.liquidation import LiquidationProjection, stuck_positions
-from ringfence.projections.outputs import AdlCommand, Alert, CancelCommand, LiquidateCommand
+from ringfence.projections.outputs import CANCEL_REASONS, AdlCommand, Alert, CancelCommand, LiquidateCommand
 from tests.property.streams import adversarial_stream
 
 ANSWER_REASONS = {"unknown_command", "command_for_other_position", "answer_exceeds_command", "answer_side_mismatch"}
@@ -156,6 +156,7 @@ def check_session(seed: int, count: int) -> Reference:
             if kind is CancelCommand:
                 command = reference.commands.get(output.command_id)
                 assert command is not None and command.live, f"{where}: cancel of a command not live: {output}"
+                assert output.reason in CANCEL_REASONS, where
                 named = (output.account, output.market, output.position_side)
                 if command.target is None:
                     assert command.key == named and output.bankrupt_account is None, where

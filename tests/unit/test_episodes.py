@@ -12,6 +12,16 @@ def tags(outputs):
     return [o.__struct_config__.tag for o in outputs]
 
 
+def alice_long(config=None) -> Book:
+    """A BTCUSDT market (Binance brackets) and alice long 1 at 60,000, 10x: liquidation ~54,271, bankruptcy 54,000."""
+    b = Book(liquidations=True)
+    b.apply(config or market())
+    b.deposit("alice", "100000")
+    b.leverage("alice", 10)
+    b.fill("alice", "buy", "1", "60000")
+    return b
+
+
 def flip_session(last_marks=("60000", "66000")):
     """Issue 12, item 1: alice's command is unanswered when she trades through zero."""
     b = Book(liquidations=True)
@@ -95,11 +105,7 @@ def test_the_legs_of_an_adl_trade_may_come_in_either_order():
 
 
 def test_a_forged_answer_is_a_dead_letter_and_changes_nothing():
-    b = Book(liquidations=True)
-    b.market()
-    b.deposit("alice", "100000")
-    b.leverage("alice", 10)
-    b.fill("alice", "buy", "1", "60000")
+    b = alice_long()
     b.mark("60000")  # margin ratio ~8 %: healthy
     before = compute_digest(b.state, b.projection.canonical_sections())
     verdict = b.liquidation("alice", "1", "54000", command_id="liq-00000000000000000000")
@@ -123,11 +129,7 @@ def test_answers_that_do_not_fit_their_command_are_dead_letters():
 
 
 def test_a_fill_for_a_cancelled_command_applies_within_the_position_and_is_judged_again():
-    b = Book(liquidations=True)
-    b.market()
-    b.deposit("alice", "100000")
-    b.leverage("alice", 10)
-    b.fill("alice", "buy", "1", "60000")
+    b = alice_long()
     b.mark("54200")
     (first,) = b.commands()
     b.transfer("alice", "10")  # supersedes: cancel, and (still liquidatable) a new command for 1.000
@@ -160,11 +162,7 @@ def test_adl_never_picks_the_bankrupt_accounts_own_hedge_leg():
 
 
 def test_an_unanswered_command_times_out_in_event_time_and_is_issued_again():
-    b = Book(liquidations=True)
-    b.apply(msgspec.structs.replace(market(), liquidation_timeout_ms=5_000))
-    b.deposit("alice", "100000")
-    b.leverage("alice", 10)
-    b.fill("alice", "buy", "1", "60000")
+    b = alice_long(msgspec.structs.replace(market(), liquidation_timeout_ms=5_000))
     b.mark("54200", ts=1_000)
     (first,) = b.commands()
     b.mark("54150", ts=5_999)  # 4,999 ms: still live
@@ -224,11 +222,7 @@ def test_command_ids_do_not_depend_on_offsets():
 
 
 def test_ended_commands_are_remembered_for_an_hour_of_event_time_across_a_reopen():
-    b = Book(liquidations=True)
-    b.market()
-    b.deposit("alice", "100000")
-    b.leverage("alice", 10)
-    b.fill("alice", "buy", "1", "60000")
+    b = alice_long()
     b.mark("54200", ts=1_000)
     (first,) = b.commands()
     b.fill("alice", "sell", "1", "54200")  # the trader closes: position_closed
