@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ringfence.core.limits import MAX_RECORD_BYTES, SEGMENT_BYTES
 from ringfence.events.log import CorruptLog
+from ringfence.events.log_codec import decode_logged
 
 _HEADER = struct.Struct(">II")
 _HEADER_SIZE = _HEADER.size
@@ -129,6 +130,8 @@ class EmbeddedLog:
             last_count, self._segment_size = self._recover_last()
             self._end = self._bases[-1] + last_count
             self._file = open(self.directory / _segment_name(self._bases[-1]), "ab")
+
+    decode = staticmethod(decode_logged)
 
     # -- opening -------------------------------------------------------------------------
 

@@ -5,12 +5,20 @@ from typing import Protocol
 
 
 class Log(Protocol):
-    """Payloads are the embedded log's msgpack records (events.log_codec) unless the log has a
-    ``decode(payload)`` method of its own (the Kafka log carries the wire JSON), which returns a
-    domain event or an InvalidInput and never raises."""
+    """An ordered, append-only sequence of records, numbered from 0 without gaps.
 
-    def append(self, payload: bytes) -> int:
-        """Buffer one record; return the offset it will have. Durable only after commit()."""
+    Every backend (events.embedded, events.memory, ops.kafka_log) passes the
+    same contract suite (tests/integration/test_log_contract.py). Payloads are
+    the backend's own encoding (msgpack records on the embedded and memory
+    logs, the wire JSON lines on Kafka): ``decode`` is the only way to read one.
+    """
+
+    def decode(self, payload) -> object:
+        """A payload of this log as its domain event, or an InvalidInput to dead-letter; never raises."""
+
+    def append(self, payload: bytes) -> int | None:
+        """Buffer one record; return the offset it will have (None where only the broker's
+        acknowledgement tells it: Kafka). Durable only after commit()."""
 
     def commit(self) -> None:
         """Make every appended record durable (fsync / acks)."""

@@ -6,7 +6,10 @@ strings to parse again). Every int in an event fits int64 (validated on input).
 
 import msgspec
 
+from ringfence.core import model as m
+from ringfence.core import reasons as r
 from ringfence.core.model import LogRecord
+from ringfence.events.json_codec import bounded_raw
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(LogRecord)
@@ -14,3 +17,11 @@ _decoder = msgspec.msgpack.Decoder(LogRecord)
 encode_record = _encoder.encode
 decode_record = _decoder.decode
 DecodeError = msgspec.DecodeError  # also raised (as ValidationError subclass) on a wrong shape
+
+
+def decode_logged(payload) -> m.Event | m.InvalidInput:
+    """A log record as its event, or an InvalidInput (a dead letter) if it does not decode: never raises."""
+    try:
+        return decode_record(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        return m.InvalidInput(r.UNDECODABLE_RECORD, f"log record does not decode: {error}", bounded_raw(bytes(payload)))

@@ -377,7 +377,7 @@ def _verify(log, data: Path, start_from: int | None) -> int:
             divergence = check_snapshot(store, start)
         if divergence is None:
             try:
-                result = verify(log, store, start=start, decode=getattr(log, "decode", None))
+                result = verify(log, store, start=start)
             except NoChain as error:
                 raise UsageError(str(error)) from None
             divergence = result.divergence
@@ -449,7 +449,7 @@ def cmd_project(args) -> int:
         progress = Progress("projected")
         projection, offset, seen = run_projection(args.spec, log, store, state_dir(data), start_from=args.start_from,
                                                   checkpoint_every=args.checkpoint_every,
-                                                  decode=getattr(log, "decode", None), progress=progress)  # fmt: skip
+                                                  progress=progress)  # fmt: skip
         progress.done()
     except ProjectionError as error:
         raise UsageError(str(error)) from None

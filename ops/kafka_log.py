@@ -268,11 +268,24 @@ class KafkaLog:
             consumer.close()
 
     def end_offset(self) -> int:
-        """The broker's ListOffsets answer, for progress displays only (reading never depends on it)."""
+        """The high watermark, as a fetch response reports it (for progress displays; reading never depends on it).
+
+        Not the ListOffsets answer alone: the development broker (Tansu)
+        answers the last batch's base offset + 1 there, short of the end
+        (tests/integration/test_log_contract.py).
+        """
         consumer = new_consumer(self.settings)
+        tp = TopicPartition(self.topic, self.partition)
         try:
-            tp = TopicPartition(self.topic, self.partition)
-            return consumer.end_offsets([tp])[tp]
+            consumer.assign([tp])
+            listed = consumer.end_offsets([tp])[tp]
+            consumer.seek(tp, max(0, listed - 1))
+            deadline = time.monotonic() + self._read_timeout
+            while consumer.highwater(tp) is None:
+                consumer.poll(timeout_ms=200, max_records=1)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no fetch answer from {self.source} in {self._read_timeout:.0f} s")
+            return max(listed, consumer.highwater(tp))
         finally:
             consumer.close()
 

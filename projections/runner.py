@@ -9,7 +9,6 @@ from pathlib import Path
 
 import msgspec
 
-from ringfence.core import reasons as r
 from ringfence.core.fixed import INT64_MAX
 from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS
 from ringfence.core.model import InvalidInput, Verdict
@@ -17,7 +16,7 @@ from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
 from ringfence.events.embedded import EmbeddedLog
 from ringfence.events.json_codec import bounded_raw, to_wire
-from ringfence.events.log_codec import decode_record
+from ringfence.events.log_codec import decode_logged
 from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
 from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.outbox import decision_records
@@ -65,13 +64,6 @@ def output_record(offset: int, record, verdict: Verdict) -> tuple[bytes, bytes]:
     return offset_key(DEADLETTER, offset), _json(body)
 
 
-def decode_or_invalid(payload) -> object:
-    try:
-        return decode_record(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        return InvalidInput(r.UNDECODABLE_RECORD, f"log record does not decode: {error}", bounded_raw(bytes(payload)))
-
-
 def reduce_records(
     state: State,
     records: Iterable[tuple[int, object]],
@@ -80,16 +72,16 @@ def reduce_records(
     on_verdict: Callable[[int, object, Verdict], None] | None = None,
     projection: LiquidationProjection | ProjectionWorker | None = None,
     on_outputs: Callable[[list, int], None] | None = None,
-    decode: Callable[[object], object] | None = None,
+    decode: Callable[[object], object] = decode_logged,
     chain: DigestChain | None = None,
     stop_at_link: bool = False,
     on_step: Callable[[int, object, Verdict | None, list], None] | None = None,
 ) -> int:
     """Apply (offset, payload) records to ``state`` (and the projection) in memory; return how many.
 
-    ``decode`` turns a payload into a domain event or an InvalidInput; the
-    default reads the embedded log's msgpack records, where a payload that
-    does not decode becomes an InvalidInput (a dead letter). ``chain`` takes
+    ``decode`` (the log's, events.log.Log) turns a payload into a domain
+    event or an InvalidInput (a dead letter) and never raises; the default
+    reads the embedded log's msgpack records. ``chain`` takes
     each record's fingerprint and links the digest at its fixed offsets;
     with ``stop_at_link`` it returns right after a link (for a snapshot).
     ``on_step(offset, event, verdict, decisions)`` sees each event once it is
@@ -98,7 +90,7 @@ def reduce_records(
     """
     count = 0
     last = INT64_MAX if until is None else until
-    decode, apply = decode or decode_record, apply_event
+    apply = apply_event
     feed = projection.feed if type(projection) is ProjectionWorker else None
     decide = projection.after_event if projection is not None and feed is None else None
     # answers are judged against the episode book before they apply; a worker's child judges them
@@ -112,10 +104,7 @@ def reduce_records(
             break
         if fingerprints is not None:  # inline: this loop is the hot path
             fingerprints += blake2b(payload or b"", digest_size=FINGERPRINT_BYTES).digest()
-        try:
-            record = decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            record = decode_or_invalid(payload)
+        record = decode(payload)
         verdict = apply(state, offset, record, check_answer)  # apply the fact first, decide what to emit second
         count += 1
         if verdict is not None and on_verdict is not None:
@@ -177,7 +166,8 @@ class Reduction:
         self.snapshots = snapshots and chain is not None
         self.at_link = False  # the last apply stopped at a chain link: checkpoint, then snapshot()
 
-    def apply(self, records: Iterable[tuple[int, object]], *, until: int | None = None, decode=None) -> int:
+    def apply(self, records: Iterable[tuple[int, object]], *, until: int | None = None,
+              decode: Callable[[object], object] = decode_logged) -> int:
         """Apply records; with snapshots on, stop right after a chain link (pass an iterator to go on after it)."""
         applied = reduce_records(
             self.state, records, until=until, on_verdict=self._collect, projection=self.projection,
@@ -263,7 +253,7 @@ def run_core(
     caller of a passed-in projection owns it (``close_projection``).
     """
     end = log.end_offset()
-    decode = getattr(log, "decode", None)
+    decode = log.decode
     embedded = isinstance(log, EmbeddedLog)
     if worker is None:
         worker = embedded and end - (store.stored_offset() + 1) >= WORKER_MIN_EVENTS

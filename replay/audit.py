@@ -18,7 +18,7 @@ def replay(log, until: int | None = None) -> State:
 def replay_with_liquidations(log, until: int | None = None) -> tuple[State, LiquidationProjection, list]:
     """Core state, liquidation projection and every command and alert, as `run` makes them."""
     state, projection, decisions = State(), LiquidationProjection(), []
-    reduce_records(state, log.read(0), until=until, projection=projection, decode=getattr(log, "decode", None),
+    reduce_records(state, log.read(0), until=until, projection=projection, decode=log.decode,
                    on_outputs=lambda outputs, _: decisions.extend(outputs))  # fmt: skip
     return state, projection, decisions
 

@@ -95,7 +95,7 @@ class ProjectionStore:
 
 
 def run_projection(spec: str, log, store_path: Path, core_store: Path, *, start_from: int = 0,
-                   checkpoint_every: int = 50_000, decode=None, progress=None) -> tuple[Projection, int, int]:  # fmt: skip
+                   checkpoint_every: int = 50_000, progress=None) -> tuple[Projection, int, int]:  # fmt: skip
     """Run ``spec`` over ``log``; return (projection, its offset, events it saw in this run)."""
     cls = load_class(spec)
     projection = cls()
@@ -107,7 +107,7 @@ def run_projection(spec: str, log, store_path: Path, core_store: Path, *, start_
         else:
             offset = start_from - 1
         if offset >= 0:
-            point = state_at(log, core_store, offset, decode=decode)
+            point = state_at(log, core_store, offset)
             state, liquidation = point.state, point.projection
         else:
             state, liquidation = State(), LiquidationProjection()
@@ -127,7 +127,7 @@ def run_projection(spec: str, log, store_path: Path, core_store: Path, *, start_
             seen += 1
 
         records = log.read(state.offset + 1)
-        while reduce_records(state, islice(records, checkpoint_every), projection=liquidation, decode=decode,
+        while reduce_records(state, islice(records, checkpoint_every), projection=liquidation, decode=log.decode,
                              on_step=step):  # fmt: skip
             store.save(state.offset, start_from, projection.state)
             if progress is not None:

@@ -39,7 +39,7 @@ def _touches_leverage(event, key: PositionKey) -> bool:
     return type(event) is m.SetLeverage and (event.account, event.market, event.position_side) == key
 
 
-def position_history(log, key: PositionKey, *, marks: bool = False, decode=None) -> Iterator[dict]:
+def position_history(log, key: PositionKey, *, marks: bool = False) -> Iterator[dict]:
     """The rows of ``key``'s history, in log order."""
     account, market, side = key
     state, projection = State(), LiquidationProjection()
@@ -75,6 +75,6 @@ def position_history(log, key: PositionKey, *, marks: bool = False, decode=None)
         before["raw"], before["mark"], before["leverage"] = raw, mark, leverage
 
     for offset, payload in log.read(0):
-        reduce_records(state, [(offset, payload)], projection=projection, decode=decode, on_step=after_each)
+        reduce_records(state, [(offset, payload)], projection=projection, decode=log.decode, on_step=after_each)
         yield from rows
         rows.clear()

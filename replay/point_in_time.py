@@ -16,10 +16,9 @@ from pathlib import Path
 
 from ringfence.core.model import InvalidInput
 from ringfence.core.state import State
-from ringfence.events.log_codec import decode_record
 from ringfence.projections.chain import DigestChain
 from ringfence.projections.liquidation import LiquidationProjection
-from ringfence.projections.runner import decode_or_invalid, reduce_records
+from ringfence.projections.runner import reduce_records
 from ringfence.projections.store import StateStore, snapshot_offsets, snapshot_path, snapshots_dir
 
 
@@ -58,7 +57,7 @@ def load_point(path: Path) -> tuple[State, LiquidationProjection, DigestChain]:
         return state, store.load_projection(state), store.load_chain()
 
 
-def state_at(log, store_path: Path, offset: int, *, decode=None, use_checkpoints: bool = True) -> PointInTime:
+def state_at(log, store_path: Path, offset: int, *, use_checkpoints: bool = True) -> PointInTime:
     """The core state and projection after the record at ``offset``."""
     candidates = [p for p in starting_points(store_path) if p[0] <= offset] if use_checkpoints else []
     if candidates:
@@ -67,21 +66,17 @@ def state_at(log, store_path: Path, offset: int, *, decode=None, use_checkpoints
     else:
         start, source = -1, "empty"
         state, projection = State(), LiquidationProjection()
-    replayed = reduce_records(state, log.read(start + 1), until=offset, projection=projection, decode=decode)
+    replayed = reduce_records(state, log.read(start + 1), until=offset, projection=projection, decode=log.decode)
     if state.offset < offset:
         raise BeyondLog(f"the log ends at offset {state.offset}, before {offset}")
     return PointInTime(state, projection, source, replayed)
 
 
-def offset_at_time(log, ts: int, *, decode=None) -> int:
+def offset_at_time(log, ts: int) -> int:
     """The last offset of the longest prefix stamped at or before ``ts`` (-1: none)."""
-    decode = decode or decode_record
     last = -1
     for offset, payload in log.read(0):
-        try:
-            event = decode(payload)
-        except ValueError:  # msgspec's errors are ValueErrors: an undecodable record has no time
-            event = decode_or_invalid(payload)
+        event = log.decode(payload)  # an undecodable record (InvalidInput) has no time
         if type(event) is not InvalidInput and event.ts > ts:
             break
         last = offset

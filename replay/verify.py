@@ -85,8 +85,7 @@ def _first_link_mismatch(links: list[ChainLink], stored: dict[int, ChainLink], p
     return None
 
 
-def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection, DigestChain] | None = None,
-           decode=None) -> Verification:  # fmt: skip
+def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection, DigestChain] | None = None) -> Verification:
     """Replay ``log`` against the chain and fingerprints in ``store``; stop at the first divergence."""
     every = store.chain_every()
     if every is None:
@@ -105,7 +104,7 @@ def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection,
     while state.offset < applied_to:
         previous_link = chain.last_offset
         applied = reduce_records(state, islice(records, SLICE_EVENTS), until=applied_to, projection=projection,
-                                 decode=decode, chain=chain)  # fmt: skip
+                                 decode=log.decode, chain=chain)  # fmt: skip
         if not applied:
             break
         first, computed, made = chain.take()

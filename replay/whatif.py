@@ -30,10 +30,9 @@ import msgspec
 from ringfence.core import model as m
 from ringfence.core.fixed import parse_decimal
 from ringfence.core.state import State
-from ringfence.events.log_codec import decode_record
 from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.outputs import AdlCommand, LiquidateCommand
-from ringfence.projections.runner import decode_or_invalid, reduce_records
+from ringfence.projections.runner import reduce_records
 
 VIRTUAL = 1_000  # virtual offsets per log offset: room for the answers to one event's commands
 
@@ -67,19 +66,15 @@ def _answers(command, state: State, ts: int) -> list[m.Event]:
             m.LiquidationFill(f"whatif-{command.command_id}-b", ts, command.command_id, *bankrupt, qty, price)]  # fmt: skip
 
 
-def replay_with(log, replacements: dict[str, m.MarketConfig] | None = None, *, decode=None) -> Outcome:
+def replay_with(log, replacements: dict[str, m.MarketConfig] | None = None) -> Outcome:
     """Replay ``log`` as described above, with ``replacements`` (market -> config) for its market events."""
-    decode = decode or decode_record
     replacements = replacements or {}
     state, projection, outcome = State(), LiquidationProjection(), Outcome()
     pending: deque = deque()
 
     def stream():
         for offset, payload in log.read(0):
-            try:
-                event = decode(payload)
-            except ValueError:  # msgspec's errors: a dead letter, as in `run`
-                event = decode_or_invalid(payload)
+            event = log.decode(payload)  # a dead letter, as in `run`, if it does not decode
             kind = type(event)
             if kind is m.LiquidationFill or kind is m.AdlFill:
                 continue

@@ -9,19 +9,9 @@ from ringfence.core.fixed import decimals_of, format_decimal, format_units
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
 from ringfence.projections.liquidation import LiquidationProjection
-from ringfence.events.log_codec import encode_record
+from ringfence.events.memory import MemoryLog
 from ringfence.replay.history import position_history
 from tests.property.streams import adversarial_stream
-
-
-class ListLog:
-    """The Log interface over records in memory."""
-
-    def __init__(self, events):
-        self.payloads = [encode_record(event) for event in events]
-
-    def read(self, start: int = 0):
-        return ((offset, self.payloads[offset]) for offset in range(start, len(self.payloads)))
 
 
 def raw_positions(state: State) -> dict:
@@ -49,7 +39,7 @@ def test_history_lists_exactly_the_reducer_transitions_of_each_position(seed, co
         for key in before.keys() | after.keys():
             if before.get(key) != after.get(key):
                 transitions.setdefault(key, {})[offset] = (before.get(key), after.get(key))
-    log = ListLog(events)
+    log = MemoryLog.of_events(events)
     for key, expected in transitions.items():
         lot = state.markets[key[1]].config.lot_size
         rows = list(position_history(log, key))
