@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from ringfence.events.crashpoints import crash_point
 from ringfence.projections.outputs import Alert, CancelCommand
 from ringfence.projections.store import ALERT, CHAIN_LINK, COMMAND, DEADLETTER, REJECTION, StateStore, offset_key
 
@@ -31,10 +32,12 @@ def publish_pending(store: StateStore, sinks: Mapping[str, object]) -> int:
         published = last = store.published(prefix)
         for position, record in store.outputs(prefix, after=published):
             sink.append(record)
+            crash_point("outbox.appended")
             last = position
             total += 1
         if last != published:
             sink.commit()
+            crash_point("outbox.before_mark")
             store.set_published(last, prefix)
     return total
 

@@ -14,6 +14,7 @@ from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS
 from ringfence.core.model import InvalidInput, Verdict
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
+from ringfence.events.crashpoints import crash_point
 from ringfence.events.embedded import EmbeddedLog
 from ringfence.events.json_codec import bounded_raw, to_wire
 from ringfence.events.log_codec import decode_logged
@@ -203,6 +204,7 @@ class Reduction:
     def snapshot(self) -> None:
         """At a chain link: make the state durable and keep a snapshot of the store at the link's offset."""
         self.checkpoint()
+        crash_point("snapshot.before")
         self.store.snapshot()
         self.at_link = False
 

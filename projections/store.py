@@ -45,6 +45,7 @@ from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteO
 from ringfence.core.check import check
 from ringfence.core.limits import CHAIN_EVERY_EVENTS, SNAPSHOTS_KEPT
 from ringfence.core.model import MarketConfig
+from ringfence.events.crashpoints import crash_point
 from ringfence.core.state import MarketState, State
 from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
 from ringfence.projections.episodes import BOOK_VERSION
@@ -309,7 +310,9 @@ class StateStore:
                 batch.put(offset_key(CHAIN_LINK, link.offset), _encode_json(link))
             batch.put(META_CHAIN, _encode(chain.meta()))
         batch.put(META_OFFSET, _OFFSET.pack(state.offset))
+        crash_point("checkpoint.before_write")
         self._db.write(batch, self._sync)
+        crash_point("checkpoint.after_write")
         self._checkpointed_offset = state.offset
         state.clear_dirty()
         if projection is not None:

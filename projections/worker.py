@@ -51,6 +51,7 @@ from ringfence.core.model import AdlFill, Fill, Funding, LiquidationFill, Margin
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import MarketState, State
 from ringfence.events.embedded import EmbeddedLog
+from ringfence.events.crashpoints import crash_point
 from ringfence.events.log_codec import decode_record
 from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.outbox import decision_records
@@ -379,6 +380,7 @@ def serve(source: BinaryIO, sink: BinaryIO) -> None:
             follower = Follower(*body)
             gc.freeze()  # the mirror is long-lived: keep it out of full collections
         elif tag == _SYNC:
+            crash_point("worker.sync")
             sink.write(_frame(*follower.reply(body)))
             sink.flush()
 
