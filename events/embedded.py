@@ -2,36 +2,46 @@
 
 Layout under ``<data>/log/``: ``<base offset, 20 digits>.seg`` files, each a
 sequence of records ``[u32 length][u32 crc32(payload)][payload]`` (big
-endian). A segment rolls over at ``SEGMENT_BYTES``; the offset of a record is
-its segment's base plus its index in the segment.
+endian), never empty. A segment rolls over at ``SEGMENT_BYTES``; the offset of
+a record is its segment's base plus its index in the segment. The first base
+is 0 and each next base is the previous base plus its count of records: a
+read that finds otherwise (a missing or out-of-sequence segment) raises
+CorruptLog.
 
 Durability: ``append`` buffers, ``commit`` writes and fsyncs (one fsync per
-batch, never per record). Recovery: opening the log for writing scans the
-last segment; a torn tail (a record cut short, or a damaged last record) is
-copied aside to ``<segment>.torn-<byte position>`` and truncated, so it is
-never read as events. A damaged record with whole records after it is not a
-torn tail but corruption: the log refuses to read past it (CorruptLog)
-rather than silently dropping what follows.
+batch, never per record). Only a true tail is torn: a crash leaves the last
+records cut short and nothing after them. So a damaged record (bad checksum,
+impossible length, or cut short) with any whole record anywhere after it is
+corruption (CorruptLog, nothing touched); the log finds out by
+resynchronising, ``_whole_record_after``. A damaged record with no whole
+record after it, at the end of the last segment, is a torn tail: opening the
+log for writing copies it aside to ``<segment>.torn-<byte position>`` and
+truncates it, unless the state has applied it (``applied``): then, and for a
+log that ends before the applied offset, the log refuses to open (LogBehind).
 
 One writer at a time (an flock on ``LOCK``); readers need no lock and stop at
-a record still being written.
+a record still being written (cut short at the end of the last segment).
 """
 
 import fcntl
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ringfence.core.limits import MAX_RECORD_BYTES, SEGMENT_BYTES
-from ringfence.events.log import CorruptLog
+from ringfence.events.log import CorruptLog, log_behind
 from ringfence.events.log_codec import decode_logged
 
 _HEADER = struct.Struct(">II")
 _HEADER_SIZE = _HEADER.size
 _SUFFIX = ".seg"
 _MARK_EVERY = 1024
+# where a record may start: a length of 1..MAX_RECORD_BYTES (0x00100000) has a zero first byte, a second byte
+# of at most 0x10 and is not zero (bytes 1-3 not all zero); the regex finds those positions at C speed
+_RECORD_START = re.compile(rb"\x00(?=[\x00-\x10])(?!\x00\x00\x00)")
 
 
 class LogLocked(Exception):
@@ -51,7 +61,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class ScanStop:
-    """Where and why a segment scan stopped: "end", "short" (record cut short) or "checksum"."""
+    """Where and why a segment scan stopped: "end", "short" (record cut short), "bad length" or "checksum"."""
 
     __slots__ = ("position", "why", "count")
 
@@ -82,7 +92,7 @@ def scan_records(data: bytes | memoryview, stop: ScanStop, first: int = 0, start
         begin = position + _HEADER_SIZE
         end = begin + length
         if length > MAX_RECORD_BYTES or end > size:
-            why = "short"
+            why = "bad length" if length > MAX_RECORD_BYTES else "short"
             break
         payload = data[begin:end]
         if crc32(payload) != checksum:
@@ -97,17 +107,61 @@ def scan_records(data: bytes | memoryview, stop: ScanStop, first: int = 0, start
     stop.position, stop.why, stop.count = position, why, offset - first
 
 
-def _scan_whole(data: bytes) -> ScanStop:
-    stop = ScanStop()
-    for _ in scan_records(data, stop):
-        pass
-    return stop
+def _whole_record_after(data: bytes | memoryview, position: int) -> int | None:
+    """The byte position of the first whole, valid record starting after ``position``, or None.
+
+    This is how a damaged record is told from a torn tail: a crash leaves a cut
+    record and nothing after it, so a record that checks out anywhere after the
+    damage means the damage is in the middle. Every later byte position whose
+    first bytes can be a length (_RECORD_START) is tried: the length must fit
+    the data and the crc32 must match. Only the bytes after a damaged record
+    are searched, once per open or read that meets one (a torn tail is short;
+    a damaged record in the middle is found within one record). A false match
+    needs a 32-bit checksum to agree by chance (2^-32 a candidate) or a
+    record-shaped byte string inside a payload; either makes the log refuse
+    (loud), never drop records. Zeros (a file extended but never written) are
+    no candidate: records are never empty.
+    """
+    size = len(data)
+    unpack, crc32 = _HEADER.unpack_from, zlib.crc32
+    for match in _RECORD_START.finditer(data, position + 1):
+        start = match.start()
+        if start + _HEADER_SIZE >= size:
+            return None
+        length, checksum = unpack(data, start)
+        end = start + _HEADER_SIZE + length
+        if length <= MAX_RECORD_BYTES and end <= size and crc32(data[start + _HEADER_SIZE : end]) == checksum:
+            return start
+    return None
+
+
+def _check_tail(path: Path, stop: ScanStop, first: int, data: bytes | memoryview, skipped: int = 0) -> None:
+    """Raise CorruptLog if the record where a scan stopped has a whole record after it (it is no torn tail).
+
+    ``data`` is what was scanned, from byte ``skipped`` of the file, its first record at offset ``first``.
+    """
+    if stop.why == "end":
+        return
+    found = _whole_record_after(data, stop.position)
+    if found is not None:
+        raise CorruptLog(
+            f"record at offset {first + stop.count} in {path} (byte {skipped + stop.position}) is damaged "
+            f"({stop.why}) and whole records follow it (from byte {skipped + found}): it is not a torn tail; "
+            "nothing was changed (restore the segment from a copy)"
+        )
 
 
 class EmbeddedLog:
     """A Log (events.log) over segment files in ``directory``."""
 
-    def __init__(self, directory: str | Path, *, writable: bool = True, segment_bytes: int = SEGMENT_BYTES):
+    def __init__(self, directory: str | Path, *, writable: bool = True, segment_bytes: int = SEGMENT_BYTES,
+                 applied: int = -1):  # fmt: skip
+        """Open the log; ``applied`` is the last offset the state applied (-1: none).
+
+        Opening checks that the log still holds every applied record: a torn
+        tail is moved aside only above ``applied``, and a log that ends at or
+        before it raises LogBehind (for a reader too, when ``applied`` is given).
+        """
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         self.writable = writable
@@ -116,24 +170,40 @@ class EmbeddedLog:
         self._file = None
         self._buffer = bytearray()
         self._marks: dict[int, list[int]] = {}  # segment base -> byte position of every _MARK_EVERY-th record
-        if writable:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._lock()
-        self._bases = self._list_bases()
-        if writable and not self._bases:
-            self._create_segment(0)
         # a reader counts the last segment only when asked for the end: one that
         # just reads from an offset (the projection worker) need not scan it twice
         self._end: int | None = None
         self._segment_size = 0
-        if writable:
-            last_count, self._segment_size = self._recover_last()
-            self._end = self._bases[-1] + last_count
-            self._file = open(self.directory / _segment_name(self._bases[-1]), "ab")
+        try:
+            self._open(applied)
+        except BaseException:
+            self.close()
+            raise
 
     decode = staticmethod(decode_logged)
 
     # -- opening -------------------------------------------------------------------------
+
+    def _open(self, applied: int) -> None:
+        if self.writable:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        self._bases = self._list_bases()
+        if self.writable and not self._bases:
+            self._create_segment(0)
+        if not self.writable and applied < 0:
+            return
+        stop, data = self._scan_last()
+        end = (self._bases[-1] if self._bases else 0) + stop.count
+        if end <= applied:
+            damaged = "" if stop.why == "end" else (
+                f" (the record at offset {end} in {_segment_name(self._bases[-1])} is damaged: {stop.why}; "
+                "nothing was moved aside)")
+            raise log_behind(f"the log in {self.directory}", end, applied, damaged)
+        self._end = end
+        if self.writable:
+            self._segment_size = self._cut_tail(stop, data)
+            self._file = open(self.directory / _segment_name(self._bases[-1]), "ab")
 
     def _lock(self) -> None:
         fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
@@ -147,32 +217,39 @@ class EmbeddedLog:
     def _list_bases(self) -> list[int]:
         if not self.directory.is_dir():
             return []
-        return sorted(int(p.name[: -len(_SUFFIX)]) for p in self.directory.glob("*" + _SUFFIX))
+        bases = sorted(int(p.name[: -len(_SUFFIX)]) for p in self.directory.glob("*" + _SUFFIX))
+        if bases and bases[0] != 0:
+            raise CorruptLog(f"the first segment in {self.directory} starts at offset {bases[0]}, not 0: records "
+                             f"0..{bases[0] - 1} are missing (restore the segments before it from a copy)")  # fmt: skip
+        return bases
 
     def _create_segment(self, base: int) -> None:
         (self.directory / _segment_name(base)).touch()
         _fsync_dir(self.directory)
         self._bases.append(base)
 
+    def _scan_last(self) -> tuple[ScanStop, bytes]:
+        """Scan the last segment (learning its marks); CorruptLog if it is damaged before its tail."""
+        stop = ScanStop()
+        if not self._bases:
+            return stop, b""
+        base = self._bases[-1]
+        path = self.directory / _segment_name(base)
+        data = path.read_bytes()
+        for _ in scan_records(data, stop, base, 0, lambda offset, position: self._mark(base, offset, position), base):
+            pass
+        _check_tail(path, stop, base, data)
+        return stop, data
+
     def _find_end(self) -> int:
         """One past the last whole record: the last segment's base plus its count of whole records."""
-        if not self._bases:
-            return 0
-        return self._bases[-1] + _scan_whole((self.directory / _segment_name(self._bases[-1])).read_bytes()).count
+        return (self._bases[-1] if self._bases else 0) + self._scan_last()[0].count
 
-    def _recover_last(self) -> tuple[int, int]:
-        path = self.directory / _segment_name(self._bases[-1])
-        data = path.read_bytes()
-        stop = _scan_whole(data)
+    def _cut_tail(self, stop: ScanStop, data: bytes) -> int:
+        """Move a torn tail of the last segment aside and truncate it (``_open`` checked it is one); its new size."""
         position, count = stop.position, stop.count
-        if stop.why == "checksum":
-            length, _ = _HEADER.unpack_from(data, position)
-            if position + _HEADER_SIZE + length < len(data):
-                raise CorruptLog(
-                    f"record at offset {self._bases[-1] + count} in {path.name} fails its checksum "
-                    "and whole records follow it; refusing to truncate (restore the segment or replay from a copy)"
-                )
         if position < len(data):
+            path = self.directory / _segment_name(self._bases[-1])
             aside = path.with_name(f"{path.name}.torn-{position}")
             aside.write_bytes(data[position:])
             with open(path, "r+b") as segment:
@@ -180,9 +257,9 @@ class EmbeddedLog:
                 os.fsync(segment.fileno())
             _fsync_dir(self.directory)
             self.recovered.append(
-                f"{path.name}: {len(data) - position} torn bytes after {count} whole records moved to {aside.name}"
+                f"{path}: {len(data) - position} torn bytes after {count} whole records moved to {aside.name}"
             )
-        return count, position
+        return position
 
     # -- writing -------------------------------------------------------------------------
 
@@ -190,8 +267,8 @@ class EmbeddedLog:
         if not self.writable:
             raise PermissionError("log opened read-only")
         length = len(payload)
-        if length > MAX_RECORD_BYTES:
-            raise ValueError(f"record of {length} bytes exceeds {MAX_RECORD_BYTES}")
+        if not 0 < length <= MAX_RECORD_BYTES:
+            raise ValueError(f"a record of {length} bytes is not 1 to {MAX_RECORD_BYTES} bytes")
         record_size = _HEADER_SIZE + length
         if self._segment_size + len(self._buffer) + record_size > self.segment_bytes and (
             self._segment_size + len(self._buffer) > 0
@@ -274,9 +351,20 @@ class EmbeddedLog:
                 self._mark(base, offset, skipped + position)
 
             yield from scan_records(view, stop, first, start, on_mark, base)
-            # a short record at the end of the last segment is one still being written
-            if stop.why == "checksum" or (stop.why == "short" and next_base is not None):
-                raise CorruptLog(f"record at offset {first + stop.count} in {path.name} is damaged ({stop.why})")
+            end = first + stop.count
+            if next_base is None:  # a record cut short at the end of the last segment is one still being written
+                _check_tail(path, stop, first, view, byte_position)
+                if stop.why != "end" and stop.why != "short":
+                    raise CorruptLog(f"record at offset {end} in {path} is damaged ({stop.why}); if it is a torn "
+                                     "tail, `ringfence ingest` or `run` moves it aside")  # fmt: skip
+            elif stop.why != "end":
+                raise CorruptLog(f"record at offset {end} in {path} is damaged ({stop.why})")
+            elif end != next_base:  # one comparison a segment: its records must end where the next one begins
+                raise CorruptLog(
+                    f"segment {path} ends at offset {end - 1} but the next one starts at {next_base}: "
+                    + (f"records {end}..{next_base - 1} are missing (restore the segment file from a copy)"
+                       if end < next_base else f"segments out of sequence (offsets {next_base}..{end - 1} twice)")
+                )  # fmt: skip
 
     def close(self) -> None:
         if self._file is not None:

@@ -33,4 +33,19 @@ class Log(Protocol):
 
 
 class CorruptLog(Exception):
-    """A record inside the log (not at its tail) fails its checksum: the log cannot be read past it."""
+    """The log is damaged where it must not be (a record with whole records after it, a missing or
+    out-of-sequence segment, a record the state applied): it cannot be read past the damage."""
+
+
+class LogBehind(CorruptLog):
+    """The log ends before the last offset the state applied: records the state holds are gone from it."""
+
+
+def log_behind(where: str, end: int, applied: int, cause: str = "") -> LogBehind:
+    """The one message for a log (``where``) that ends at ``end`` (one past its last record) before ``applied``."""
+    lost = f"record {end}" if end == applied else f"records {end}..{applied}"
+    return LogBehind(
+        f"{where} ends at offset {end - 1}{cause}, but the state has applied up to offset {applied}: it lost {lost}; "
+        "restore the log from a copy (ringfence never reuses an applied offset), or accept the loss: move the state "
+        "and snapshots directories aside and run again to rebuild from the log"
+    )

@@ -25,7 +25,7 @@ from ringfence.projections.runner import WORKER_MIN_EVENTS, close_projection, ru
 from ringfence.projections.store import ChainSettingError, StateStore, StoreVersionError
 from ringfence.projections.views import books_view, positions_view, wallets_view
 from ringfence.ops.logging import configure_logging, get_logger
-from ringfence.projections.outbox import publish_pending
+from ringfence.projections.outbox import publish_pending, republish_lost
 from ringfence.replay.audit import replay_digest
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
@@ -147,7 +147,8 @@ def cmd_ingest(args) -> int:
     belongs = _partition_filter(args)
     valid = invalid = skipped = 0
     progress = Progress("ingested")
-    with EmbeddedLog(log_dir(args.data)) as log:
+    # the applied offset first: recovery must not cut, nor appends reuse, an offset the state applied
+    with EmbeddedLog(log_dir(args.data), applied=_applied_offset(args.data)) as log:
         _report_recovery(log)
         first = log.end_offset()
         for number, line, size in _read_lines(stream):
@@ -184,11 +185,34 @@ def _open_store(data: Path) -> StateStore:
     return StateStore(state_dir(data))
 
 
-def _run_once(args, log) -> int:
+def _applied_offset(data: Path) -> int:
+    """The last offset the state of ``data`` applied (-1 without a state), read beside any writer."""
+    if not (state_dir(data) / "CURRENT").exists():
+        return -1
+    with StateStore(state_dir(data), read_only=True) as store:
+        return store.stored_offset()
+
+
+def _open_outbox(data: Path, store: StateStore) -> EmbeddedLog:
+    """The commands log, holding again every command the store marked published (outbox.republish_lost)."""
+    commands_log = EmbeddedLog(commands_dir(data))
+    try:
+        note = republish_lost(store, commands_log)
+    except BaseException:
+        commands_log.close()
+        raise
+    if note is None:
+        _report_recovery(commands_log)
+    else:  # one line: what recovery moved aside, and that it is published again
+        get_logger().warning("outbox_republished", detail="; ".join([*commands_log.recovered, note]))
+    return commands_log
+
+
+def _run_once(args, log, store: StateStore) -> int:
     progress = Progress("applied")
-    with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
+    with _open_outbox(args.data, store) as commands_log:
         publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
-        publish()  # what a previous run stored but did not get to publish
+        publish()  # what a previous run stored but did not get to publish (or the commands log lost)
         state, report = run_core(log, store, progress=progress, publish=publish, checkpoint_every=args.checkpoint_every,
                                  chain_every=args.chain_every, worker=args.worker)  # fmt: skip
         digest = compute_digest(state, report.projection.canonical_sections())
@@ -213,15 +237,17 @@ def cmd_run(args) -> int:
     if not args.follow:
         if not log_dir(args.data).is_dir():
             raise UsageError(f"no event log in {args.data} (run `ringfence ingest FILE` first)")
-        with EmbeddedLog(log_dir(args.data)) as log:  # writable: takes the lock and repairs a torn tail
-            _report_recovery(log)
-            return _run_once(args, log)
+        # the store first: the log's recovery must not cut what the state applied (nor may the log end before it)
+        with _open_store(args.data) as store, \
+                EmbeddedLog(log_dir(args.data), applied=store.stored_offset()) as log:  # fmt: skip
+            _report_recovery(log)  # writable: it takes the lock and repairs a torn tail
+            return _run_once(args, log, store)
     # follow: keep the state in memory, poll the log, checkpoint what arrives
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     flagged = False
-    log = EmbeddedLog(log_dir(args.data), writable=False)  # ingest keeps the writer lock
-    with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
+    with _open_store(args.data) as store, _open_outbox(args.data, store) as commands_log:
+        log = EmbeddedLog(log_dir(args.data), writable=False, applied=store.stored_offset())  # ingest keeps the lock
         publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
         publish()
         state = projection = chain = None
@@ -250,10 +276,13 @@ def _open_reader(data: Path) -> StateStore:
 
 
 def _read_log(data: Path) -> EmbeddedLog:
-    """The embedded log of ``data``, read-only (a writer may be appending); one clear line if there is none."""
+    """The embedded log of ``data``, read-only (a writer may be appending); one clear line if there is none.
+
+    A log that ends before the state's applied offset is refused (LogBehind): its answers would lack records.
+    """
     if not log_dir(data).is_dir():
         raise UsageError(f"no event log in {data}")
-    return EmbeddedLog(log_dir(data), writable=False)
+    return EmbeddedLog(log_dir(data), writable=False, applied=_applied_offset(data))
 
 
 def _source_log(args, group: str | None = None):

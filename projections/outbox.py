@@ -8,6 +8,10 @@
 3. Only then is the mark moved. A crash between 2 and 3 publishes those
    outputs again, identical: at least once, and consumers deduplicate by
    command id (or offset).
+4. The outbox never drops a published command: when the commands log has
+   lost some (its recovery moved a damaged tail aside, or a file was cut),
+   ``republish_lost`` moves the mark back to the last command the log still
+   holds, so that 2 publishes the rest again from the store.
 """
 
 from collections.abc import Mapping
@@ -40,6 +44,36 @@ def publish_pending(store: StateStore, sinks: Mapping[str, object]) -> int:
             crash_point("outbox.before_mark")
             store.set_published(last, prefix)
     return total
+
+
+def republish_lost(store: StateStore, log) -> str | None:
+    """Move the commands' published mark back to the last command ``log`` still holds; say so, or None.
+
+    The log's last record is found among the store's ``c:`` records by its
+    bytes (each names a unique command or cancel id): first at the mark and
+    after it (a crash between publish and mark), then before it, one seek a
+    step (a torn tail costs one). No match at all (an emptied or foreign log)
+    republishes everything. Publishing from there repeats no command the
+    log still holds (beyond the duplicates at-least-once allows anyway).
+    """
+    published = store.published(COMMAND)
+    if published == 0:
+        return None
+    end = log.end_offset()
+    last = bytes(next(iter(log.read(end - 1)))[1]) if end > 0 else None
+    held = 0
+    if last is not None:
+        for _, record in store.outputs(COMMAND, after=published - 1):  # the mark's, then those not marked yet
+            if record == last:
+                return None  # nothing lost
+        for sequence in range(published - 1, 0, -1):
+            found = next(iter(store.outputs(COMMAND, after=sequence - 1)), None)
+            if found is not None and found[0] == sequence and found[1] == last:
+                held = sequence
+                break
+    store.set_published(held, COMMAND)
+    return (f"the commands log in {log.directory} holds commands up to {held} of the {published} published "
+            f"(its end is offset {end - 1}): publishing {held + 1}..{published} again from the store")
 
 
 def decision_records(decisions, sequence: int) -> tuple[list[tuple[bytes, bytes]], int, int, int]:

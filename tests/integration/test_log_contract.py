@@ -16,7 +16,7 @@ from ringfence.ops.simulate import generate
 from tests.integration.kafka_harness import unique_prefix
 
 EVENTS = list(generate(7, 60, 5))
-GARBAGE = [b"", b"this is not a record", b"\xc1\xff\x00", b"[1,2,3]", b'{"type":"fill"}']
+GARBAGE = [b"this is not a record", b"\xc1\xff\x00", b"[1,2,3]", b'{"type":"fill"}']
 
 
 class Backend:
@@ -101,4 +101,12 @@ def test_decode_never_raises_on_garbage(backend, garbage):
     (offset, payload), = log.read(0)
     record = log.decode(payload)
     assert offset == 0 and type(record) is InvalidInput and record.reason, record
+    log.close()
+
+
+def test_decode_of_an_empty_payload_is_a_dead_letter(backend):
+    # the embedded log refuses to append one; a Kafka producer not ours may still send it
+    log = backend.open()
+    record = log.decode(b"")
+    assert type(record) is InvalidInput and record.reason, record
     log.close()
