@@ -30,6 +30,7 @@ from ringfence.replay.audit import replay_digest
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
 DEFAULT_KAFKA_API = (2, 8)  # ops.kafka_log.DEFAULT_API_VERSION, without importing kafka for every command
+DEFAULT_BROKER_TIMEOUT = 15.0  # ops.serve.BROKER_TIMEOUT_SECONDS, likewise
 INGEST_COMMIT_EVERY = 10_000
 
 _json = msgspec.json.Encoder().encode
@@ -648,6 +649,8 @@ def cmd_serve(args) -> int:
     from ringfence.ops.serve import Service
 
     partitions = _partition_list(args.partitions)
+    if not 0 < args.broker_timeout < float("inf"):
+        raise UsageError(f"--broker-timeout {args.broker_timeout:g} is not a number of seconds above 0")
     group = args.group if args.group is not None or partitions is not None else f"{args.prefix}-core"
     metrics = Metrics()
     server = serve_metrics(metrics, args.metrics_port) if args.metrics_port else None
@@ -660,7 +663,7 @@ def cmd_serve(args) -> int:
         settings = replace(settings, session_timeout_ms=args.session_timeout_ms)
     try:
         Service(settings, args.data, group=group, partitions=partitions, checkpoint_every=args.checkpoint_every,
-                chain_every=args.chain_every, metrics=metrics).run()  # fmt: skip
+                chain_every=args.chain_every, metrics=metrics, broker_timeout=args.broker_timeout).run()  # fmt: skip
     finally:
         if server is not None:
             server.shutdown()
@@ -936,6 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"published to <prefix>.digests); fixed when a partition's store is created "
                         f"(default {CHAIN_EVERY_EVENTS:,})")  # fmt: skip
     p.add_argument("--session-timeout-ms", type=int, help="consumer group session timeout (default 10000)")
+    p.add_argument("--broker-timeout", type=float, default=DEFAULT_BROKER_TIMEOUT, metavar="SECONDS",
+                   help="no successful fetch or offsets answer for this long: /health 503, ringfence_broker_up 0, "
+                        "one warning line (default %(default)g)")  # fmt: skip
     p.set_defaults(handler=cmd_serve)
 
     p = commands.add_parser("watch", parents=[kafka], help="print an output topic from its start as JSON Lines")

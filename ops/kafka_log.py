@@ -201,20 +201,24 @@ class KafkaLog:
     """A Log (events.log) over one partition of one topic.
 
     ``append`` sends to the partition (with an optional key) through the
-    idempotent producer and ``commit`` waits for every send and raises if any
-    failed. ``read`` fetches from an offset up to the high watermark the
+    idempotent producer and ``commit`` waits for every send (at most
+    ``commit_timeout`` seconds, if given) and raises if any failed or the
+    time ran out; either way the sends are forgotten, so the caller appends
+    them again (at least once). ``read`` fetches from an offset up to the high watermark the
     fetch responses report at that time. Payloads are JSON lines: ``decode``
     turns one into a domain event, or into an InvalidInput to dead-letter.
     """
 
     def __init__(self, settings: KafkaSettings, topic: str, partition: int, *, producer: KafkaProducer | None = None,
-                 read_timeout: float = 30.0, group: str | None = None):  # fmt: skip
+                 read_timeout: float = 30.0, group: str | None = None,
+                 commit_timeout: float | None = None):  # fmt: skip
         self.settings, self.topic, self.partition = settings, topic, partition
         self.group = group  # readers in a group commit how far they read: a progress hint for lag tools
         self.source = f"{topic}/{partition}"
         self._producer, self._own_producer = producer, producer is None
         self._pending: list = []
         self._read_timeout = read_timeout
+        self._commit_timeout = commit_timeout
 
     def decode(self, payload):
         line = b"" if payload is None else bytes(payload)
@@ -230,12 +234,16 @@ class KafkaLog:
 
     def commit(self) -> None:
         """Wait until every appended record is acknowledged by all in-sync replicas; raise if one failed."""
-        if not self._pending:
-            return
-        self._producer.flush()
         pending, self._pending = self._pending, []
+        if not pending:
+            return
+        self._producer.flush(timeout=self._commit_timeout)  # KafkaTimeoutError when the time runs out
         for future in pending:
             future.get(timeout=0)  # raises the send's KafkaError
+
+    def use_producer(self, producer: KafkaProducer) -> None:
+        """Send through ``producer`` from now on (its owner replaced a broken one); forget unconfirmed sends."""
+        self._producer, self._pending = producer, []
 
     # -- reading -------------------------------------------------------------------------
 

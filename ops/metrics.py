@@ -1,6 +1,8 @@
 """Health and Prometheus metrics of `ringfence serve`, over HTTP on a loopback port.
 
-    GET /health   200 {"status": "ok", ...} while the service runs, 503 while it starts or stops
+    GET /health   200 {"status": "ok", ...} while the service runs with every partition applying and the
+                  broker answering; else 503 with "status" starting, stopping or degraded and the "reasons"
+                  (no answer from the broker for --broker-timeout seconds, a partition halted)
     GET /metrics  Prometheus text format (version 0.0.4)
 
 The service thread writes plain attributes; the HTTP thread only reads them
@@ -31,6 +33,7 @@ class PartitionStatus:
     deadletters: int = 0
     digest: str = ""
     digest_offset: int = -1
+    halted: str | None = None  # why the partition stopped applying (ops.serve), until the service restarts
 
     @property
     def lag(self) -> int | None:
@@ -44,6 +47,23 @@ class Metrics:
         self.events_total = 0
         self.rebalances = 0
         self._samples: deque[tuple[float, int]] = deque()
+        self.broker_timeout: float | None = None  # set by the service, which judges broker_up (ops.serve)
+        self.broker_contact = 0.0  # monotonic time of the last successful fetch or offsets answer
+        self.broker_up = True
+
+    def broker_silence(self) -> float:
+        return time.monotonic() - self.broker_contact
+
+    def reasons(self) -> list[str]:
+        found = []
+        if not self.broker_up:
+            found.append(f"no answer from the broker for {self.broker_silence():.0f} s "
+                         f"(--broker-timeout {self.broker_timeout:g})")  # fmt: skip
+        found += [f"partition {p} halted: {s.halted}" for p, s in sorted(dict(self.partitions).items()) if s.halted]
+        return found
+
+    def healthy(self) -> bool:
+        return self.status == "ok" and not self.reasons()
 
     def sample(self) -> None:
         """Remember the event count now, for the events/s gauge."""
@@ -59,10 +79,13 @@ class Metrics:
         return (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
 
     def health(self) -> dict:
-        partitions = dict(self.partitions)
+        partitions, reasons = dict(self.partitions), self.reasons()
         return {
-            "status": self.status,
-            "partitions": {str(p): {"offset": s.offset, "lag": s.lag} for p, s in sorted(partitions.items())},
+            "status": "degraded" if self.status == "ok" and reasons else self.status,
+            "reasons": reasons,
+            "broker_up": self.broker_up,
+            "partitions": {str(p): {"offset": s.offset, "lag": s.lag, "halted": s.halted}
+                           for p, s in sorted(partitions.items())},  # fmt: skip
         }
 
     def render(self) -> str:
@@ -77,7 +100,11 @@ class Metrics:
         def per_partition(pick) -> list[tuple[str, object]]:
             return [(f'{{partition="{p}"}}', pick(s)) for p, s in partitions if pick(s) is not None]
 
-        family("ringfence_up", "gauge", "1 while the service runs", [("", int(self.status == "ok"))])
+        family("ringfence_up", "gauge", "1 while the service runs and /health answers 200", [("", int(self.healthy()))])
+        family("ringfence_broker_up", "gauge", "0 after --broker-timeout seconds without a successful fetch or "
+               "offsets answer", [("", int(self.broker_up))])  # fmt: skip
+        family("ringfence_partition_halted", "gauge", "1 for a partition that stopped applying (its /health reason)",
+               per_partition(lambda s: int(s.halted is not None)))  # fmt: skip
         family("ringfence_events_per_second", "gauge", f"events applied per second over the last "
                f"{RATE_WINDOW_SECONDS:.0f} s", [("", round(self.events_per_second(), 1))])  # fmt: skip
         family("ringfence_events_total", "counter", "events applied by this instance", [("", self.events_total)])

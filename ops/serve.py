@@ -20,21 +20,46 @@ they are released; assigned ones are restored from their store and the
 consumer seeks to the stored offset + 1. Records fetched for a partition this
 instance no longer owns are dropped. SIGTERM or SIGINT: apply the records in
 hand, checkpoint, publish, leave the group.
+
+Integrity (docs/decisions.md, "Integrity: the Kafka path"):
+- The log's identity: before a partition applies anything after its stored
+  offset S (on assignment, and again after the broker did not answer), the
+  consumer seeks to S and the topic's record there must have the fingerprint
+  the store keeps for S (projections.chain); a topic that ends before S or no
+  longer holds S is not the log either. Until then nothing is applied or
+  published; a different log halts the partition.
+- Liveness: a fetch that returns records, or an answer to the offsets request
+  sent when the broker has been silent for a second, is contact; none for
+  ``broker_timeout`` seconds is one ``broker_down`` warning, /health 503 and
+  ``ringfence_broker_up 0``, and contact again one ``broker_up`` warning. A
+  thread of its own judges this (the loop may be waiting on the broker) and
+  logs before /health changes.
+- A record the core cannot apply or checkpoint (a bug) halts its partition
+  just before that record, every earlier one checkpointed; the others go on.
+  A halted partition fetches nothing more and is judged again on restart.
+- A failed publish keeps the outputs for the next try (the outbox marks only
+  what the broker acknowledged); a producer that failed other than by a
+  timeout is replaced.
 """
 
+import os
 import signal
+import threading
 import time
+from itertools import islice
 from pathlib import Path
 
 from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
 
 from ringfence.core.digest import compute_digest
 from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS
-from ringfence.ops.kafka_log import OUTPUT_KINDS, KafkaLog, KafkaSettings, TopicError, check_output_topics
-from ringfence.ops.kafka_log import new_consumer, new_producer
+from ringfence.ops.kafka_log import OUTPUT_KINDS, KafkaLog, KafkaSettings, KafkaSetupError, TopicError
+from ringfence.ops.kafka_log import check_output_topics, new_consumer, new_producer
 from ringfence.ops.logging import get_logger
 from ringfence.ops.metrics import Metrics, PartitionStatus
+from ringfence.projections.chain import fingerprint
 from ringfence.projections.liquidation import stuck_positions
 from ringfence.projections.outbox import publish_pending
 from ringfence.projections.runner import Reduction
@@ -42,6 +67,32 @@ from ringfence.projections.store import DEADLETTER, StateStore
 
 CHECKPOINT_SECONDS = 1.0  # the longest a worker keeps applied events only in memory
 DIGEST_IDLE_SECONDS = 5.0  # a caught-up partition's digest is refreshed at most this often
+BROKER_TIMEOUT_SECONDS = 15.0  # default of --broker-timeout: silence that makes the broker "down"
+PROBE_SECONDS = 1.0  # a silent broker is asked for offsets this often (at most a quarter of the timeout)
+PUBLISH_RETRY_SECONDS = 1.0  # a failed publish is tried again this often
+WATCH_SECONDS = 0.1  # the broker's liveness is judged this often
+SHOWN_BYTES = 500  # of a record, in a log line
+
+# A test-only fault (docs/decisions.md): with RINGFENCE_FAULT_POISON=TEXT, applying a record whose payload
+# contains TEXT raises, as a bug in the core would. It is read here and nowhere else.
+FAULT_POISON = "RINGFENCE_FAULT_POISON"
+
+
+def with_poison_fault(decode):
+    marker = os.environ.get(FAULT_POISON, "").encode()
+    if not marker:
+        return decode
+
+    def poisoned(payload):
+        if payload is not None and marker in payload:
+            raise RuntimeError(f"{FAULT_POISON} matches this record (a test-only fault)")
+        return decode(payload)
+
+    return poisoned
+
+
+def shown(payload) -> str:
+    return b"" if payload is None else bytes(payload[:SHOWN_BYTES]).decode("utf-8", "replace")
 
 
 def partition_dir(data: Path, settings: KafkaSettings, partition: int) -> Path:
@@ -51,46 +102,144 @@ def partition_dir(data: Path, settings: KafkaSettings, partition: int) -> Path:
 
 class PartitionWorker:
     def __init__(self, settings: KafkaSettings, data: Path, partition: int, producer, status: PartitionStatus,
-                 checkpoint_every: int, chain_every: int | None):  # fmt: skip
+                 checkpoint_every: int, chain_every: int | None, commit_timeout: float | None = None):  # fmt: skip
         self.partition = partition
         self.status = status
-        self.checkpoint_every = checkpoint_every
-        self.log = get_logger().bind(partition=partition)
+        self.checkpoint_every, self.chain_every = checkpoint_every, chain_every
+        self.topic = settings.topic("events")
+        self.log = get_logger().bind(topic=self.topic, partition=partition)
         self.store = StateStore(partition_dir(data, settings, partition) / "state")
         self.reduction = Reduction(self.store, chain_every=chain_every)
-        self.events = KafkaLog(settings, settings.topic("events"), partition)  # decodes this partition's records
-        self.sinks = {kind: KafkaLog(settings, settings.topic(kind), partition, producer=producer)
-                      for kind in OUTPUT_KINDS}  # fmt: skip
+        self.events = KafkaLog(settings, self.topic, partition)  # decodes this partition's records
+        self.decode = with_poison_fault(self.events.decode)
+        self.sinks = {kind: KafkaLog(settings, settings.topic(kind), partition, producer=producer,
+                                     commit_timeout=commit_timeout) for kind in OUTPUT_KINDS}  # fmt: skip
         self.last_checkpoint = time.monotonic()
         self.commands_checkpointed = 0
         self.last_digest = (-2, 0.0)  # (offset, monotonic time)
-        resent = publish_pending(self.store, self.sinks)  # stored by an earlier run, not yet published
+        self.unsaved_records: list[tuple[int, bytes]] = []  # applied since the last checkpoint (for _isolate)
+        self.halted: str | None = None  # why it stopped applying
+        self.verify_at: int | None = None  # the offset whose record must be the applied one before going on
+        self.wrong_log = False  # the topic is not the log the store applied: publish nothing more
+        self.publish_error: KafkaError | None = None  # the last publish failed; its outputs wait in the store
+        self.producer_failed = False  # ... other than by a timeout: the service replaces the producer
+        self.last_publish = 0.0
+        self.paused = False  # set by the service once it stops fetching for a halted partition
+        self.expect_log()  # stored outputs not yet published go once the topic is proven the same log
         self._update_status()
-        self.log.info("partition_restored", offset=self.reduction.state.offset, republished=resent)
+        self.log.info("partition_restored", offset=self.reduction.state.offset)
 
     @property
     def next_offset(self) -> int:
         return self.reduction.state.offset + 1
 
+    @property
+    def resume_offset(self) -> int:
+        """Where the consumer fetches from: the last applied record while it is to be compared, else the next."""
+        return self.next_offset if self.verify_at is None else self.verify_at
+
+    def expect_log(self) -> None:
+        """Apply nothing more until the topic's record at the last applied offset is proven the one applied."""
+        if self.halted is not None:
+            return
+        self.verify_at = self.reduction.state.offset  # from now on nothing is published ...
+        self.checkpoint(time.monotonic())  # ... and what is applied has its fingerprints stored
+        offset = self.reduction.state.offset
+        self.verify_at = offset if offset >= 0 and self.halted is None else None  # nothing applied: nothing to prove
+
     def apply(self, records: list) -> int:
         """Apply the records after the stored offset, in order; return how many."""
+        if self.halted is not None:
+            return 0
+        if self.verify_at is not None:
+            records = self._compare(records)
         state = self.reduction.state
         fresh = [(record.offset, record.value) for record in records if record.offset > state.offset]
         if not fresh:
             return 0
         if fresh[0][0] != state.offset + 1:  # compaction or transaction markers; logged, never hidden
             self.log.warning("offset_gap", expected=state.offset + 1, got=fresh[0][0])
-        records, applied = iter(fresh), 0
-        while True:
-            outputs_before = len(self.reduction.outputs)
-            applied += self.reduction.apply(records, decode=self.events.decode)  # stops after a chain link
-            for key, record in self.reduction.outputs[outputs_before:]:
-                if key.startswith(DEADLETTER):
-                    self.log.warning("dead_letter", offset=int.from_bytes(key[len(DEADLETTER) :], "big", signed=True),
-                                     record=record.decode("utf-8", "replace")[:500])  # fmt: skip
-            if not self.reduction.at_link:
-                return applied
-            self.checkpoint(time.monotonic(), snapshot=True)
+        self.unsaved_records += fresh
+        events = self.reduction.report.events
+        try:
+            records = iter(fresh)
+            while True:
+                outputs_before = len(self.reduction.outputs)
+                self.reduction.apply(records, decode=self.decode)  # stops after a chain link
+                for key, record in self.reduction.outputs[outputs_before:]:
+                    if key.startswith(DEADLETTER):
+                        self.log.warning("dead_letter", offset=int.from_bytes(key[len(DEADLETTER) :], "big", signed=True),
+                                         record=shown(record))  # fmt: skip
+                if not self.reduction.at_link:
+                    break
+                self._commit(time.monotonic(), snapshot=True)
+                self.publish()
+        except Exception as error:  # noqa: BLE001 (a bug in the core: _isolate finds the record and halts there)
+            self._isolate(error)
+        return self.reduction.report.events - events
+
+    def _compare(self, records: list) -> list:
+        """The records, once the one at ``verify_at`` has the stored fingerprint; else halt, and none."""
+        at = self.verify_at
+        record = next((record for record in records if record.offset >= at), None)
+        if record is None:
+            return []
+        if record.offset != at:
+            self.halt_wrong_log(f"the topic has no record at the stored offset {at}, its next is {record.offset}",
+                                topic_offset=record.offset)  # fmt: skip
+            return []
+        stored = dict(islice(self.store.fingerprints(after=at - 1), 1)).get(at)
+        found = fingerprint(record.value)
+        if found != stored:
+            self.halt_wrong_log(f"the topic's record at the stored offset {at} is not the one applied (fingerprint "
+                                f"{found.hex()}, stored {stored.hex() if stored else 'none'}): another log",
+                                topic_offset=at)  # fmt: skip
+            return []
+        self.verify_at = None
+        self.log.info("log_verified", offset=at)
+        self.publish()
+        return records
+
+    def check_end(self, high: int | None) -> None:
+        """A topic whose fetch high watermark is at or before the last applied offset is not the log applied."""
+        stored = self.reduction.state.offset
+        if high is not None and high <= stored and self.halted is None:
+            self.halt_wrong_log(f"the topic ends at offset {high - 1}, before the stored offset {stored}",
+                                topic_end=high - 1)  # fmt: skip
+
+    def halt_wrong_log(self, reason: str, **fields) -> None:
+        self.wrong_log, self.verify_at = True, None
+        self.halt(f"{self.topic} partition {self.partition}: {reason}", **fields)
+
+    def halt(self, reason: str, **fields) -> None:
+        """Stop applying (the service pauses the fetches), with one line; a restart judges the partition again."""
+        self.halted = self.status.halted = reason
+        self.log.error("partition_halted", reason=reason, stored_offset=self.reduction.state.offset, **fields)
+
+    def _isolate(self, error: Exception) -> None:
+        """Applying or checkpointing failed (a bug): halt just before the record that fails, all before it durable.
+
+        What was applied since the last checkpoint is dropped (it may hold part of the failed record) and
+        applied again record by record from the store, each checkpointed, so that the failing one is named.
+        """
+        records, self.unsaved_records = self.unsaved_records, []
+        self.reduction = self.reduction.restored(chain_every=self.chain_every)
+        for offset, payload in records:
+            if offset <= self.reduction.state.offset:
+                continue
+            try:
+                self.reduction.apply([(offset, payload)], decode=self.decode)
+                self._commit(time.monotonic(), snapshot=self.reduction.at_link)
+            except Exception as failed:  # noqa: BLE001
+                self.reduction = self.reduction.restored(chain_every=self.chain_every)
+                self.halt(f"{self.topic} partition {self.partition}: the record at offset {offset} fails: "
+                          f"{type(failed).__name__}: {failed}", offset=offset, record=shown(payload))  # fmt: skip
+                break
+        else:
+            self.log.warning("failure_not_repeated", error=f"{type(error).__name__}: {error}",
+                             offset=self.reduction.state.offset)  # fmt: skip
+        self.publish()
+        self._update_status()
 
     def due(self, now: float, caught_up: bool) -> bool:
         reduction = self.reduction
@@ -103,20 +252,47 @@ class PartitionWorker:
 
     def checkpoint(self, now: float, snapshot: bool = False) -> bool:
         """Make the applied events durable (and keep a snapshot there), then publish their outputs."""
+        try:
+            if not self._commit(now, snapshot):
+                return False
+        except Exception as error:  # noqa: BLE001 (a bug: _isolate finds the record)
+            self._isolate(error)
+        self.publish()
+        self._update_status()
+        return True
+
+    def _commit(self, now: float, snapshot: bool) -> bool:
         links = list(self.reduction.chain.links)  # the checkpoint stores them
         if snapshot:
             self.reduction.snapshot()
         elif not self.reduction.checkpoint():
             return False
+        offset = self.reduction.state.offset
+        self.unsaved_records = [record for record in self.unsaved_records if record[0] > offset]
         self.last_checkpoint = now
         self.commands_checkpointed = self.reduction.report.commands
-        publish_pending(self.store, self.sinks)
-        self._update_status()
         for link in links:
             self.log.info("digest", offset=link.offset, digest=link.digest, chain=link.chain)
         if links:
             self.status.digest, self.status.digest_offset = links[-1].digest, links[-1].offset
         return True
+
+    def publish(self) -> None:
+        """Publish the checkpointed outputs (projections.outbox); if the broker fails, they wait for the next try."""
+        if self.verify_at is not None or self.wrong_log:
+            return
+        self.last_publish = time.monotonic()
+        try:
+            publish_pending(self.store, self.sinks)
+        except KafkaError as error:
+            if self.publish_error is None:
+                self.log.warning("publish_deferred", error=f"{type(error).__name__}: {error}")
+            self.publish_error = error
+            self.producer_failed = not isinstance(error, KafkaTimeoutError)
+            return
+        if self.publish_error is not None:
+            self.log.info("published_after_retry")
+        self.publish_error = None
 
     def digest(self, now: float) -> None:
         state = self.reduction.state
@@ -172,11 +348,16 @@ class _Rebalance(ConsumerRebalanceListener):
 class Service:
     def __init__(self, settings: KafkaSettings, data: Path, *, group: str | None, partitions: list[int] | None,
                  checkpoint_every: int = CHECKPOINT_EVERY_EVENTS // 50, chain_every: int | None = None,
-                 metrics: Metrics | None = None):  # fmt: skip
+                 metrics: Metrics | None = None, broker_timeout: float = BROKER_TIMEOUT_SECONDS):  # fmt: skip
         self.settings, self.data = settings, data
         self.group, self.static = group, partitions
         self.checkpoint_every, self.chain_every = checkpoint_every, chain_every
         self.metrics = metrics or Metrics()
+        self.metrics.broker_timeout = self.broker_timeout = broker_timeout
+        self.metrics.broker_contact = time.monotonic()
+        self.probe_every = min(PROBE_SECONDS, broker_timeout / 4)
+        self.last_probe = 0.0
+        self.suspect = False  # an offsets request went unanswered: every partition proves its log again
         self.topic = settings.topic("events")
         self.workers: dict[int, PartitionWorker] = {}
         self.stopping = False
@@ -196,10 +377,18 @@ class Service:
                 continue  # kept across the rebalance (not revoked)
             status = self.metrics.partitions[partition] = PartitionStatus()
             worker = PartitionWorker(self.settings, self.data, partition, self.producer, status,
-                                     self.checkpoint_every, self.chain_every)  # fmt: skip
+                                     self.checkpoint_every, self.chain_every, self.broker_timeout)  # fmt: skip
             self.workers[partition] = worker
-            self.consumer.seek(TopicPartition(self.topic, partition), worker.next_offset)
+            self._resume(worker)
         self.log.info("assigned", partitions=sorted(self.workers))
+
+    def _resume(self, worker: PartitionWorker) -> None:
+        tp = TopicPartition(self.topic, worker.partition)
+        if worker.halted is not None:
+            self.consumer.pause(tp)  # it fetches nothing more
+            worker.paused = True
+        else:
+            self.consumer.seek(tp, worker.resume_offset)
 
     def release(self, partitions: list[int]) -> None:
         for partition in sorted(partitions):
@@ -226,6 +415,7 @@ class Service:
         previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.producer = new_producer(self.settings)
         self.consumer = new_consumer(self.settings, self.group)
+        watched = threading.Event()
         try:
             count = check_output_topics(self.consumer, self.settings)
             if self.static is not None:
@@ -237,19 +427,28 @@ class Service:
             else:
                 self.consumer.subscribe([self.topic], listener=_Rebalance(self))
             self.log.info("serving", topic=self.topic, group=self.group, static=self.static)
+            self._contact()  # the topics were just described
+            threading.Thread(target=self._watch, args=(watched,), name="broker-watch", daemon=True).start()
             self.metrics.status = "ok"
             while not self.stopping:
                 self._step()
         finally:
+            watched.set()
             serving, self.metrics.status = self.metrics.status == "ok", "stopping"
             self._shutdown(serving)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
     def _step(self) -> None:
-        batches = self.consumer.poll(timeout_ms=100)
+        try:
+            batches = self.consumer.poll(timeout_ms=100)
+        except OffsetOutOfRangeError as error:  # auto_offset_reset="none": never skip, never rewind
+            batches = {}
+            self._out_of_range(error.args[0] if error.args and isinstance(error.args[0], dict) else {})
         if self.failure is not None:
             raise self.failure
+        if batches:
+            self._contact()
         for tp, records in batches.items():
             worker = self.workers.get(tp.partition)
             if worker is not None:  # else: fetched before this instance lost the partition
@@ -260,12 +459,96 @@ class Service:
             high = self.consumer.highwater(TopicPartition(self.topic, partition))
             caught_up = high is not None and worker.next_offset >= high
             worker.status.highwater = high
+            worker.check_end(high)
             if worker.due(now, caught_up) and worker.checkpoint(now):
                 checkpointed.append(worker)
+            elif worker.publish_error is not None and now - worker.last_publish >= PUBLISH_RETRY_SECONDS:
+                worker.publish()
             if caught_up:
                 worker.idle(now)
+            if worker.halted is not None and not worker.paused:
+                self._resume(worker)
+        self._renew_producer()
         self._commit_hint(checkpointed)
+        self._probe_if_silent()
         self.metrics.sample()
+
+    # -- the broker ----------------------------------------------------------------------
+
+    def _contact(self) -> None:
+        self.metrics.broker_contact = time.monotonic()
+        self.suspect = False
+
+    def _probe_if_silent(self) -> None:
+        now = time.monotonic()
+        if self.metrics.broker_silence() >= self.probe_every and now - self.last_probe >= self.probe_every:
+            self.last_probe = now
+            self._probe()
+
+    def _watch(self, stopped: threading.Event) -> None:
+        """Judge the broker up or down, saying so once, before /health and the gauge change."""
+        metrics = self.metrics
+        while not stopped.wait(WATCH_SECONDS):
+            silent = metrics.broker_silence()
+            up = silent <= self.broker_timeout
+            if up == metrics.broker_up:
+                continue
+            if up:
+                self.log.warning("broker_up", bootstrap=self.settings.bootstrap)
+            else:
+                self.log.warning("broker_down", bootstrap=self.settings.bootstrap, silent_seconds=round(silent, 1),
+                                 broker_timeout=self.broker_timeout)  # fmt: skip
+            metrics.broker_up = up
+
+    def _probe(self) -> None:
+        """An answer is contact. No answer: the broker may come back as another log (a restart that lost its
+        data), so every partition proves its log again before it applies or publishes anything more."""
+        tps = [TopicPartition(self.topic, p) for p in list(self.workers)] or [TopicPartition(self.topic, 0)]
+        try:
+            self.consumer.beginning_offsets(tps, timeout_ms=max(1, int(self.probe_every * 1000)))
+        except KafkaError:
+            if not self.suspect:
+                self.suspect = True
+                for worker in list(self.workers.values()):
+                    worker.expect_log()
+                    self._resume(worker)
+            return
+        self._contact()
+
+    def _out_of_range(self, offsets: dict) -> None:
+        """The topic no longer holds the offset a partition fetches from: not the log applied (or truncated)."""
+        for tp, offset in offsets.items():
+            worker = self.workers.get(tp.partition)
+            if worker is None or worker.halted is not None:
+                continue
+            try:
+                start = self.consumer.beginning_offsets([tp], timeout_ms=max(1, int(self.probe_every * 1000)))[tp]
+            except KafkaError:
+                start = "unknown"
+            worker.halt_wrong_log(f"the topic no longer holds offset {offset} (its first offset: {start})",
+                                  topic_offset=start)  # fmt: skip
+            self._resume(worker)
+
+    def _renew_producer(self) -> None:
+        """A producer that failed other than by a timeout may never recover (the broker lost its producer id:
+        UnknownProducerIdError, then refused the epoch bump); the outbox goes on through a new one."""
+        failed = [worker for worker in list(self.workers.values()) if worker.producer_failed]
+        if not failed:
+            return
+        try:
+            producer = new_producer(self.settings)
+        except KafkaSetupError:  # the broker is not reachable: the next failure tries again
+            return
+        old, self.producer = self.producer, producer
+        for worker in list(self.workers.values()):
+            worker.producer_failed = False
+            for sink in worker.sinks.values():
+                sink.use_producer(producer)
+        self.log.warning("producer_renewed", error=type(failed[0].publish_error).__name__)
+        try:
+            old.close(timeout=0)
+        except Exception:  # noqa: BLE001 (its unconfirmed sends are sent again by the outbox)
+            pass
 
     def _shutdown(self, serving: bool) -> None:
         try:

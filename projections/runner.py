@@ -103,7 +103,7 @@ def reduce_records(
     for offset, payload in records:
         if offset > last:
             break
-        if fingerprints is not None:  # inline: this loop is the hot path
+        if fingerprints is not None:  # chain.fingerprint, inline: this loop is the hot path
             fingerprints += blake2b(payload or b"", digest_size=FINGERPRINT_BYTES).digest()
         record = decode(payload)
         verdict = apply(state, offset, record, check_answer)  # apply the fact first, decide what to emit second
@@ -208,6 +208,16 @@ class Reduction:
         self.store.snapshot()
         self.at_link = False
 
+    def restored(self, *, liquidations: bool = True, chain_every: int | None = None) -> "Reduction":
+        """A new Reduction (projection in process) from the store's last checkpoint; its report as of that checkpoint.
+
+        What was applied since that checkpoint is dropped (the caller applies it again, or not).
+        """
+        fresh = Reduction(self.store, liquidations=liquidations, chain_every=chain_every)
+        fresh.report = replace(self.saved, offset=fresh.state.offset, projection=fresh.projection, chain=fresh.chain)
+        fresh.saved = replace(fresh.report)
+        return fresh
+
     def _collect(self, offset: int, record, verdict: Verdict) -> None:
         self.outputs.append(output_record(offset, record, verdict))
         if verdict.kind == "rejection":
@@ -293,10 +303,8 @@ def _restart(reduction: Reduction, store: StateStore, liquidations: bool, chain_
              refused: int) -> Reduction:  # fmt: skip
     """An in-process Reduction from the store's last checkpoint, carrying the report as of that checkpoint."""
     close_projection(reduction.projection)
-    carried = reduction.saved
-    fresh = Reduction(store, liquidations=liquidations, chain_every=chain_every)
-    fresh.report = replace(carried, offset=fresh.state.offset, projection=fresh.projection, chain=fresh.chain,
-                           worker_refused=refused)  # fmt: skip
+    fresh = reduction.restored(liquidations=liquidations, chain_every=chain_every)
+    fresh.report.worker_refused = refused
     fresh.saved = replace(fresh.report)
     return fresh
 

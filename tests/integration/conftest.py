@@ -45,6 +45,16 @@ def broker(tmp_path_factory):
         process.wait(10)
 
 
+@pytest.fixture
+def own_broker(tmp_path):
+    """A broker of the test's own (kafka_harness.OwnBroker), to kill; killed after the test."""
+    from tests.integration.kafka_harness import OwnBroker
+
+    own = OwnBroker(tmp_path)
+    yield own
+    own.kill()
+
+
 @pytest.fixture(autouse=True)
 def no_service_outlives_its_test():
     """A failing Kafka test must not leave `ringfence serve` processes behind."""

@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-from ringfence.ops.broker import free_port
+from ringfence.ops.broker import free_port, start_broker
 from ringfence.ops.kafka_log import DEFAULT_API_VERSION
 
 _prefixes = itertools.count()
@@ -64,14 +65,15 @@ class Serve:
 
     running: list["Serve"] = []  # killed after each test by the conftest, even when the test failed
 
-    def __init__(self, bootstrap: str, prefix: str, data: Path, *args: str):
+    def __init__(self, bootstrap: str, prefix: str, data: Path, *args: str, env: dict | None = None):
         self.port = free_port()
         self.data = data
         self.stderr_path = data.parent / f"{data.name}-serve-{self.port}.log"
         command = [sys.executable, "-m", "ringfence.ops.cli", "serve", "--bootstrap", bootstrap, "--prefix", prefix,
                    "--data", str(data), "--metrics-port", str(self.port), "--session-timeout-ms", "6000", *args]  # fmt: skip
         with open(self.stderr_path, "ab") as stderr:
-            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
+                                            env={**os.environ, **(env or {})})  # fmt: skip
         Serve.running.append(self)
 
     @classmethod
@@ -83,9 +85,12 @@ class Serve:
         cls.running.clear()
 
     def health(self) -> dict | None:
+        """The health document, whether it came with 200 or 503; None while the endpoint does not answer."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
                 return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return json.loads(error.read()) if error.code == 503 else None
         except OSError:
             return None
 
@@ -115,3 +120,23 @@ class Serve:
     def log_events(self) -> list[dict]:
         lines = self.stderr_path.read_text(errors="replace").splitlines()
         return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+class OwnBroker:
+    """A broker of one test's own on a free loopback port, to kill and start again (empty: topics in memory)."""
+
+    def __init__(self, log_dir: Path):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"tansu-{self.port}.log"
+        self.process = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = start_broker(self.port, log_path=self.log_path)
+
+    def kill(self) -> None:
+        """kill -9, by its own pid."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)

@@ -33,6 +33,8 @@ def test_without_a_broker_each_kafka_command_fails_at_once_with_one_line(tmp_pat
     (["serve", "--partitions", "0,x"], "--partitions '0,x' is not a list like 0,2,3"),
     (["serve", "--partitions", ","], "--partitions names no partition"),
     (["topics", "--partitions", "0"], "--partitions and --replication are at least 1"),
+    (["serve", "--broker-timeout", "0"], "--broker-timeout 0 is not a number of seconds above 0"),
+    (["serve", "--broker-timeout", "inf"], "--broker-timeout inf is not a number of seconds above 0"),
     (["watch", "commands", "--api-version", "two"], "--api-version 'two' is not like 2.8"),
 ])  # fmt: skip
 def test_bad_kafka_arguments_are_usage_errors(tmp_path, cli, arguments, message):

@@ -1,14 +1,16 @@
 """The Prometheus text and health document of `ringfence serve` (ops.metrics), without a service."""
 
 import json
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from ringfence.ops.cli import DEFAULT_KAFKA_API
+from ringfence.ops.cli import DEFAULT_BROKER_TIMEOUT, DEFAULT_KAFKA_API
 from ringfence.ops.kafka_log import DEFAULT_API_VERSION
 from ringfence.ops.metrics import Metrics, PartitionStatus, serve_metrics
+from ringfence.ops.serve import BROKER_TIMEOUT_SECONDS
 
 
 def samples(text: str) -> dict[str, str]:
@@ -41,6 +43,32 @@ def test_metrics_render_per_partition_lag_counts_and_the_last_digest():
     assert found['ringfence_last_digest_info{partition="0",offset="9",digest="ab12"}'] == "1"
 
 
+def test_health_is_degraded_with_a_reason_for_each_halted_partition_and_a_silent_broker():
+    metrics = Metrics()
+    metrics.status, metrics.broker_timeout = "ok", 2.0
+    metrics.broker_contact = time.monotonic()
+    metrics.partitions[0] = PartitionStatus(offset=5)
+    metrics.partitions[1] = PartitionStatus(offset=7, halted="ringfence.events partition 1: the record at offset 8 fails")
+    health = metrics.health()
+    assert health["status"] == "degraded" and health["broker_up"] is True
+    assert health["reasons"] == ["partition 1 halted: ringfence.events partition 1: the record at offset 8 fails"]
+    assert health["partitions"] == {"0": {"offset": 5, "lag": None, "halted": None},
+                                    "1": {"offset": 7, "lag": None, "halted": health["partitions"]["1"]["halted"]}}
+    found = samples(metrics.render())
+    assert found['ringfence_partition_halted{partition="0"}'] == "0"
+    assert found['ringfence_partition_halted{partition="1"}'] == "1"
+    assert found["ringfence_up"] == "0" and found["ringfence_broker_up"] == "1"
+
+    metrics.partitions[1].halted = None
+    assert metrics.health()["status"] == "ok" and samples(metrics.render())["ringfence_up"] == "1"
+    metrics.broker_up, metrics.broker_contact = False, time.monotonic() - 3.2  # as the service's watcher sets it
+    health = metrics.health()
+    assert health["status"] == "degraded" and health["reasons"] == [
+        "no answer from the broker for 3 s (--broker-timeout 2)"]  # fmt: skip
+    found = samples(metrics.render())
+    assert found["ringfence_up"] == "0" and found["ringfence_broker_up"] == "0"
+
+
 def test_the_events_per_second_gauge_is_the_rate_over_the_window(monkeypatch):
     clock = iter([100.0, 102.0])
     monkeypatch.setattr("ringfence.ops.metrics.time.monotonic", lambda: next(clock))
@@ -68,5 +96,6 @@ def test_health_is_503_until_the_service_runs_and_unknown_paths_are_404():
         server.shutdown()
 
 
-def test_the_cli_default_api_version_is_the_one_of_the_kafka_backend():
+def test_the_cli_defaults_are_the_ones_of_the_kafka_backend_and_the_service():
     assert DEFAULT_KAFKA_API == DEFAULT_API_VERSION
+    assert DEFAULT_BROKER_TIMEOUT == BROKER_TIMEOUT_SECONDS
