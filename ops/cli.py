@@ -431,7 +431,7 @@ def _history_line(row: dict) -> str:
 
 
 def cmd_project(args) -> int:
-    from ringfence.replay.forked import ProjectionError, ProjectionFailed, load_class, run_projection
+    from ringfence.replay.forked import ProjectionError, ProjectionFailed, load_class, remove_store, run_projection
 
     try:
         cls = load_class(args.spec)
@@ -441,10 +441,8 @@ def cmd_project(args) -> int:
     log, data = _source_log(args, group=args.group or f"{args.prefix}-project-{cls.store_name()}")
     try:
         store = args.store or data / "projections" / cls.store_name()
-        if args.restart and store.exists():
-            import shutil
-
-            shutil.rmtree(store)
+        if args.restart:
+            remove_store(store)
         progress = Progress("projected")
         projection, offset, seen = run_projection(args.spec, log, store, state_dir(data), start_from=args.start_from,
                                                   checkpoint_every=args.checkpoint_every,
@@ -880,7 +878,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="start_from", type=OFFSET, default=0, metavar="OFFSET",
                    help="first offset the projection sees (a new projection store only; default 0)")  # fmt: skip
     p.add_argument("--store", type=Path, help="its checkpoint store (default <data>/projections/<name>)")
-    p.add_argument("--restart", action="store_true", help="drop its checkpoint and start again")
+    p.add_argument("--restart", action="store_true",
+                   help="drop its checkpoint and start again (deletes only a directory marked as a projection store)")
     p.add_argument("--checkpoint-every", type=COUNT, default=50_000, metavar="EVENTS")
     p.add_argument("--partition", type=OFFSET, metavar="P", help="read partition P of the Kafka events topic")
     p.add_argument("--group", help="with --partition: its consumer group, for lag tools (default "
