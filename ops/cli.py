@@ -1,8 +1,9 @@
 """The ``ringfence`` command line (DESIGN.md §8.1).
 
 Exit codes: 0 success; 2 usage or unreadable input; 3 finished, but some
-records were dead-lettered or rejected; 1 anything else. Every failure is one
-line on stderr.
+records were dead-lettered or rejected; 130 / 143 stopped by SIGINT / SIGTERM
+(what was done is checkpointed or committed: ops.stopping); 1 anything else.
+Every failure is one line on stderr.
 """
 
 import argparse
@@ -10,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -25,10 +27,12 @@ from ringfence.projections.runner import WORKER_MIN_EVENTS, close_projection, ru
 from ringfence.projections.store import ChainSettingError, StateStore, StoreVersionError
 from ringfence.projections.views import books_view, positions_view, wallets_view
 from ringfence.ops.logging import configure_logging, get_logger
+from ringfence.ops.stopping import GracefulStop, Stopped
 from ringfence.projections.outbox import publish_pending
 from ringfence.replay.audit import replay_digest
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130; a graceful stop exits 128 + its signal (ops.stopping)
 DEFAULT_KAFKA_API = (2, 8)  # ops.kafka_log.DEFAULT_API_VERSION, without importing kafka for every command
 INGEST_COMMIT_EVERY = 10_000
 
@@ -147,10 +151,18 @@ def cmd_ingest(args) -> int:
     belongs = _partition_filter(args)
     valid = invalid = skipped = 0
     progress = Progress("ingested")
-    with EmbeddedLog(log_dir(args.data)) as log:
+    with GracefulStop() as stop, EmbeddedLog(log_dir(args.data)) as log:
         _report_recovery(log)
         first = log.end_offset()
-        for number, line, size in _read_lines(stream):
+        next_line = partial(next, _read_lines(stream), None)
+        while True:
+            try:
+                item = stop.wait_for(next_line)  # waiting on the input is cut by a stop at once
+            except Stopped:
+                break
+            if item is None:
+                break
+            number, line, size = item
             if not line.strip():
                 continue  # a blank line is not a record
             if belongs is not None and not belongs(line):
@@ -166,11 +178,16 @@ def cmd_ingest(args) -> int:
             if (valid + invalid) % INGEST_COMMIT_EVERY == 0:
                 log.commit()
                 progress(valid + invalid, 0)
+            if stop():
+                break
         log.commit()
         end = log.end_offset()
     progress.done()
     if stream is not sys.stdin.buffer:
         stream.close()
+    if stop.signal is not None:
+        print(f"interrupted: appended {end - first} records, up to offset {end - 1}, committed", file=sys.stderr)
+        return stop.exit_code
     span = f"offsets {first}..{end - 1}" if end > first else "nothing appended"
     other = f"; {skipped} lines belong to other partitions" if belongs is not None else ""
     print(f"ingested {valid + invalid} records from {name} ({span}): {valid} valid, {invalid} invalid{other}")
@@ -184,15 +201,25 @@ def _open_store(data: Path) -> StateStore:
     return StateStore(state_dir(data))
 
 
-def _run_once(args, log) -> int:
+def _interrupted(report, stop: GracefulStop) -> int:
+    print(f"interrupted: applied up to offset {report.offset}, checkpointed", file=sys.stderr)
+    return stop.exit_code
+
+
+def _run_once(args, log, stop: GracefulStop) -> int:
     progress = Progress("applied")
     with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
         publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
         publish()  # what a previous run stored but did not get to publish
         state, report = run_core(log, store, progress=progress, publish=publish, checkpoint_every=args.checkpoint_every,
-                                 chain_every=args.chain_every, worker=args.worker)  # fmt: skip
-        digest = compute_digest(state, report.projection.canonical_sections())
-        close_projection(report.projection)
+                                 chain_every=args.chain_every, worker=args.worker, stop=stop)  # fmt: skip
+        try:
+            if stop.signal is not None:  # it ended early (or finished) at a checkpoint
+                progress.done()
+                return _interrupted(report, stop)
+            digest = compute_digest(state, report.projection.canonical_sections())
+        finally:
+            close_projection(report.projection)
     progress.done()
     print(
         f"applied {report.events} events, state at offset {report.offset}: "
@@ -210,36 +237,32 @@ def _run_once(args, log) -> int:
 
 
 def cmd_run(args) -> int:
-    if not args.follow:
-        if not log_dir(args.data).is_dir():
-            raise UsageError(f"no event log in {args.data} (run `ringfence ingest FILE` first)")
-        with EmbeddedLog(log_dir(args.data)) as log:  # writable: takes the lock and repairs a torn tail
-            _report_recovery(log)
-            return _run_once(args, log)
-    # follow: keep the state in memory, poll the log, checkpoint what arrives
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    flagged = False
-    log = EmbeddedLog(log_dir(args.data), writable=False)  # ingest keeps the writer lock
-    with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
-        publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
-        publish()
-        state = projection = chain = None
-        try:
-            while not stopping:
-                state, report = run_core(log, store, state=state, projection=projection, chain=chain, publish=publish,
-                                         checkpoint_every=args.checkpoint_every, chain_every=args.chain_every,
-                                         worker=args.worker)  # fmt: skip
-                projection, chain = report.projection, report.chain
-                if report.events:
-                    print(f"applied {report.events} events, state at offset {report.offset}", flush=True)
-                flagged = flagged or bool(report.rejections or report.deadletters)
-                time.sleep(args.interval)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            close_projection(projection)
-    return EXIT_FLAGGED if flagged else EXIT_OK
+    with GracefulStop() as stop:
+        if not args.follow:
+            if not log_dir(args.data).is_dir():
+                raise UsageError(f"no event log in {args.data} (run `ringfence ingest FILE` first)")
+            with EmbeddedLog(log_dir(args.data)) as log:  # writable: takes the lock and repairs a torn tail
+                _report_recovery(log)
+                return _run_once(args, log, stop)
+        # follow: keep the state in memory, poll the log, checkpoint what arrives, until a signal stops it
+        log = EmbeddedLog(log_dir(args.data), writable=False)  # ingest keeps the writer lock
+        with _open_store(args.data) as store, EmbeddedLog(commands_dir(args.data)) as commands_log:
+            publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
+            publish()
+            state = projection = chain = None
+            try:
+                while True:
+                    state, report = run_core(log, store, state=state, projection=projection, chain=chain,
+                                             publish=publish, checkpoint_every=args.checkpoint_every,
+                                             chain_every=args.chain_every, worker=args.worker, stop=stop)  # fmt: skip
+                    projection, chain = report.projection, report.chain
+                    if report.events:
+                        print(f"applied {report.events} events, state at offset {report.offset}", flush=True)
+                    if stop.signal is not None:
+                        return _interrupted(report, stop)
+                    time.sleep(args.interval)
+            finally:
+                close_projection(projection)
 
 
 def _open_reader(data: Path) -> StateStore:
@@ -683,10 +706,14 @@ def cmd_demo(args) -> int:
     data = args.data if args.data is not None else Path(tempfile.mkdtemp(prefix="ringfence-demo-"))
     if (data / "log").exists():
         raise UsageError(f"{data} already holds an event log; the demo needs a fresh --data directory")
-    print(f"demo: seed {args.seed}, {args.traders} traders, {args.events:,} events, data in {data}")
     progress = Progress("events")
-    summary = run_demo(data, seed=args.seed, traders=args.traders, events=args.events, progress=progress)
+    with GracefulStop() as stop:
+        print(f"demo: seed {args.seed}, {args.traders} traders, {args.events:,} events, data in {data}", flush=True)
+        summary = run_demo(data, seed=args.seed, traders=args.traders, events=args.events, progress=progress,
+                           stop=stop)  # fmt: skip
     progress.done()
+    if stop.signal is not None:
+        return _interrupted(summary, stop)
     rows = [
         ("events", f"{summary.events:,}"),
         ("events/s", f"{summary.events / summary.seconds:,.0f} (generate, log, reduce, project, checkpoint)"),
@@ -954,6 +981,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except BrokenPipeError:
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C where no command stops gracefully (ops.stopping): one line, no traceback
+        print("ringfence: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as error:  # one clear line, never a traceback, for an operator
         kafka_log = sys.modules.get("ringfence.ops.kafka_log")  # loaded only by the Kafka commands
         if kafka_log is not None and isinstance(error, kafka_log.KafkaSetupError):
