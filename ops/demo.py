@@ -163,7 +163,8 @@ class MatchingEngine:
         ]  # fmt: skip
 
 
-def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None) -> DemoSummary:
+def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None, stop=None) -> DemoSummary:
+    """The session through log, run and engine, slice by slice; ``stop()`` true ends it after a slice (checkpointed)."""
     live: dict = {}
 
     def free_balance(trader: str) -> int:
@@ -215,6 +216,8 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None)
             pending.extend(answers)
             if progress is not None:
                 progress(totals["events"], events)
+            if stop is not None and stop():
+                break  # the engine's answers to this slice are not in the log: they were never sent
         digest = compute_digest(state, projection.canonical_sections())
     return DemoSummary(
         events=totals["events"],

@@ -7,16 +7,32 @@
 
 The service thread writes plain attributes; the HTTP thread only reads them
 (single assignments, so a scrape sees each value whole).
+
+The endpoint is small and guarded: each connection has a thread, at most
+MAX_CONNECTIONS at once (more are answered 503 and closed), a read timeout
+and a deadline for the whole request, and a client that goes away (reset,
+broken pipe, timeout) is a debug line, never a traceback.
 """
 
 import json
+import socket
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ringfence.ops.logging import get_logger
+
 RATE_WINDOW_SECONDS = 10.0
+# A scraper or health check sends its request at once and reads a few kilobytes: a connection silent this long
+# between two reads is dropped, one still unanswered after the deadline is cut, and a few at once are plenty
+# (a bound, so that half-sent requests cannot pile up threads).
+READ_TIMEOUT_SECONDS = 5.0
+DEADLINE_SECONDS = 15.0
+MAX_CONNECTIONS = 16
+_BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nbusy\n"
 
 
 @dataclass
@@ -131,10 +147,65 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def serve_metrics(metrics: Metrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+class GuardedServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a bound on connections, a deadline per connection and quiet client failures."""
+
+    daemon_threads = True
+    request_queue_size = 64  # the listen backlog: connections beyond the bound are accepted and refused, not left waiting
+
+    def __init__(self, address, handler, *, deadline: float, max_connections: int) -> None:
+        super().__init__(address, handler)
+        self.deadline = deadline
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._open: dict[socket.socket, float] = {}  # connection -> when it was accepted
+        self._lock = threading.Lock()
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        with self._lock:
+            self._open[request] = time.monotonic()
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._open.pop(request, None)
+            self._slots.release()
+
+    def service_actions(self) -> None:
+        """Between accepts (every poll interval): cut the connections past their deadline."""
+        now = time.monotonic()
+        with self._lock:
+            late = [request for request, accepted in self._open.items() if now - accepted > self.deadline]
+        for request in late:
+            try:
+                request.shutdown(socket.SHUT_RDWR)  # its handler's read or write ends at once
+            except OSError:
+                pass
+
+    def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # reset, broken pipe, timeout: the client went away
+            get_logger().debug("metrics_client_gone", error=type(error).__name__)
+        else:
+            get_logger().warning("metrics_request_failed", error=f"{type(error).__name__}: {error}")
+
+
+def serve_metrics(metrics: Metrics, port: int, host: str = "127.0.0.1", *, read_timeout: float = READ_TIMEOUT_SECONDS,
+                  deadline: float = DEADLINE_SECONDS, max_connections: int = MAX_CONNECTIONS) -> GuardedServer:  # fmt: skip
     """Start the endpoint in a daemon thread; ``server.shutdown()`` stops it."""
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = read_timeout  # on every read and write of the connection (StreamRequestHandler)
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path == "/metrics":
                 body, kind, code = metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8", 200
@@ -150,10 +221,9 @@ def serve_metrics(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Threa
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args) -> None:  # scrapes are not worth a log line
+        def log_message(self, *args) -> None:  # scrapes (and timed-out requests) are not worth a log line
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    server = GuardedServer((host, port), Handler, deadline=deadline, max_connections=max_connections)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25}, name="metrics", daemon=True).start()
     return server

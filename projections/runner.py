@@ -26,8 +26,9 @@ from ringfence.projections.worker import AnswerRefused, ProjectionWorker
 
 _json = msgspec.json.Encoder().encode
 
-# progress is reported (and `until` checked) at least this often, in events
-PROGRESS_EVERY = 50_000
+# records are applied in slices of at most this many events: progress is reported, and a stop asked for
+# (SIGINT, SIGTERM: ops.stopping) is noticed, after each (~0.1 s of work)
+PROGRESS_EVERY = 10_000
 # `run` hands the liquidation projection to a worker process (projections.worker)
 # when at least this many events are to be reduced: below it, starting the
 # worker (~0.2 s) costs more than the parallel work saves
@@ -247,6 +248,7 @@ def run_core(
     chain: DigestChain | None = None,
     chain_every: int | None = None,
     worker: bool | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[State, RunReport]:
     """Reduce every record of ``log`` after the state's offset, checkpointing every ``checkpoint_every`` events.
 
@@ -258,6 +260,8 @@ def run_core(
     4. At each chain link, checkpoint and keep a snapshot of the store there
        (point-in-time queries and verification start from those).
     5. Publish the outbox (``publish``) only after the checkpoint is durable.
+    6. After each slice, ``stop()`` true (a signal, ops.stopping) ends the run
+       there, checkpointed and published.
 
     ``worker``: run the liquidation projection in a worker process
     (projections.worker); None chooses it for a long embedded-log tail
@@ -276,7 +280,7 @@ def run_core(
     while True:
         try:
             applied = reduction.apply(islice(records, min(PROGRESS_EVERY, checkpoint_every)), until=until, decode=decode)
-            finished = applied == 0 or (until is not None and state.offset >= until)
+            finished = applied == 0 or (until is not None and state.offset >= until) or (stop is not None and stop())
             saved = reduction.at_link or (reduction.unsaved and (reduction.unsaved >= checkpoint_every or finished))
             if reduction.at_link:
                 reduction.snapshot()

@@ -36,6 +36,7 @@ Ints that may exceed 64 bits (the cost basis) are stored as signed bytes.
 
 import shutil
 import struct
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,6 +121,37 @@ def snapshot_offsets(directory: Path) -> list[int]:
     return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit() and (path / "CURRENT").exists())
 
 
+# what a read-only open leaves out of its shadow directory: the writer's lock, RocksDB's info logs, rocksdict's config
+_NOT_SHADOWED = ("LOCK", "LOG", "rocksdict-config.json")
+READ_ONLY_ATTEMPTS = 3
+
+
+def open_read_only(path: Path, options: Options) -> tuple[Rdict, Path]:
+    """RocksDB opened read-only without writing a byte into ``path``; (db, its shadow directory to delete on close).
+
+    rocksdict (0.3.29, the latest) rewrites ``rocksdict-config.json`` in the
+    directory on every open, read-only ones included: on a read-only data
+    directory the open fails, and on a writable one every query modifies the
+    store. So the store is opened through a private temporary directory of
+    symbolic links to its files: RocksDB's read-only mode writes nothing and
+    takes no lock, and the links follow a writer's atomic renames. A writer
+    that replaces files between the listing and the open makes that open fail:
+    it is tried again with a fresh listing, and the last error stands.
+    """
+    error: Exception | None = None
+    for _ in range(READ_ONLY_ATTEMPTS):
+        shadow = Path(tempfile.mkdtemp(prefix="ringfence-read-only-"))
+        try:
+            for entry in path.iterdir():
+                if not entry.name.startswith(_NOT_SHADOWED):
+                    (shadow / entry.name).symlink_to(entry.resolve())
+            return Rdict(str(shadow), options, access_type=AccessType.read_only()), shadow
+        except Exception as failed:  # rocksdict raises plain Exceptions with RocksDB's message
+            shutil.rmtree(shadow, ignore_errors=True)
+            error = failed
+    raise error
+
+
 def _join(*parts: str) -> bytes:
     return _SEP.join(parts).encode()
 
@@ -133,16 +165,25 @@ class StateStore:
         """Open (or create) the store; ``read_only`` lets queries run beside a writer."""
         self.path = Path(path)
         options = Options(raw_mode=True)
+        self._shadow: Path | None = None
         if read_only:
             if not (self.path / "CURRENT").exists():
                 raise FileNotFoundError(f"no state in {self.path} (run `ringfence run` first)")
-            self._db = Rdict(str(self.path), options, access_type=AccessType.read_only())
+            self._db, self._shadow = open_read_only(self.path, options)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             options.create_if_missing(True)
             self._db = Rdict(str(self.path), options)
         self._sync = WriteOptions()
         self._sync.sync = True
+        try:
+            self._check_version()
+        except StoreVersionError:
+            self.close()
+            raise
+        self._checkpointed_offset = self.stored_offset()
+
+    def _check_version(self) -> None:
         version = self._db.get(META_VERSION)
         if version is None:
             if self._db.get(META_OFFSET) is not None:
@@ -152,10 +193,12 @@ class StateStore:
                 f"{self.path} holds state format v{bytes_to_int(version)}, this ringfence reads v{FORMAT_VERSION}; "
                 "delete the directory and run again to rebuild it by replay from offset 0"
             )
-        self._checkpointed_offset = self.stored_offset()
 
     def close(self) -> None:
         self._db.close()
+        if self._shadow is not None:
+            shutil.rmtree(self._shadow, ignore_errors=True)
+            self._shadow = None
 
     # -- snapshots -----------------------------------------------------------------------
 

@@ -30,7 +30,10 @@ two work in parallel:
    while the child finishes its last rows.
 
 The child exits when its stdin closes, so a parent killed with -9 leaves no
-worker behind. A child that fails says why in one line on stderr, and the
+worker behind. It runs in a process group of its own and ignores SIGINT and
+SIGTERM: a Ctrl-C (or a service manager's SIGTERM to every process) is the
+parent's to handle, which finishes its batch, syncs, checkpoints and closes
+the pipe (ops.stopping). A child that fails says why in one line on stderr, and the
 parent stops at its next sync with ``WorkerFailed``: the last checkpoint
 stands, and the next run goes on from it.
 """
@@ -39,6 +42,7 @@ import os
 import marshal
 import pickle
 import queue
+import signal
 import struct
 import subprocess
 import sys
@@ -91,7 +95,8 @@ class ProjectionWorker:
 
     def __init__(self, state: State, snapshot: list | None, log_directory: Path) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "ringfence.projections.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-m", "ringfence.projections.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            process_group=0,  # a terminal's Ctrl-C reaches the parent alone
         )
         self._frames: queue.Queue = queue.Queue(QUEUED_BATCHES)
         self._writer = threading.Thread(target=self._write_frames, name="projection-worker-writer", daemon=True)
@@ -386,6 +391,8 @@ def serve(source: BinaryIO, sink: BinaryIO) -> None:
 
 
 def main() -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the parent stops it, by closing the pipe once it has synced
+        signal.signal(sig, signal.SIG_IGN)
     try:
         serve(sys.stdin.buffer, sys.stdout.buffer)
     except Exception as error:  # one line for the operator; the parent then stops with its own

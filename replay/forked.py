@@ -16,6 +16,8 @@
 """
 
 import importlib
+import os
+import shutil
 import sys
 from itertools import islice
 from pathlib import Path
@@ -27,12 +29,15 @@ from ringfence.core.state import State
 from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.runner import reduce_records
 from ringfence.projections.sdk import Projection, View
+from ringfence.projections.store import open_read_only
 from ringfence.replay.point_in_time import state_at
 
 META_OFFSET = b"meta:offset"
 META_FROM = b"meta:from"
 META_CLASS = b"meta:class"
 STATE = b"state"
+# the file that makes a directory a projection store: written first when one is created; --restart deletes nothing else
+STORE_MARKER = "RINGFENCE-PROJECTION-STORE"
 
 
 class ProjectionError(Exception):
@@ -60,9 +65,57 @@ def load_class(spec: str) -> type[Projection]:
     return cls
 
 
+def _not_a_store(path: Path) -> ProjectionError:
+    return ProjectionError(f"{path} is not a projection store (it has no {STORE_MARKER} file); nothing was deleted "
+                           "or written")  # fmt: skip
+
+
+def _older_store(path: Path) -> bool:
+    """A store from before the marker: a RocksDB whose meta:class names a projection (opened read-only)."""
+    if not (path / "CURRENT").is_file():
+        return False
+    try:
+        db, shadow = open_read_only(path, Options(raw_mode=True))
+    except Exception:  # not a RocksDB
+        return False
+    try:
+        return db.get(META_CLASS) is not None
+    finally:
+        db.close()
+        shutil.rmtree(shadow, ignore_errors=True)
+
+
+def claim_store(path: Path) -> None:
+    """Make sure ``path`` is a projection store: marked, or new or empty (marked now), or an older one (marked now)."""
+    marker = path / STORE_MARKER
+    if marker.is_file():
+        return
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or _older_store(path))):
+        raise _not_a_store(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(marker, "w") as file:  # durable before RocksDB writes a file beside it
+        file.write("ringfence projection store: `ringfence project --restart` may delete this directory\n")
+        file.flush()
+        os.fsync(file.fileno())
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def remove_store(path: Path) -> None:
+    """``--restart``: delete the store, which must carry the marker (any other directory is refused, untouched)."""
+    if not path.exists():
+        return
+    if not (path / STORE_MARKER).is_file():
+        raise _not_a_store(path)
+    shutil.rmtree(path)
+
+
 class ProjectionStore:
     def __init__(self, path: Path, spec: str):
-        path.mkdir(parents=True, exist_ok=True)
+        claim_store(path)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         self._db = Rdict(str(path), options)

@@ -75,3 +75,30 @@ def test_the_readme_example_projection_sums_the_fees_of_the_applied_fills(tmp_pa
             expected[event["account"]] = expected.get(event["account"], 0) + parse_decimal(event["fee"], allow_negative=True)
     rows = project(cli, data, spec="examples.fees:FeesPerAccount", env={"PYTHONPATH": str(Path.cwd())})[1]
     assert {row["account"]: row["fees"] for row in rows} == {a: format_decimal(f) for a, f in expected.items()}
+
+
+def test_restart_deletes_only_a_directory_marked_as_a_projection_store(tmp_path, cli):
+    data = tmp_path / "data"
+    cli("ingest", str(session_file(tmp_path, seed=55, count=300)), data=data)
+    cli("run", data=data, check_rc=None)
+    core = cli("digest", data=data)[1]
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    (papers / "thesis.txt").write_text("years of work\n")
+    for other in (papers, data / "state"):  # any directory, the core's own store included
+        before = sorted(p.name for p in other.iterdir())
+        for args in (["--restart"], []):  # nor does a projection move into a directory that is not its store
+            err = project(cli, data, "--store", str(other), *args, check_rc=2)[2]
+            assert err.splitlines() == [f"ringfence: error: {other} is not a projection store (it has no "
+                                        "RINGFENCE-PROJECTION-STORE file); nothing was deleted or written"]  # fmt: skip
+            assert sorted(p.name for p in other.iterdir()) == before
+    assert (papers / "thesis.txt").read_text() == "years of work\n" and cli("digest", data=data)[1] == core
+    # a store of its own is marked when created, and --restart starts it again from scratch
+    store = tmp_path / "tally"
+    first = project(cli, data, "--store", str(store), "--from", "200")[1]
+    assert (store / "RINGFENCE-PROJECTION-STORE").is_file() and first[0]["first"] == 200
+    assert project(cli, data, "--store", str(store), "--restart")[1][0]["first"] == 0
+    # a store from before the marker (meta:class names its projection) is recognised and marked on its next run
+    (store / "RINGFENCE-PROJECTION-STORE").unlink()
+    assert project(cli, data, "--store", str(store))[1][0]["first"] == 0
+    assert (store / "RINGFENCE-PROJECTION-STORE").is_file()

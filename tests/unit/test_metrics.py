@@ -1,6 +1,10 @@
 """The Prometheus text and health document of `ringfence serve` (ops.metrics), without a service."""
 
 import json
+import select
+import socket
+import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -99,3 +103,73 @@ def test_health_is_503_until_the_service_runs_and_unknown_paths_are_404():
 def test_the_cli_defaults_are_the_ones_of_the_kafka_backend_and_the_service():
     assert DEFAULT_KAFKA_API == DEFAULT_API_VERSION
     assert DEFAULT_BROKER_TIMEOUT == BROKER_TIMEOUT_SECONDS
+
+
+def _half_sent(port: int) -> socket.socket:
+    """A client that sends the start of a request and then nothing."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    return client
+
+
+def _until_closed(client: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (socket.timeout if it never does)."""
+    received = b""
+    while chunk := client.recv(4096):
+        received += chunk
+    client.close()
+    return received
+
+
+def test_half_sent_requests_time_out_and_extra_connections_are_refused():
+    server = serve_metrics(Metrics(), 0, read_timeout=1.5, max_connections=4)
+    port = server.server_address[1]
+    try:
+        clients = [_half_sent(port) for _ in range(20)]  # on the old server: 20 threads waiting for ever
+        started = time.monotonic()
+        answers = [_until_closed(client) for client in clients]
+        assert time.monotonic() - started < 5  # the held ones are dropped after the read timeout
+        held = [a for a in answers if a == b""]  # dropped without an answer: they never finished their request
+        refused = [a for a in answers if a.startswith(b"HTTP/1.0 503")]
+        assert len(held) == 4 and len(refused) == 16
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).status == 200  # slots free again
+    finally:
+        server.shutdown()
+
+
+def test_a_request_sent_one_byte_at_a_time_is_cut_at_its_deadline():
+    server = serve_metrics(Metrics(), 0, read_timeout=1.0, deadline=1.5, max_connections=4)
+    try:
+        client = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10)
+        started = time.monotonic()
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n"[:15]:  # a byte every 0.3 s: inside the read timeout
+            if select.select([client], [], [], 0.3)[0]:
+                break  # the server closed the connection
+            client.sendall(bytes([byte]))
+        try:
+            assert client.recv(4096) == b""
+        except ConnectionResetError:  # it had closed before our last byte
+            pass
+        assert 1.5 <= time.monotonic() - started < 3.5
+    finally:
+        server.shutdown()
+
+
+def _handler_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+
+
+def test_a_client_reset_is_no_traceback(capsys):
+    server = serve_metrics(Metrics(), 0)
+    try:
+        client = _half_sent(server.server_address[1])
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # linger 0: the connection is reset, and the server's read fails with ECONNRESET
+        deadline = time.monotonic() + 10
+        while _handler_threads() and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling for the handler to end, not timing it
+        assert not _handler_threads()
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) <= 1, err
