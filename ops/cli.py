@@ -24,7 +24,7 @@ from ringfence.events.log import CorruptLog
 from ringfence.events.log_codec import encode_record
 from ringfence.core.model import InvalidInput
 from ringfence.projections.runner import WORKER_MIN_EVENTS, close_projection, run_core
-from ringfence.projections.store import ChainSettingError, StateStore, StoreVersionError
+from ringfence.projections.store import ChainSettingError, StateStore, StoreCorrupt, StoreVersionError
 from ringfence.projections.views import books_view, positions_view, wallets_view
 from ringfence.ops.logging import configure_logging, get_logger
 from ringfence.ops.stopping import GracefulStop, Stopped
@@ -417,7 +417,7 @@ def cmd_replay(args) -> int:
 
 def _verify(log, data: Path, start_from: int | None) -> int:
     from ringfence.replay.point_in_time import load_point, nearest_snapshot
-    from ringfence.replay.verify import NoChain, check_snapshot, verify
+    from ringfence.replay.verify import NoChain, check_published, check_snapshot, verify
 
     with _open_reader(data) as store:
         start = divergence = result = None
@@ -433,6 +433,9 @@ def _verify(log, data: Path, start_from: int | None) -> int:
             except NoChain as error:
                 raise UsageError(str(error)) from None
             divergence = result.divergence
+            if divergence is None and commands_dir(data).is_dir():
+                with EmbeddedLog(commands_dir(data), writable=False) as published:
+                    divergence = check_published(store, published)
     if divergence is not None:
         print(f"ringfence: verify: diverges at offset {divergence.offset} ({divergence.kind}): {divergence.detail}",
               file=sys.stderr)  # fmt: skip
@@ -440,7 +443,7 @@ def _verify(log, data: Path, start_from: int | None) -> int:
     more = "; the log holds more records the core has not applied yet" if result.unapplied else ""
     origin = f" from the snapshot at {result.start - 1}, whose digest matches its link" if result.start else ""
     print(f"verified offsets {result.start}..{result.verified_to}{origin}: {result.links} chain links, every "
-          f"record fingerprint; chain {result.last_chain}{more}")  # fmt: skip
+          f"record fingerprint, the final state and {result.outbox} outbox records; chain {result.last_chain}{more}")  # fmt: skip
     return EXIT_OK
 
 
@@ -1009,7 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"ringfence: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (LogLocked, CorruptLog, StoreVersionError, ChainSettingError) as error:
+    except (LogLocked, CorruptLog, StoreVersionError, StoreCorrupt, ChainSettingError) as error:
         print(f"ringfence: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:

@@ -41,13 +41,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, Checkpoint, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from ringfence.core.check import check
 from ringfence.core.limits import CHAIN_EVERY_EVENTS, SNAPSHOTS_KEPT
 from ringfence.core.model import MarketConfig
-from ringfence.events.crashpoints import crash_point
 from ringfence.core.state import MarketState, State
+from ringfence.events.crashpoints import crash_point
 from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
 from ringfence.projections.episodes import BOOK_VERSION
 from ringfence.projections.liquidation import LiquidationProjection
@@ -87,6 +87,10 @@ _decode_list = msgspec.msgpack.Decoder(list).decode
 
 class StoreVersionError(Exception):
     """The store was written by another snapshot format."""
+
+
+class StoreCorrupt(Exception):
+    """RocksDB cannot read the store (a checksum mismatch, a damaged or missing file): nothing of it is used."""
 
 
 class ChainSettingError(Exception):
@@ -165,28 +169,70 @@ class StateStore:
         """Open (or create) the store; ``read_only`` lets queries run beside a writer."""
         self.path = Path(path)
         options = Options(raw_mode=True)
+        options.set_paranoid_checks(True)  # a damaged file found on open or in compaction stops the store
         self._shadow: Path | None = None
-        if read_only:
-            if not (self.path / "CURRENT").exists():
-                raise FileNotFoundError(f"no state in {self.path} (run `ringfence run` first)")
-            self._db, self._shadow = open_read_only(self.path, options)
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            options.create_if_missing(True)
-            self._db = Rdict(str(self.path), options)
+        self._read = ReadOptions()
+        self._read.set_verify_checksums(True)  # every block read is checked (RocksDB's default, made explicit)
+        try:
+            if read_only:
+                if not (self.path / "CURRENT").exists():
+                    raise FileNotFoundError(f"no state in {self.path} (run `ringfence run` first)")
+                self._db, self._shadow = open_read_only(self.path, options)
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                options.create_if_missing(True)
+                self._db = Rdict(str(self.path), options)
+        except (FileNotFoundError, PermissionError):
+            raise
+        except Exception as error:  # rocksdict raises plain Exceptions with RocksDB's message
+            raise self._damaged(error) from None
         self._sync = WriteOptions()
         self._sync.sync = True
         try:
             self._check_version()
-        except StoreVersionError:
+            self._checkpointed_offset = self.stored_offset()
+        except (StoreVersionError, StoreCorrupt):
             self.close()
             raise
-        self._checkpointed_offset = self.stored_offset()
+
+    def _damaged(self, error: Exception) -> StoreCorrupt:
+        """One line naming the store and what RocksDB says is damaged (its file, in the store's own directory)."""
+        detail = str(error).replace(str(self._shadow), str(self.path)) if self._shadow else str(error)
+        return StoreCorrupt(f"the store in {self.path} cannot be read: {detail.strip()} (delete the directory and run "
+                            "again to rebuild it by replay from the log)")  # fmt: skip
+
+    def _get(self, key: bytes) -> bytes | None:
+        try:
+            return self._db.get(key, read_opt=self._read)
+        except Exception as error:  # noqa: BLE001 (RocksDB reports damage as a plain Exception)
+            raise self._damaged(error) from None
+
+    def _iterator(self):
+        return self._db.iter(self._read)
+
+    def _checked_end(self, iterator) -> None:
+        """A scan ends when the iterator is no longer valid: by the end of the data, or by an error it holds."""
+        try:
+            iterator.status()
+        except Exception as error:  # noqa: BLE001
+            raise self._damaged(error) from None
+
+    def verify_all(self) -> int:
+        """Read every key and value of the store, checksums and all; return how many (StoreCorrupt on damage)."""
+        iterator = self._iterator()
+        iterator.seek_to_first()
+        count = 0
+        while iterator.valid():
+            iterator.value()
+            count += 1
+            iterator.next()
+        self._checked_end(iterator)
+        return count
 
     def _check_version(self) -> None:
-        version = self._db.get(META_VERSION)
+        version = self._get(META_VERSION)
         if version is None:
-            if self._db.get(META_OFFSET) is not None:
+            if self._get(META_OFFSET) is not None:
                 raise StoreVersionError(f"{self.path} has state but no format version; delete it to rebuild by replay")
         elif bytes_to_int(version) != FORMAT_VERSION:
             raise StoreVersionError(
@@ -220,18 +266,20 @@ class StateStore:
         self.close()
 
     def stored_offset(self) -> int:
-        raw = self._db.get(META_OFFSET)
+        raw = self._get(META_OFFSET)
         return -1 if raw is None else _OFFSET.unpack(raw)[0]
 
     def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        iterator = self._db.iter()
+        """Every (key, value) with ``prefix`` from ``start``; StoreCorrupt if damage cut the scan short."""
+        iterator = self._iterator()
         iterator.seek(start or prefix)
         while iterator.valid():
             key = iterator.key()
             if not key.startswith(prefix):
-                break
+                return
             yield key, iterator.value()
             iterator.next()
+        self._checked_end(iterator)
 
     # -- restore -------------------------------------------------------------------------
 
@@ -253,13 +301,13 @@ class StateStore:
         for key, value in self._scan(LEVERAGE):
             account, market, side = _split(key, LEVERAGE)
             state.leverage[(account, market, side)] = bytes_to_int(value)
-        books = self._db.get(BOOKS)
+        books = self._get(BOOKS)
         if books is not None:
             for book, entries in zip(
                 (state.insurance, state.fee_income, state.clearing, state.net_deposits), _decode_list(books), strict=True
             ):
                 book.update((name, bytes_to_int(value)) for name, value in entries)
-        generation = self._db.get(META_ID_GENERATION)
+        generation = self._get(META_ID_GENERATION)
         if generation is not None:
             state.id_generation = _OFFSET.unpack(generation)[0]
             for key, value in self._scan(REMEMBERED_ID):
@@ -363,7 +411,7 @@ class StateStore:
 
     def projection_snapshot(self) -> list | None:
         """The liquidation projection's stored state as its ``sections`` (None before its first checkpoint)."""
-        head = self._db.get(PROJECTION)
+        head = self._get(PROJECTION)
         if head is None:
             return None
         commands = [_decode_list(value) for _, value in self._scan(EPISODE_COMMAND)]
@@ -382,7 +430,7 @@ class StateStore:
 
     def load_chain(self, every: int | None = None) -> DigestChain:
         """The digest chain as of the last checkpoint; ``every`` (None: the stored one) must match a stored chain."""
-        raw = self._db.get(META_CHAIN)
+        raw = self._get(META_CHAIN)
         applied = self.stored_offset()
         if raw is None:
             check(applied < 0, "a format-2 store with state has a chain")
@@ -396,7 +444,7 @@ class StateStore:
         return DigestChain(stored_every, last_offset, last_chain, applied)
 
     def chain_every(self) -> int | None:
-        raw = self._db.get(META_CHAIN)
+        raw = self._get(META_CHAIN)
         return None if raw is None else _decode_list(raw)[0]
 
     def chain_links(self) -> Iterator[bytes]:
@@ -405,8 +453,10 @@ class StateStore:
 
     def fingerprints(self, after: int = -1) -> Iterator[tuple[int, bytes]]:
         """(offset, fingerprint) of every applied record after ``after``, in offset order."""
-        iterator = self._db.iter()
+        iterator = self._iterator()
         iterator.seek_for_prev(offset_key(FINGERPRINTS, after + 1))  # the chunk holding after + 1
+        if not iterator.valid():
+            self._checked_end(iterator)
         start = iterator.key() if iterator.valid() and iterator.key().startswith(FINGERPRINTS) else None
         for key, chunk in self._scan(FINGERPRINTS, start=start):
             first = _OFFSET.unpack(key[len(FINGERPRINTS) :])[0]
@@ -433,7 +483,7 @@ class StateStore:
 
     def published(self, prefix: bytes = COMMAND) -> int:
         """The last published position of an output kind: 0 (commands) or -1 (offsets) when none."""
-        raw = self._db.get(self._published_key(prefix))
+        raw = self._get(self._published_key(prefix))
         if raw is None:
             return 0 if prefix == COMMAND else -1
         return _OFFSET.unpack(raw)[0]

@@ -12,6 +12,11 @@ matches its stored link, and compares as it goes:
   change), somewhere after the previous link;
 - a link whose chain hash differs: the stored chain itself was altered.
 
+Whether or not a link falls in the range, the end is compared too: the
+store's own state and projection (their digest) against the replay's, and
+the store's outbox (commands and cancels) against the replay's decisions.
+Before anything, every key of the store is read once with its checksums.
+
 Nothing is written; the live store is opened read-only.
 """
 
@@ -24,8 +29,9 @@ from ringfence.core.digest import chain_link, compute_digest
 from ringfence.core.state import State
 from ringfence.projections.chain import FINGERPRINT_BYTES, ChainLink, DigestChain
 from ringfence.projections.liquidation import LiquidationProjection
+from ringfence.projections.outbox import decision_records
 from ringfence.projections.runner import reduce_records
-from ringfence.projections.store import StateStore
+from ringfence.projections.store import COMMAND, StateStore
 
 _decode_link = msgspec.json.Decoder(ChainLink).decode
 SLICE_EVENTS = 50_000
@@ -38,7 +44,7 @@ class NoChain(Exception):
 @dataclass(frozen=True)
 class Divergence:
     offset: int
-    kind: str  # record | state | chain | snapshot | missing
+    kind: str  # record | state | chain | snapshot | missing | final state | outbox
     detail: str
 
 
@@ -50,6 +56,7 @@ class Verification:
     last_chain: str
     divergence: Divergence | None
     unapplied: bool  # the log holds records after what the core applied
+    outbox: int = 0  # outbox records compared
 
 
 def _stored_links(store: StateStore) -> dict[int, ChainLink]:
@@ -90,6 +97,7 @@ def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection,
     every = store.chain_every()
     if every is None:
         raise NoChain(f"{store.path} holds no digest chain (run `ringfence run` first)")
+    store.verify_all()  # damage anywhere in the store is StoreCorrupt, not a verified result
     applied_to = store.stored_offset()
     stored_links = _stored_links(store)
     if start is None:
@@ -99,12 +107,18 @@ def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection,
     first_offset = state.offset + 1
     fingerprints = store.fingerprints(after=state.offset)
     records = log.read(first_offset)
+    first_sequence = projection.sequence
+    outbox: list[tuple[bytes, bytes]] = []  # the commands and cancels the replay decides, keyed as stored
+
+    def decided(decisions: list, sequence: int) -> None:
+        outbox.extend(record for record in decision_records(decisions, sequence)[0] if record[0].startswith(COMMAND))
+
     links = 0
     divergence = None
     while state.offset < applied_to:
         previous_link = chain.last_offset
         applied = reduce_records(state, islice(records, SLICE_EVENTS), until=applied_to, projection=projection,
-                                 decode=log.decode, chain=chain)  # fmt: skip
+                                 decode=log.decode, chain=chain, on_outputs=decided)  # fmt: skip
         if not applied:
             break
         first, computed, made = chain.take()
@@ -119,8 +133,59 @@ def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection,
     if divergence is None and state.offset < applied_to:
         divergence = Divergence(state.offset + 1, "missing",
                                 f"the log ends at offset {state.offset}; the core applied up to {applied_to}")  # fmt: skip
+    if divergence is None:
+        divergence = _final_mismatch(store, state, projection, first_sequence, outbox)
     unapplied = divergence is None and next(iter(log.read(applied_to + 1)), None) is not None
-    return Verification(first_offset, min(state.offset, applied_to), links, chain.last_chain, divergence, unapplied)
+    return Verification(first_offset, min(state.offset, applied_to), links, chain.last_chain, divergence, unapplied,
+                        len(outbox))  # fmt: skip
+
+
+def _final_mismatch(store: StateStore, state: State, projection: LiquidationProjection, after_sequence: int,
+                    outbox: list[tuple[bytes, bytes]]) -> Divergence | None:  # fmt: skip
+    """The store's state, projection and outbox at its applied offset against the replay's, however far the last link."""
+    stored_state = store.load()
+    stored_digest = compute_digest(stored_state, store.load_projection(stored_state).canonical_sections())
+    replayed_digest = compute_digest(state, projection.canonical_sections())
+    if stored_digest != replayed_digest:
+        return Divergence(state.offset, "final state", f"the store's state at offset {state.offset} is not the "
+                          f"log's (stored digest {stored_digest[:16]}, replay {replayed_digest[:16]})")  # fmt: skip
+    stored = list(store.commands(after=after_sequence))
+    for index in range(max(len(stored), len(outbox))):
+        mine = outbox[index][1] if index < len(outbox) else None
+        kept = stored[index][1] if index < len(stored) else None
+        if mine != kept:
+            sequence = after_sequence + index + 1
+            return Divergence(state.offset, "outbox", f"outbox record {sequence} differs: stored "
+                              f"{_shown(kept)}, replay {_shown(mine)}")  # fmt: skip
+    return None
+
+
+def check_published(store: StateStore, published) -> Divergence | None:
+    """The commands log (what the outbox published) against the store's outbox, which verify compared with the replay.
+
+    At least once: a record may appear twice (a crash between publishing and
+    moving the mark, or a damaged tail published again), but none may be
+    missing up to the published mark, and none may be one the store does not hold.
+    """
+    stored = dict(store.commands())
+    known = {bytes(record): sequence for sequence, record in stored.items()}
+    seen = set()
+    for offset, record in published.read(0):
+        sequence = known.get(bytes(record))
+        if sequence is None:
+            return Divergence(store.stored_offset(), "outbox", f"the commands log's record at offset {offset} is no "
+                              f"command of the store's outbox: {_shown(record)}")  # fmt: skip
+        seen.add(sequence)
+    mark = store.published()
+    lost = [sequence for sequence in stored if sequence <= mark and sequence not in seen]
+    if lost:
+        return Divergence(store.stored_offset(), "outbox", f"{len(lost)} commands marked published are not in the "
+                          f"commands log (the first: outbox record {lost[0]})")  # fmt: skip
+    return None
+
+
+def _shown(record: bytes | None) -> str:
+    return "nothing" if record is None else bytes(record[:200]).decode("utf-8", "replace")
 
 
 def check_snapshot(store: StateStore, point: tuple[State, LiquidationProjection, DigestChain]) -> Divergence | None:

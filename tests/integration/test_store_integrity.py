@@ -1,0 +1,122 @@
+"""Every read of the store is checked (issue 13, case 1), on a real RocksDB store.
+
+A flipped byte in a data block of an .sst file: every command that reads the
+store says so in one line naming the file, and exits 1 — never a partial
+listing, never a run carried on from a partial state, never "verified".
+`replay --verify` compares the final state and the outbox with the store's
+even when no chain link falls in the replayed range.
+"""
+
+import shutil
+from pathlib import Path
+
+import msgspec
+import pytest
+from rocksdict import Options, Rdict
+
+from ringfence.projections.store import POSITION
+from tests.integration.test_cli import session_file
+
+EVENTS = 6_000
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory):
+    """A store with snapshots (chain links every 1,500 events: RocksDB flushes to .sst files at each)."""
+    from tests.integration.conftest import ringfence
+
+    root = tmp_path_factory.mktemp("store-integrity")
+    data = root / "data"
+    ringfence("ingest", str(session_file(root, seed=13, count=EVENTS)), data=data)
+    ringfence("run", "--chain-every", "1500", data=data, check_rc=None)
+    return data
+
+
+def damaged_copy(healthy: Path, tmp_path: Path, directory: str = "state") -> tuple[Path, list[str]]:
+    """A copy of the data directory with one byte flipped in the middle of every .sst of ``directory``.
+
+    The copy's files are written anew, so the snapshots' hard links to the
+    live store's files are broken: only ``directory`` is damaged.
+    """
+    data = tmp_path / "data"
+    shutil.copytree(healthy, data)
+    names = []
+    for path in sorted((data / directory).glob("*.sst")):
+        content = bytearray(path.read_bytes())
+        content[len(content) // 2] ^= 0xFF
+        path.unlink()
+        path.write_bytes(content)
+        names.append(path.name)
+    assert names
+    return data, names
+
+
+def one_damage_line(err: str, names: list[str]) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "cannot be read" in lines[0] and "checksum mismatch" in lines[0], err
+    assert any(name in lines[0] for name in names), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["positions"], ["wallets"], ["books"], ["digest"], ["run"],
+                                     ["replay", "--verify"], ["commands", "--json"]])  # fmt: skip
+def test_a_flipped_byte_in_the_state_is_one_line_and_exit_1(healthy, tmp_path, cli, command):
+    data, names = damaged_copy(healthy, tmp_path)
+    rc, out, err = cli(*command, data=data, check_rc=None)
+    assert rc == 1, (rc, out[-500:], err)
+    one_damage_line(err, names)
+    assert out.strip() == "" or command == ["run"] and "applied" not in out, out[-500:]
+
+
+def test_a_flipped_byte_in_a_snapshot_is_refused_by_a_query_at_its_offset(healthy, tmp_path, cli):
+    snapshots = sorted((healthy / "snapshots").iterdir())
+    assert len(snapshots) >= 2
+    offset = int(snapshots[0].name)
+    expected = cli("positions", "--at", str(offset), data=healthy)[1]
+    data, names = damaged_copy(healthy, tmp_path, f"snapshots/{snapshots[0].name}")
+    rc, out, err = cli("positions", "--at", str(offset), "--json", data=data, check_rc=None)
+    assert rc == 1 and out == "", (rc, out[-300:], err)
+    one_damage_line(err, names)
+    assert cli("positions", "--at", str(offset), data=healthy)[1] == expected  # the original is untouched
+
+
+def store_edited(data: Path, edit) -> None:
+    """Change the store behind ringfence's back (as a bug or an operator would), through RocksDB itself."""
+    db = Rdict(str(data / "state"), Options(raw_mode=True))
+    try:
+        edit(db)
+    finally:
+        db.close()
+
+
+def test_verify_compares_the_final_state_although_no_link_is_in_range(tmp_path, cli):
+    data = tmp_path / "data"
+    cli("ingest", str(session_file(tmp_path, seed=13, count=2_000)), data=data)
+    cli("run", "--chain-every", "1000000", data=data, check_rc=None)  # no link in 2,000 events
+    assert cli("replay", "--verify", data=data)[1].startswith("verified offsets 0..1999: 0 chain links")
+
+    def shift_a_margin(db):
+        key = next(key for key, _ in db.items(from_key=POSITION) if key.startswith(POSITION))
+        size, cost, margin, shortfall = msgspec.msgpack.decode(db[key])
+        db[key] = msgspec.msgpack.encode([size, cost, margin + 1, shortfall])
+
+    store_edited(data, shift_a_margin)
+    rc, _, err = cli("replay", "--verify", data=data, check_rc=1)
+    assert err.startswith("ringfence: verify: diverges at offset 1999 (final state): the store's state"), err
+
+
+def test_verify_compares_the_outbox_and_the_published_commands(tmp_path, cli):
+    data = tmp_path / "data"
+    cli("ingest", str(session_file(tmp_path, seed=13, count=2_000)), data=data)
+    cli("run", "--chain-every", "1000000", data=data, check_rc=None)
+    out = cli("replay", "--verify", data=data)[1]
+    assert " 0 outbox records" not in out, out  # the session liquidates: there is an outbox to compare
+
+    def drop_the_last_command(db):
+        last = next(key for key, _ in db.items(backwards=True, from_key=b"c:\xff") if key.startswith(b"c:"))
+        del db[last]
+
+    store_edited(data, drop_the_last_command)
+    rc, _, err = cli("replay", "--verify", data=data, check_rc=1)
+    assert "(outbox): outbox record" in err and "stored nothing" in err, err
