@@ -12,8 +12,15 @@ costs one comparison. The points and where they sit:
     outbox.appended         the outbox: one more record appended to a sink, not committed
     outbox.before_mark      the outbox: a sink committed, its published mark not yet moved
     worker.sync             the projection worker's child, about to answer a sync
+    ingest.appended         ingest: one more record appended (buffered), not committed
+    ingest.before_commit    ingest: a batch appended, the log not yet committed
+    ingest.committed        ingest: the log committed (fsynced), its progress not yet saved
+    ingest.progress_staged  ingest: the progress file's replacement written and fsynced, not yet renamed
+    ingest.progress_saved   ingest: the progress saved (first: the intent, before any append)
 
-tests/integration/test_crash_points.py runs every point under seeds that pick n.
+tests/integration/test_crash_points.py runs every point of `run` (RUN_POINTS)
+under seeds that pick n; tests/integration/test_ingest_exactly_once.py those
+of `ingest` (INGEST_POINTS).
 """
 
 import os
@@ -22,8 +29,11 @@ import sys
 ENV = "RINGFENCE_CRASH_AT"
 CRASH_EXIT_CODE = 86  # tells a test the process died at its armed point, not of something else
 
-POINTS = ("checkpoint.before_write", "checkpoint.after_write", "snapshot.before", "outbox.appended",
-          "outbox.before_mark", "worker.sync")  # fmt: skip
+RUN_POINTS = ("checkpoint.before_write", "checkpoint.after_write", "snapshot.before", "outbox.appended",
+              "outbox.before_mark", "worker.sync")  # fmt: skip
+INGEST_POINTS = ("ingest.appended", "ingest.before_commit", "ingest.committed", "ingest.progress_staged",
+                 "ingest.progress_saved")  # fmt: skip
+POINTS = RUN_POINTS + INGEST_POINTS
 
 
 def _armed() -> tuple[str, int] | None:

@@ -19,9 +19,9 @@ import msgspec
 from ringfence.core.digest import compute_digest
 from ringfence.core.limits import CHAIN_EVERY_EVENTS, CHECKPOINT_EVERY_EVENTS, MAX_LINE_BYTES
 from ringfence.events.embedded import EmbeddedLog, LogLocked
+from ringfence.events.ingest_progress import IngestTracker, SourceMismatch
 from ringfence.events.json_codec import decode_line, too_large
 from ringfence.events.log import CorruptLog
-from ringfence.events.log_codec import encode_record
 from ringfence.core.model import InvalidInput
 from ringfence.projections.runner import WORKER_MIN_EVENTS, close_projection, run_core
 from ringfence.projections.store import ChainSettingError, StateStore, StoreCorrupt, StoreVersionError
@@ -36,6 +36,7 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130; a graceful stop exits 128 + its s
 DEFAULT_KAFKA_API = (2, 8)  # ops.kafka_log.DEFAULT_API_VERSION, without importing kafka for every command
 DEFAULT_BROKER_TIMEOUT = 15.0  # ops.serve.BROKER_TIMEOUT_SECONDS, likewise
 INGEST_COMMIT_EVERY = 10_000
+MAX_SOURCE_NAME = 200
 
 _json = msgspec.json.Encoder().encode
 
@@ -147,42 +148,69 @@ def _open_input(file: str):
         raise UsageError(f"cannot read {file}: {error.strerror}") from None
 
 
+def _source_name(args, name: str) -> str:
+    """The name under which ingest remembers how far it got in its input (events.ingest_progress)."""
+    source = args.source if args.source is not None else (None if args.file == "-" else name)
+    if source is None:
+        raise UsageError("reading stdin needs --source NAME: ingest remembers under it how far it got, so that the "
+                         "same stream sent again appends only what it has not yet")  # fmt: skip
+    if not source or len(source) > MAX_SOURCE_NAME or not source.isprintable():
+        raise UsageError(f"--source {source!r}: a name of 1 to {MAX_SOURCE_NAME} printable characters")
+    return source
+
+
+def _lines_until_stopped(stream, stop: GracefulStop):
+    """The input's (number, line, size), until a stop: waiting on the input is cut by a stop at once."""
+    next_line = partial(next, _read_lines(stream), None)
+    while True:
+        try:
+            item = stop.wait_for(next_line)
+        except Stopped:
+            return
+        if item is None:
+            return
+        yield item
+
+
 def cmd_ingest(args) -> int:
     stream, name = _open_input(args.file)
+    name = _source_name(args, name)
     belongs = _partition_filter(args)
     valid = invalid = skipped = 0
     progress = Progress("ingested")
+
+    def record_of(number: int, line: bytes, size: int):
+        """The log record of an input line; None for a blank line (no record) or another partition's."""
+        if not line.strip() or (belongs is not None and not belongs(line)):
+            return None
+        source = f"{name}:{number}"
+        return too_large(line, size, source) if size > MAX_LINE_BYTES else decode_line(line, source)
+
     # the applied offset first: recovery must not cut, nor appends reuse, an offset the state applied
     with GracefulStop() as stop, EmbeddedLog(log_dir(args.data), applied=_applied_offset(args.data)) as log:
         _report_recovery(log)
+        tracker = IngestTracker(log, name, None if belongs is None else f"{args.partition}/{args.of}")
+        if tracker.unrecorded:
+            get_logger().warning("ingest_progress_started", detail=f"the log holds {tracker.unrecorded} records "
+                                 "from before ingest kept its progress: an input ingested then is not recognised")  # fmt: skip
+        lines = tracker.open(_lines_until_stopped(stream, stop), record_of)
         first = log.end_offset()
-        next_line = partial(next, _read_lines(stream), None)
-        while True:
-            try:
-                item = stop.wait_for(next_line)  # waiting on the input is cut by a stop at once
-            except Stopped:
-                break
-            if item is None:
-                break
-            number, line, size = item
-            if not line.strip():
-                continue  # a blank line is not a record
-            if belongs is not None and not belongs(line):
-                skipped += 1
+        for number, line, size in lines:
+            record = tracker.take(number, line, size)
+            if record is None:
+                skipped += bool(line.strip())
                 continue
-            source = f"{name}:{number}"
-            record = too_large(line, size, source) if size > MAX_LINE_BYTES else decode_line(line, source)
             if type(record) is InvalidInput:
                 invalid += 1
             else:
                 valid += 1
-            log.append(encode_record(record))
-            if (valid + invalid) % INGEST_COMMIT_EVERY == 0:
-                log.commit()
+            tracker.append(record)
+            if (valid + invalid) % args.commit_every == 0:
+                tracker.commit()
                 progress(valid + invalid, 0)
             if stop():
                 break
-        log.commit()
+        tracker.finish()
         end = log.end_offset()
     progress.done()
     if stream is not sys.stdin.buffer:
@@ -192,6 +220,10 @@ def cmd_ingest(args) -> int:
         return stop.exit_code
     span = f"offsets {first}..{end - 1}" if end > first else "nothing appended"
     other = f"; {skipped} lines belong to other partitions" if belongs is not None else ""
+    if tracker.resumed_after is not None:
+        other += f"; resumed source {name} after line {tracker.resumed_after}"
+    if tracker.recognised:
+        other += f" ({tracker.recognised} records of an interrupted ingest of it were in the log)"
     print(f"ingested {valid + invalid} records from {name} ({span}): {valid} valid, {invalid} invalid{other}")
     if invalid:
         print(f"ringfence: {invalid} invalid records will be dead-lettered by `ringfence run`", file=sys.stderr)
@@ -851,6 +883,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", type=OFFSET, metavar="P",
                    help="only the lines `ringfence publish` sends to partition P (an offline copy of it)")
     p.add_argument("--of", type=COUNT, metavar="N", help="with --partition: the topic's partition count")
+    p.add_argument("--source", metavar="NAME",
+                   help="the name under which ingest remembers how far it got in this input (default: the file's "
+                        "name; needed for stdin): the same input again appends only the lines after that")  # fmt: skip
+    p.add_argument("--commit-every", type=COUNT, default=INGEST_COMMIT_EVERY, metavar="RECORDS",
+                   help=f"commit the log and the progress every RECORDS records (default {INGEST_COMMIT_EVERY:,})")  # fmt: skip
     p.set_defaults(handler=cmd_ingest)
 
     p = commands.add_parser("run", parents=[common], help="reduce every event not yet applied and checkpoint")
@@ -1009,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         return args.handler(args)
-    except UsageError as error:
+    except (UsageError, SourceMismatch) as error:
         print(f"ringfence: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (LogLocked, CorruptLog, StoreVersionError, StoreCorrupt, ChainSettingError) as error:

@@ -107,7 +107,7 @@ def test_errors_are_one_line_with_the_documented_exit_codes(tmp_path, cli):
 def test_stdin_ingest_and_views(tmp_path, cli):
     data = tmp_path / "d"
     source = session_file(tmp_path, seed=14, count=400, traders=8).read_bytes()
-    cli("ingest", "-", data=data, stdin=source)
+    cli("ingest", "-", "--source", "session-14", data=data, stdin=source)
     cli("run", data=data, check_rc=None)
     positions = [json.loads(x) for x in cli("positions", "--json", data=data)[1].splitlines()]
     assert positions and set(positions[0]) >= {

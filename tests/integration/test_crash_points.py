@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from ringfence.events.crashpoints import CRASH_EXIT_CODE, ENV, POINTS
+from ringfence.events.crashpoints import CRASH_EXIT_CODE, ENV, RUN_POINTS
 from ringfence.events.embedded import EmbeddedLog
 from ringfence.ops.cli import EXIT_FLAGGED, EXIT_OK
 
@@ -54,7 +54,7 @@ def session(tmp_path_factory):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("point", RUN_POINTS)
 def test_a_crash_at_any_point_loses_and_invents_nothing(session, tmp_path, point, seed):
     root, expected_digest, expected_ids = session
     data = tmp_path / "data"

@@ -149,7 +149,7 @@ def test_a_record_that_breaks_the_core_halts_its_partition_only_and_again_after_
     assert serve.stop() == 0
     # everything before the poison was applied and checkpointed, and nothing of it
     before = tmp_path / "before"
-    cli("ingest", "-", data=before, stdin=b"".join(line + b"\n" for line in good[:120]))
+    cli("ingest", "-", "--source", "good", data=before, stdin=b"".join(line + b"\n" for line in good[:120]))
     cli("run", data=before, check_rc=None)
     halted_at = cli("digest", data=partition_dir(tmp_path / "svc", settings, 1))[1]
     assert halted_at == cli("digest", data=before)[1] and halted_at.startswith("119 ")

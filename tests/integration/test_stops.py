@@ -117,7 +117,7 @@ def _state(pid: int) -> str:
 
 def test_ctrl_c_cuts_an_ingest_waiting_on_its_input(tmp_path):
     read_end, write_end = os.pipe()
-    process, tag = start(["ingest", "-"], tmp_path / "data", stdin=read_end)
+    process, tag = start(["ingest", "-", "--source", "pipe"], tmp_path / "data", stdin=read_end)
     lines = b"".join(encode_line(event) + b"\n" for event in session(100))
     os.write(write_end, lines)  # and the pipe stays open: ingest reads them, then waits for more
     unread = bytearray(4)

@@ -8,6 +8,7 @@ from ringfence.ops.cli import main
 BAD = [
     (["ingest", "f.jsonl", "--partition", "-1", "--of", "2"], "--partition"),
     (["ingest", "f.jsonl", "--partition", "0", "--of", "0"], "--of"),
+    (["ingest", "f.jsonl", "--commit-every", "0"], "--commit-every"),
     (["run", "--checkpoint-every", "0"], "--checkpoint-every"),
     (["run", "--checkpoint-every", "-5"], "--checkpoint-every"),
     (["run", "--checkpoint-every", "x"], "--checkpoint-every"),
