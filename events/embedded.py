@@ -6,7 +6,12 @@ endian), never empty. A segment rolls over at ``SEGMENT_BYTES``; the offset of
 a record is its segment's base plus its index in the segment. The first base
 is 0 and each next base is the previous base plus its count of records: a
 read that finds otherwise (a missing or out-of-sequence segment) raises
-CorruptLog.
+CorruptLog. ``segments`` lists every closed segment as ``<base> <records>
+<bytes>``, appended when it closes: every open checks the closed segments
+against it with one stat each (a segment missing, cut or grown is
+CorruptLog, however far from the offsets a command reads); a closed segment
+it does not list (a crash as it closed, or a log older than the list) is
+scanned once instead, and a writer lists it.
 
 Durability: ``append`` buffers, ``commit`` writes and fsyncs (one fsync per
 batch, never per record). Only a true tail is torn: a crash leaves the last
@@ -38,6 +43,7 @@ from ringfence.events.log_codec import decode_logged
 _HEADER = struct.Struct(">II")
 _HEADER_SIZE = _HEADER.size
 _SUFFIX = ".seg"
+_MANIFEST = "segments"
 _MARK_EVERY = 1024
 # where a record may start: a length of 1..MAX_RECORD_BYTES (0x00100000) has a zero first byte, a second byte
 # of at most 0x10 and is not zero (bytes 1-3 not all zero); the regex finds those positions at C speed
@@ -151,6 +157,16 @@ def _check_tail(path: Path, stop: ScanStop, first: int, data: bytes | memoryview
         )
 
 
+def _check_sequence(path: Path, end: int, next_base: int) -> None:
+    """A segment's records (ending before ``end``) must end where the next segment begins."""
+    if end != next_base:
+        raise CorruptLog(
+            f"segment {path} ends at offset {end - 1} but the next one starts at {next_base}: "
+            + (f"records {end}..{next_base - 1} are missing (restore the segment file from a copy)"
+               if end < next_base else f"segments out of sequence (offsets {next_base}..{end - 1} twice)")
+        )  # fmt: skip
+
+
 class EmbeddedLog:
     """A Log (events.log) over segment files in ``directory``."""
 
@@ -191,6 +207,7 @@ class EmbeddedLog:
         self._bases = self._list_bases()
         if self.writable and not self._bases:
             self._create_segment(0)
+        self._check_closed_segments()
         if not self.writable and applied < 0:
             return
         stop, data = self._scan_last()
@@ -222,6 +239,61 @@ class EmbeddedLog:
             raise CorruptLog(f"the first segment in {self.directory} starts at offset {bases[0]}, not 0: records "
                              f"0..{bases[0] - 1} are missing (restore the segments before it from a copy)")  # fmt: skip
         return bases
+
+    def _listed(self) -> dict[int, tuple[int, int]]:
+        """The manifest: closed segment base -> (records, bytes); a torn last line (a crash as it was appended) is skipped."""
+        path = self.directory / _MANIFEST
+        if not path.exists():
+            return {}
+        # after the last newline: nothing, or an append cut short by a crash (its segment is then scanned)
+        lines = path.read_bytes().split(b"\n")[:-1]
+        listed = {}
+        for number, line in enumerate(lines, 1):
+            parts = line.split()
+            if len(parts) != 3 or not all(part.isdigit() for part in parts):
+                raise CorruptLog(f"{path} line {number} is damaged ({line[:80]!r}); restore it from a copy, or "
+                                 "delete it: the next open scans every closed segment and lists them again")  # fmt: skip
+            listed[int(parts[0])] = (int(parts[1]), int(parts[2]))
+        return listed
+
+    def _check_closed_segments(self) -> None:
+        """Every closed segment (all but the last) whole and in sequence: a stat for a listed one, a scan for others."""
+        listed = self._listed()
+        bases = self._bases
+        for base in sorted(set(listed) - set(bases)):
+            records = listed[base][0]
+            raise CorruptLog(f"segment {self.directory / _segment_name(base)} is missing: records {base}.."
+                             f"{base + records - 1} are gone (restore the segment file from a copy)")  # fmt: skip
+        found = []
+        for base, next_base in zip(bases, bases[1:]):
+            path = self.directory / _segment_name(base)
+            if base in listed:
+                records, size = listed[base]
+                actual = path.stat().st_size
+                if actual != size:
+                    raise CorruptLog(f"segment {path} holds {actual} bytes, but {size} when it was closed: it was "
+                                     "cut or changed (restore it from a copy)")  # fmt: skip
+            else:
+                data = path.read_bytes()
+                stop = ScanStop()
+                for _ in scan_records(data, stop, base):
+                    pass
+                if stop.why != "end":
+                    raise CorruptLog(f"record at offset {base + stop.count} in {path} is damaged ({stop.why})")
+                records, size = stop.count, stop.position
+                found.append((base, records, size))
+            _check_sequence(path, base + records, next_base)
+        if found and self.writable:
+            self._list_closed(found)
+
+    def _list_closed(self, segments: list[tuple[int, int, int]]) -> None:
+        with open(self.directory / _MANIFEST, "a+b") as manifest:
+            manifest.seek(0)
+            text = manifest.read()
+            manifest.truncate(text.rfind(b"\n") + 1)  # a line cut short by a crash is dropped (and listed again)
+            manifest.write(b"".join(b"%d %d %d\n" % segment for segment in segments))
+            manifest.flush()
+            os.fsync(manifest.fileno())
 
     def _create_segment(self, base: int) -> None:
         (self.directory / _segment_name(base)).touch()
@@ -294,7 +366,9 @@ class EmbeddedLog:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        closed = (self._bases[-1], self._end - self._bases[-1], self._segment_size)
         self._create_segment(self._end)
+        self._list_closed([closed])  # after the next segment exists: a crash between leaves it unlisted, then scanned
         self._segment_size = 0
         self._file = open(self.directory / _segment_name(self._end), "ab")
 
@@ -359,12 +433,8 @@ class EmbeddedLog:
                                      "tail, `ringfence ingest` or `run` moves it aside")  # fmt: skip
             elif stop.why != "end":
                 raise CorruptLog(f"record at offset {end} in {path} is damaged ({stop.why})")
-            elif end != next_base:  # one comparison a segment: its records must end where the next one begins
-                raise CorruptLog(
-                    f"segment {path} ends at offset {end - 1} but the next one starts at {next_base}: "
-                    + (f"records {end}..{next_base - 1} are missing (restore the segment file from a copy)"
-                       if end < next_base else f"segments out of sequence (offsets {next_base}..{end - 1} twice)")
-                )  # fmt: skip
+            else:  # one comparison a segment: its records must end where the next one begins
+                _check_sequence(path, end, next_base)
 
     def close(self) -> None:
         if self._file is not None:
