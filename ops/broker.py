@@ -39,12 +39,18 @@ def _listening(port: int) -> bool:
         return probe.connect_ex((LOOPBACK, port)) == 0
 
 
-def start_broker(port: int, log_path: Path | None = None, timeout: float = 15.0) -> subprocess.Popen:
-    """Start Tansu on 127.0.0.1:``port`` and return once it accepts connections."""
+def start_broker(port: int, log_path: Path | None = None, timeout: float = 15.0,
+                 advertised_port: int | None = None) -> subprocess.Popen:  # fmt: skip
+    """Start Tansu on 127.0.0.1:``port`` and return once it accepts connections.
+
+    ``advertised_port``: the port the broker names in its metadata, where
+    clients then connect (a TLS terminator's in front of it); default ``port``.
+    """
     if _listening(port):
         raise BrokerUnavailable(f"port {port} on {LOOPBACK} is already in use")
     url = f"tcp://{LOOPBACK}:{port}"
-    command = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+    advertised = f"tcp://{LOOPBACK}:{advertised_port or port}"
+    command = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
                "--storage-engine", "memory://tansu/"]  # fmt: skip
     output = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
     process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -26,6 +26,8 @@ from ringfence.core.model import InvalidInput
 from ringfence.projections.runner import WORKER_MIN_EVENTS, close_projection, run_core
 from ringfence.projections.store import ChainSettingError, StateStore, StoreCorrupt, StoreVersionError
 from ringfence.projections.views import books_view, positions_view, wallets_view
+from ringfence.ops.kafka_security import PASSWORD_ENV, SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSecurity
+from ringfence.ops.kafka_security import SecurityError, uses_sasl
 from ringfence.ops.logging import configure_logging, get_logger
 from ringfence.ops.stopping import GracefulStop, Stopped
 from ringfence.projections.outbox import publish_pending, republish_lost
@@ -630,7 +632,31 @@ def _kafka_settings(args):
         api_version = tuple(int(part) for part in args.api_version.split("."))
     except ValueError:
         raise UsageError(f"--api-version {args.api_version!r} is not like 2.8") from None
-    return KafkaSettings(args.bootstrap, prefix=args.prefix, api_version=api_version)
+    return KafkaSettings(args.bootstrap, prefix=args.prefix, api_version=api_version, security=_kafka_security(args))
+
+
+def _kafka_security(args):
+    """TLS and SASL from the options; the SASL password from the environment only, never from argv."""
+    password, variable = None, args.sasl_password_env or PASSWORD_ENV
+    if args.sasl_password_argument is not None:  # never echoed
+        raise UsageError(f"--sasl-password: the SASL password is never taken on the command line (ps and shell "
+                         f"histories show it); put it in ${variable}")  # fmt: skip
+    if uses_sasl(args.security_protocol):
+        password = os.environ.get(variable)
+        if not password:
+            raise UsageError(f"--security-protocol {args.security_protocol} takes the SASL password from "
+                             f"${variable}, which is empty or not set "
+                             "(--sasl-password-env names another variable)")  # fmt: skip
+    elif args.sasl_password_env is not None:
+        raise UsageError(f"--sasl-password-env needs --security-protocol SASL_PLAINTEXT or SASL_SSL "
+                         f"(not {args.security_protocol})")  # fmt: skip
+    try:
+        return KafkaSecurity(args.security_protocol, sasl_mechanism=args.sasl_mechanism,
+                             sasl_username=args.sasl_username, sasl_password=password,
+                             ssl_cafile=args.ssl_cafile, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                             ssl_check_hostname=args.ssl_check_hostname)  # fmt: skip
+    except SecurityError as error:
+        raise UsageError(str(error)) from None
 
 
 def cmd_topics(args) -> int:
@@ -947,6 +973,20 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("--prefix", default="ringfence", help="topic prefix: <prefix>.events, ... (default ringfence)")
     kafka.add_argument("--api-version", default=".".join(map(str, DEFAULT_KAFKA_API)), metavar="X.Y",
                        help="Kafka protocol level to speak (default %(default)s)")  # fmt: skip
+    kafka.add_argument("--security-protocol", choices=SECURITY_PROTOCOLS, default="PLAINTEXT",
+                       help="TLS (SSL), SASL or both (SASL_SSL) to the brokers (default %(default)s)")  # fmt: skip
+    kafka.add_argument("--sasl-mechanism", choices=SASL_MECHANISMS, help="with SASL_PLAINTEXT or SASL_SSL")
+    kafka.add_argument("--sasl-username", metavar="NAME", help="with SASL_PLAINTEXT or SASL_SSL")
+    kafka.add_argument("--sasl-password-env", metavar="VARIABLE",
+                       help=f"the environment variable holding the SASL password (default {PASSWORD_ENV}); "
+                            "the password is never taken on the command line")  # fmt: skip
+    kafka.add_argument("--sasl-password", dest="sasl_password_argument", help=argparse.SUPPRESS)  # refused, not echoed
+    kafka.add_argument("--ssl-cafile", metavar="FILE", help="PEM CA certificates that sign the brokers' "
+                       "certificates (default: the system's)")  # fmt: skip
+    kafka.add_argument("--ssl-certfile", metavar="FILE", help="PEM client certificate (for brokers that ask for one)")
+    kafka.add_argument("--ssl-keyfile", metavar="FILE", help="PEM private key of --ssl-certfile, if not in it")
+    kafka.add_argument("--ssl-check-hostname", action=argparse.BooleanOptionalAction, default=True,
+                       help="check that the broker's certificate names the host it is reached at (default: check)")
 
     p = commands.add_parser("replay", parents=[common, kafka],
                             help="rebuild from offset 0 in memory; print OFFSET DIGEST")  # fmt: skip

@@ -10,8 +10,9 @@ outputs of events partition p go to partition p of each output topic:
     <prefix>.alerts      mark-price alerts (liquidations paused / resumed)
     <prefix>.digests     the digest chain's links (projections.chain)
 
-Every client setting that matters is spelled out in ``producer_settings`` and
-``consumer_settings``. The one offset that counts is the one stored with the
+Every client setting that matters is spelled out in ``producer_settings``,
+``consumer_settings`` and ``admin_settings``; TLS and SASL come from
+``KafkaSettings.security`` (ops.kafka_security), the same for all. The one offset that counts is the one stored with the
 state; the broker's end offsets (ListOffsets) are used for display only, and
 reading stops at the high watermark that fetch responses carry.
 """
@@ -28,6 +29,7 @@ from kafka.structs import OffsetAndMetadata
 
 from ringfence.core.limits import MAX_LINE_BYTES
 from ringfence.events.json_codec import decode_line
+from ringfence.ops.kafka_security import KafkaSecurity, handshake_problem
 from ringfence.ops.logging import get_logger
 
 # The protocol level we speak, pinned so that clients start without probing
@@ -63,6 +65,7 @@ class KafkaSettings:
     session_timeout_ms: int = 10_000
     connect_timeout_ms: int = 10_000  # how long a command waits for the first broker answer before it fails
     max_poll_records: int = 2_000
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)  # TLS and SASL, for every client
     extra: dict = field(default_factory=dict)  # for tests and tuning: merged over both client configs
 
     def topic(self, kind: str) -> str:
@@ -87,6 +90,7 @@ def producer_settings(settings: KafkaSettings) -> dict:
         "request_timeout_ms": 30_000,
         "allow_auto_create_topics": False,  # topics are created with explicit counts (ensure_topics)
         "metrics_enabled": False,
+        **settings.security.client_config(),
         **settings.extra.get("producer", {}),
     }
 
@@ -112,7 +116,18 @@ def consumer_settings(settings: KafkaSettings, group: str | None) -> dict:
         "request_timeout_ms": max(30_000, settings.session_timeout_ms + 5_000),
         "check_crcs": True,
         "metrics_enabled": False,
+        **settings.security.client_config(),
         **settings.extra.get("consumer", {}),
+    }
+
+
+def admin_settings(settings: KafkaSettings) -> dict:
+    return {
+        "bootstrap_servers": settings.bootstrap,
+        "client_id": settings.client_id,
+        "api_version": settings.api_version,
+        "bootstrap_timeout_ms": settings.connect_timeout_ms,
+        **settings.security.client_config(),
     }
 
 
@@ -130,22 +145,31 @@ class BrokerUnreachable(KafkaSetupError):
     """No bootstrap server accepts a connection."""
 
 
+class BrokerRefused(KafkaSetupError):
+    """A broker accepts connections but not this client's TLS or SASL settings."""
+
+
 def check_reachable(settings: KafkaSettings) -> None:
-    """Fail fast when no bootstrap server accepts a TCP connection.
+    """Fail fast when no bootstrap server accepts a TCP connection, or the first one refuses our TLS or SASL.
 
     kafka-python's metadata calls wait for a broker without a time limit
     (KafkaConsumer.bootstrap(timeout_ms) does not bound a bootstrap already
-    started in the background), so commands check this first and give one
-    clear error instead of hanging.
+    started in the background), and it retries a failed TLS or SASL handshake
+    forever too, so commands check this first and give one clear error
+    instead of hanging.
     """
     timeout = settings.connect_timeout_ms / 1000
     for server in settings.bootstrap.split(","):
         host, _, port = server.strip().rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
         try:
-            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
-            return
+            connection = socket.create_connection((host, int(port)), timeout=timeout)
         except (OSError, ValueError):
             continue
+        problem = handshake_problem(connection, host, f"{host}:{port}", settings.security, settings.client_id)
+        if problem is not None:
+            raise BrokerRefused(problem)
+        return
     raise BrokerUnreachable(f"no Kafka broker accepts connections at {settings.bootstrap} "
                             "(start one with `ringfence broker`, or pass --bootstrap HOST:PORT)")  # fmt: skip
 
@@ -153,9 +177,7 @@ def check_reachable(settings: KafkaSettings) -> None:
 def ensure_topics(settings: KafkaSettings, partitions: int, replication: int = 1) -> dict[str, int]:
     """Create the missing topics with ``partitions`` partitions; check the ones that exist. Return name -> count."""
     check_reachable(settings)
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=settings.client_id,
-                             api_version=settings.api_version,
-                             bootstrap_timeout_ms=settings.connect_timeout_ms)  # fmt: skip
+    admin = KafkaAdminClient(**admin_settings(settings))
     try:
         names = [settings.topic(kind) for kind in TOPIC_SUFFIXES]
         missing = [name for name in names if name not in set(admin.list_topics())]
