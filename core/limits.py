@@ -25,6 +25,12 @@ MAX_ID_CHARS = 128
 MAX_LINE_BYTES = 64 * 1024
 DEADLETTER_RAW_BYTES = 2048
 
+# A record nests 3 deep (the record, its brackets list, a bracket). A line that
+# nests arrays and objects deeper than this is dead-lettered before it is
+# parsed: parsers recurse per level, and 9,000 levels exhaust Python's stack.
+# 16 leaves room for fields later issues add.
+MAX_NESTING_DEPTH = 16
+
 # Embedded log: a record larger than this is a corrupt length field.
 MAX_RECORD_BYTES = 1024 * 1024
 # Segments roll over at this size so recovery scans and deletions stay bounded.

@@ -15,7 +15,12 @@ from ringfence.core import reasons as r
 from ringfence.core.fixed import INT64_MAX, SCALE, DecimalError, parse_decimal
 from ringfence.core.limits import MAX_BRACKETS, MAX_ID_CHARS, MAX_LEVERAGE, MAX_LIQUIDATION_TIMEOUT_MS
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# Identifiers are Unicode scalar values (no lone surrogate: it cannot be encoded as UTF-8, in the log, the
+# store or a dead letter) without control characters (C0, DEL, C1); NUL separates the parts of store keys.
+# \Z, not $: $ also matches before a final newline. msgspec matches the pattern with re.search.
+Name = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f-\x9f\ud800-\udfff]+\Z")
+]
 Ts = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 Dec = Annotated[str, msgspec.Meta(max_length=64)]
 TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=MAX_LIQUIDATION_TIMEOUT_MS)]

@@ -16,7 +16,7 @@ from ringfence.core.model import InvalidInput, Verdict
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
 from ringfence.events.embedded import EmbeddedLog
-from ringfence.events.json_codec import bounded_raw, to_wire
+from ringfence.events.json_codec import bounded_raw, invalid, to_wire
 from ringfence.events.log_codec import decode_record
 from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
 from ringfence.projections.liquidation import LiquidationProjection
@@ -69,7 +69,7 @@ def decode_or_invalid(payload) -> object:
     try:
         return decode_record(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        return InvalidInput(r.UNDECODABLE_RECORD, f"log record does not decode: {error}", bounded_raw(bytes(payload)))
+        return invalid(r.UNDECODABLE_RECORD, f"log record does not decode: {error}", bytes(payload))
 
 
 def reduce_records(
