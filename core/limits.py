@@ -1,5 +1,7 @@
 """Every bound in one place, with the reason beside it."""
 
+from ringfence.core.fixed import INT64_MAX, SCALE
+
 # Ids of accepted events are remembered in generations of N offsets (offset //
 # N): the current and the previous generation, so an id is recognised as a
 # duplicate for at least N and at most 2N events after it. Producers retry
@@ -24,6 +26,12 @@ MAX_ID_CHARS = 128
 # without being parsed, and only its first bytes are kept.
 MAX_LINE_BYTES = 64 * 1024
 DEADLETTER_RAW_BYTES = 2048
+
+# A record nests 3 deep (the record, its brackets list, a bracket). A line that
+# nests arrays and objects deeper than this is dead-lettered before it is
+# parsed: parsers recurse per level, and 9,000 levels exhaust Python's stack.
+# 16 leaves room for fields later issues add.
+MAX_NESTING_DEPTH = 16
 
 # Embedded log: a record larger than this is a corrupt length field.
 MAX_RECORD_BYTES = 1024 * 1024
@@ -63,3 +71,51 @@ MAX_LIQUIDATION_TIMEOUT_MS = 86_400_000
 # not offsets, so the answer is the same on every partition layout.
 ENDED_COMMANDS_MS = 3_600_000
 ENDED_COMMANDS_KEPT = 256
+
+# -- magnitudes (issue 13: no record that passes validation overflows what the core stores) ------------
+#
+# The store keeps a position's size, margin and shortfall, a market's mark and
+# settings, and the episode book's quantities and times as msgpack int64;
+# wallets, books, leverage and the cost basis as signed bytes of any length.
+# Each field is bounded at the edge (events/wire.py: out_of_range), so that
+# one record's products stay small; what accumulates over many records (a
+# position's size, cost, margin and shortfall) is bounded by the reducer,
+# which refuses the event that would exceed a bound (balance_overflow, a dead
+# letter: nothing of it applies). Amounts and prices are in units of 1e-8.
+
+# Event time is integer milliseconds. 9999-12-31T23:59:59.999Z is later than
+# any real event, and keeps every ts plus a time-out or retention (stored:
+# a command's expiry) far inside int64.
+MAX_TS_MS = 253_402_300_799_999
+
+# A price (fill, liquidation, ADL, mark, funding mark, tick size) above 1e9 of
+# the settle asset per contract is not a market any venue lists.
+MAX_PRICE_UNITS = 10**9 * SCALE
+
+# A quantity (fill, liquidation, ADL, lot size) above 1e10 contracts is not
+# one trade (venues cap an order far below; 1e10 covers 1000PEPE-style lots).
+MAX_QTY_UNITS = 10**10 * SCALE
+
+# An amount (deposit, withdrawal, margin transfer, a fee or rebate) above 1e10
+# of an asset (ten billion dollars) is not one movement of money.
+MAX_AMOUNT_UNITS = 10**10 * SCALE
+
+# One trade's notional, qty x price, above 1e10 of the settle asset is not one
+# trade either; it bounds the initial margin, cost and PnL a trade brings.
+MAX_TRADE_NOTIONAL_UNITS = 10**10 * SCALE
+
+# A position (what accumulates over fills): its size and its cost basis (entry
+# notional) at most 5e10 contracts and 5e10 of the settle asset. Venues' risk
+# limits (the last bracket's cap) are a few billion; five maximal trades fit.
+MAX_POSITION_QTY_UNITS = 5 * 10**10 * SCALE
+MAX_POSITION_NOTIONAL_UNITS = 5 * 10**10 * SCALE
+
+# A position's isolated margin (either sign) and recorded shortfall: int64,
+# rounded down to 9e10 of the settle asset. Margin transfers, funding and
+# realized PnL retained over many events are what could take it further.
+MAX_POSITION_BALANCE_UNITS = 9 * 10**18
+
+# A wallet: int64 units. Wallets are stored as bytes of any length, so this
+# bounds only deposits (balance_overflow), as before: money that arrives by
+# release from a position or a rebate is never refused for the wallet's size.
+MAX_WALLET_UNITS = INT64_MAX

@@ -49,6 +49,9 @@ COMMAND_FOR_OTHER_POSITION = "command_for_other_position"
 ANSWER_EXCEEDS_COMMAND = "answer_exceeds_command"
 ANSWER_SIDE_MISMATCH = "answer_side_mismatch"
 
+# Stateless, found at the edge (added later, so numbered last).
+NESTED_TOO_DEEP = "nested_too_deep"  # arrays and objects nested beyond limits.MAX_NESTING_DEPTH
+
 ORDER = (
     MALFORMED_JSON,
     RECORD_TOO_LARGE,
@@ -86,5 +89,6 @@ ORDER = (
     COMMAND_FOR_OTHER_POSITION,
     ANSWER_EXCEEDS_COMMAND,
     ANSWER_SIDE_MISMATCH,
+    NESTED_TOO_DEEP,
 )
 NUMBER = {code: number for number, code in enumerate(ORDER, start=1)}

@@ -14,8 +14,14 @@ from bisect import bisect_right
 from ringfence.core import margin as mm
 from ringfence.core import reasons as r
 from ringfence.core.check import InvariantError, check
-from ringfence.core.fixed import INT64_MAX, SCALE, format_decimal as dec, mul_div_ceil, mul_div_floor
-from ringfence.core.limits import DEDUP_GENERATION_EVENTS
+from ringfence.core.fixed import SCALE, format_decimal as dec, mul_div_ceil, mul_div_floor
+from ringfence.core.limits import (
+    DEDUP_GENERATION_EVENTS,
+    MAX_POSITION_BALANCE_UNITS,
+    MAX_POSITION_NOTIONAL_UNITS,
+    MAX_POSITION_QTY_UNITS,
+    MAX_WALLET_UNITS,
+)
 from ringfence.core.model import (
     BOTH,
     AdlFill,
@@ -37,6 +43,10 @@ from ringfence.core.model import (
 from ringfence.core.state import MarketState, Position, PositionKey, State
 
 _CANONICAL_SIDE = {BOTH: BOTH, LONG: LONG, SHORT: SHORT}
+
+# A position's bounds (core/limits.py): the cost basis is in 1e-16
+_MAX_COST = MAX_POSITION_NOTIONAL_UNITS * SCALE
+_MAX_BALANCE = MAX_POSITION_BALANCE_UNITS
 
 # Leverage of a position whose account never set one (Binance's default),
 # capped by the bracket's maximum.
@@ -147,8 +157,8 @@ def _apply_leverage(state: State, event: SetLeverage) -> Verdict | None:
 
 def _apply_deposit(state: State, event: Deposit) -> Verdict | None:
     existing = state.wallets.get((event.account, event.asset))
-    if existing is not None and existing.balance + event.amount > INT64_MAX:
-        return _dead(r.BALANCE_OVERFLOW, f"wallet {event.account}/{event.asset} would exceed int64 units")
+    if (0 if existing is None else existing.balance) + event.amount > MAX_WALLET_UNITS:
+        return _dead(r.BALANCE_OVERFLOW, f"wallet {event.account}/{event.asset} would exceed {dec(MAX_WALLET_UNITS)}")
     wallet = existing or state.wallet(event.account, event.asset)
     wallet.balance += event.amount
     state.net_deposits[event.asset] = state.net_deposits.get(event.asset, 0) + event.amount
@@ -163,7 +173,7 @@ def _apply_withdrawal(state: State, event: Withdrawal) -> Verdict | None:
     if event.amount > balance:
         return _reject(r.INSUFFICIENT_BALANCE, f"withdrawal of {dec(event.amount)} exceeds the free balance {dec(balance)}")
     wallet.balance -= event.amount
-    state.net_deposits[event.asset] -= event.amount
+    state.net_deposits[event.asset] = state.net_deposits.get(event.asset, 0) - event.amount  # e.g. rebates only
     state.touch_wallet(event.account, event.asset, wallet)
     state.dirty_balances = True
     return None
@@ -183,6 +193,8 @@ def _apply_margin_transfer(state: State, event: MarginTransfer) -> Verdict | Non
     if amount > 0:
         if amount > wallet.balance:
             return _reject(r.INSUFFICIENT_BALANCE, f"transfer of {dec(amount)} exceeds the free balance {dec(wallet.balance)}")
+        if position.margin + amount > _MAX_BALANCE:
+            return _beyond(key, f"margin {dec(position.margin + amount)} would exceed {dec(MAX_POSITION_BALANCE_UNITS)}")
     else:
         if market.mark == 0:
             return _reject(r.NO_MARK_PRICE, f"{event.market} has no mark price yet")
@@ -250,105 +262,151 @@ def _apply_fill(state: State, event: Fill) -> Verdict | None:
         new_size = size + delta
         if (event.position_side == LONG and new_size < 0) or (event.position_side == SHORT and new_size > 0):
             return _dead(r.REDUCE_EXCEEDS_POSITION, f"{event.side} {dec(event.qty)} would cross the {event.position_side} leg")
-    if abs(size + delta) > INT64_MAX:
-        return _dead(r.BALANCE_OVERFLOW, "position size would exceed int64 units")
+    if abs(size + delta) > MAX_POSITION_QTY_UNITS:
+        return _beyond(key, f"size {dec(size + delta)} would exceed {dec(MAX_POSITION_QTY_UNITS)}")
 
     settle = config.settle
     if size == 0 or (size > 0) == (delta > 0):
-        _open(state, key, position, settle, market, delta, event.price, event.fee)
-        return None
+        return _open(state, key, position, settle, market, delta, event.price, event.fee)
     closing = min(event.qty, abs(size))
     if closing == event.qty:
-        _close(state, key, position, settle, closing, event.price, event.fee)
-        return None
+        return _close(state, key, position, settle, closing, event.price, event.fee)
     # crossing zero: close all, reopen the rest; the fee is split by quantity
     fee_close = mul_div_floor(event.fee, closing, event.qty)
-    _close(state, key, position, settle, closing, event.price, fee_close)
     rest = event.qty - closing
-    _open(state, key, state.positions.get(key), settle, market, rest if delta > 0 else -rest, event.price,
-          event.fee - fee_close)  # fmt: skip
-    return None
+    # the reopened position must fit before anything is closed: its cost is rest x price, its margin and
+    # shortfall at most its initial margin (<= the notional) and its fee either way
+    notional = rest * event.price
+    if notional > _MAX_COST or notional // SCALE + 1 + abs(event.fee - fee_close) > MAX_POSITION_BALANCE_UNITS:
+        return _beyond(key, f"the position reopened at notional {dec(notional // SCALE)} could exceed its limits")
+    _close(state, key, position, settle, closing, event.price, fee_close)  # a full close: nothing to check
+    return _open(state, key, None, settle, market, rest if delta > 0 else -rest, event.price, event.fee - fee_close)
+
+
+def _beyond(key: PositionKey, what: str) -> Verdict:
+    """The dead letter of an event that would take a position past a bound of core/limits.py."""
+    return _dead(r.BALANCE_OVERFLOW, f"position {'/'.join(key)}: {what} (core/limits.py)")
 
 
 def _open(
     state: State, key: PositionKey, position: Position | None, settle: str, market: MarketState, delta: int,
     price: int, fee: int,
-) -> None:  # fmt: skip
-    """Grow a position by ``delta`` at ``price``: initial margin and fee come from the wallet."""
+) -> Verdict | None:  # fmt: skip
+    """Grow a position by ``delta`` at ``price``: initial margin and fee come from the wallet.
+
+    Everything is computed first and checked against the position's bounds; only then applied.
+    """
+    if position is None:
+        size = cost = margin = shortfall = 0
+        leverage = effective_leverage(state, key)
+        wallet = None
+    else:
+        size, cost, margin, shortfall = position.size, position.cost, position.margin, position.shortfall
+        leverage = position.leverage_cache or effective_leverage(state, key)
+        wallet = position.wallet
+    if wallet is None:
+        wallet = state.wallets.get((key[0], settle))
+    size += delta
+    cost += delta * price
+    # margin.max_leverage_at and margin.initial_margin_units inlined: this is the hottest path
+    bracket = market.config.brackets[bisect_right(market.floors_e16, abs(size) * price) - 1]
+    capped = leverage if leverage <= bracket.max_leverage else bracket.max_leverage
+    initial = -((-abs(delta) * price) // (SCALE * capped))  # notional / L, rounded up
+    balance = 0 if wallet is None else wallet.balance
+    charged = fee
+    if fee < 0:  # rebate: fee income -> wallet
+        balance -= fee
+        charged = 0
+    # the fee is taken first, then the initial margin; what the wallet cannot
+    # cover is recorded as shortfall, and a fee it cannot cover comes from margin
+    taken = min(balance, initial + charged)
+    fee_from_wallet = min(charged, taken)
+    to_margin = taken - fee_from_wallet
+    fee_from_margin = charged - fee_from_wallet
+    margin += to_margin - fee_from_margin
+    if taken < initial + charged:
+        shortfall += initial - to_margin + fee_from_margin
+    if not (-_MAX_COST <= cost <= _MAX_COST and -_MAX_BALANCE <= margin <= _MAX_BALANCE and shortfall <= _MAX_BALANCE):
+        return _beyond(key, f"cost {dec(cost // SCALE)} (at most {dec(MAX_POSITION_NOTIONAL_UNITS)}), margin "
+                            f"{dec(margin)} or shortfall {dec(shortfall)} (at most {dec(MAX_POSITION_BALANCE_UNITS)})")
     if position is None:
         position = state.add_position(key)
-    new_size = position.size + delta
-    # margin.max_leverage_at and margin.initial_margin_units inlined: this is the hottest path
-    bracket = market.config.brackets[bisect_right(market.floors_e16, abs(new_size) * price) - 1]
-    leverage = position.leverage_cache or effective_leverage(state, key)
-    position.leverage_cache = leverage
-    if leverage > bracket.max_leverage:
-        leverage = bracket.max_leverage
-    initial = -((-abs(delta) * price) // (SCALE * leverage))  # notional / L, rounded up
-    wallet = position.wallet
     if wallet is None:
-        wallet = position.wallet = state.wallet(key[0], settle)
-    balance = wallet.balance
+        wallet = state.wallet(key[0], settle)
+    position.leverage_cache = leverage
+    position.wallet = wallet
     if fee:
         fee_income = state.fee_income
         fee_income[settle] = fee_income.get(settle, 0) + fee
         state.dirty_balances = True
-    if fee < 0:  # rebate: fee income -> wallet
-        balance -= fee
-        fee = 0
-    # the fee is taken first, then the initial margin; what the wallet cannot
-    # cover is recorded as shortfall, and a fee it cannot cover comes from margin
-    taken = min(balance, initial + fee)
-    fee_from_wallet = min(fee, taken)
-    to_margin = taken - fee_from_wallet
-    fee_from_margin = fee - fee_from_wallet
     wallet.balance = balance - taken
-    position.margin += to_margin - fee_from_margin
-    if taken < initial + fee:
-        position.shortfall += initial - to_margin + fee_from_margin
-    position.size = new_size
-    position.cost += delta * price
+    position.size, position.cost, position.margin, position.shortfall = size, cost, margin, shortfall
     if not position.dirty:
         position.dirty = True
         state.dirty_positions.append(key)
     if not wallet.dirty:
         wallet.dirty = True
         state.dirty_wallets.append((key[0], settle))
+    return None
 
 
-def _realize(state: State, key: PositionKey, position: Position, closing: int, price: int) -> int:
-    """Close ``closing`` (> 0) of the position's size at ``price`` against clearing; return realized PnL.
+def _realized(size: int, cost: int, closing: int, price: int) -> tuple[int, int]:
+    """(cost basis removed, realized PnL) of closing ``closing`` (> 0) of a position of ``size`` at ``price``.
 
     The removed cost basis rounds up (signed), so realized PnL rounds down for
     both sides; the dust stays in the clearing balance.
     """
-    size, cost = position.size, position.cost
     if size > 0:
         cost_removed = -((-cost * closing) // size)  # ceil(cost * closing / |size|)
-        realized = (closing * price - cost_removed) // SCALE  # floor
-        position.size = size - closing
-    else:
-        cost_removed = -((cost * closing) // size)  # ceil(cost * closing / |size|), size < 0
-        realized = (-closing * price - cost_removed) // SCALE  # floor
-        position.size = size + closing
-    position.cost = cost - cost_removed
-    position.margin += realized
+        return cost_removed, (closing * price - cost_removed) // SCALE  # floor
+    cost_removed = -((cost * closing) // size)  # ceil(cost * closing / |size|), size < 0
+    return cost_removed, (-closing * price - cost_removed) // SCALE  # floor
+
+
+def _realize(state: State, key: PositionKey, position: Position, closing: int, realized: tuple[int, int]) -> int:
+    """Close ``closing`` of the position's size against clearing, ``realized`` (of _realized) into margin; the PnL."""
+    cost_removed, pnl = realized
+    position.size += -closing if position.size > 0 else closing
+    position.cost -= cost_removed
+    position.margin += pnl
     clearing = state.clearing
     market = key[1]
-    clearing[market] = clearing.get(market, 0) - realized
-    return realized
+    clearing[market] = clearing.get(market, 0) - pnl
+    return pnl
 
 
-def _close(state: State, key: PositionKey, position: Position, settle: str, closing: int, price: int, fee: int) -> None:
-    """Reduce a position: PnL into margin, fee from margin, then release the closed share to the wallet."""
+def _kept_margin_verdict(key: PositionKey, position: Position, closing: int, pnl: int, fee: int) -> Verdict | None:
+    """Why closing ``closing`` with PnL ``pnl`` and ``fee`` would leave more margin than a position keeps, or None.
+
+    A full close keeps nothing (the margin goes to the wallet or the fund); a
+    partial one keeps the margin after PnL and fee less the closed share released.
+    """
     before = abs(position.size)
-    _realize(state, key, position, closing, price)
+    if closing == before:
+        return None
+    margin = position.margin + pnl - fee
+    if margin > 0:
+        margin -= margin * closing // before
+    if -_MAX_BALANCE <= margin <= _MAX_BALANCE:
+        return None
+    return _beyond(key, f"margin {dec(margin)} would exceed {dec(MAX_POSITION_BALANCE_UNITS)}")
+
+
+def _close(state: State, key: PositionKey, position: Position, settle: str, closing: int, price: int,
+           fee: int) -> Verdict | None:  # fmt: skip
+    """Reduce a position: PnL into margin, fee from margin, then release the closed share to the wallet."""
+    realized = _realized(position.size, position.cost, closing, price)
+    verdict = _kept_margin_verdict(key, position, closing, realized[1], fee)
+    if verdict is not None:
+        return verdict
+    before = abs(position.size)
+    _realize(state, key, position, closing, realized)
     position.margin -= fee
     state.fee_income[settle] = state.fee_income.get(settle, 0) + fee
     state.dirty_balances = True
     if position.size == 0:
         _settle_flat(state, key, position, settle)
-        return
+        return None
     state.touch_position(key, position)
     if position.margin > 0:
         release = mul_div_floor(position.margin, closing, before)
@@ -358,6 +416,7 @@ def _close(state: State, key: PositionKey, position: Position, settle: str, clos
             wallet = position.wallet = state.wallet(key[0], settle)
         wallet.balance += release
         state.touch_wallet(key[0], settle, wallet)
+    return None
 
 
 def _settle_flat(state: State, key: PositionKey, position: Position, settle: str) -> None:
@@ -391,6 +450,11 @@ def _apply_answer(state: State, event: LiquidationFill, check_answer=None) -> Ve
         if adl:
             return _dead(r.ADL_EXCEEDS_POSITION, f"ADL of {dec(event.qty)} exceeds the open size {dec(held)}")
         return _dead(r.LIQUIDATION_EXCEEDS_POSITION, f"liquidation of {dec(event.qty)} exceeds the open size {dec(held)}")
+    realized = _realized(position.size, position.cost, event.qty, event.price)
+    if adl:  # a liquidation fill only ever shrinks the margin: the trader loses its share, the fund the rest
+        verdict = _kept_margin_verdict(key, position, event.qty, realized[1], 0)
+        if verdict is not None:
+            return verdict
     if check_answer is not None:
         verdict = check_answer(state, event)
         if verdict is not None:
@@ -402,8 +466,7 @@ def _apply_answer(state: State, event: LiquidationFill, check_answer=None) -> Ve
     # The trader closes at the bankruptcy price: they lose exactly this share of
     # the margin (rounded up); the difference to the execution price is the fund's.
     lost_share = mul_div_ceil(position.margin, event.qty, abs(position.size))
-    realized = _realize(state, key, position, event.qty, event.price)
-    to_fund = realized + lost_share
+    to_fund = _realize(state, key, position, event.qty, realized) + lost_share
     position.margin -= to_fund
     state.insurance[settle] = state.insurance.get(settle, 0) + to_fund
     state.dirty_balances = True
@@ -434,15 +497,21 @@ def _apply_funding(state: State, event: Funding) -> Verdict | None:
     if market is None:
         return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
     name = event.market
-    total = 0
     # each payment is an independent transfer with clearing, so the order of
-    # positions does not change the result
+    # positions does not change the result; every margin must fit before any moves
+    payments = []
     for key, position in state.by_market.get(name, {}).items():
         payment = mm.funding_payment_units(position.size, event.mark_price, event.rate)
         if payment:
-            position.margin -= payment
-            total += payment
-            state.touch_position(key, position)
+            if not -_MAX_BALANCE <= position.margin - payment <= _MAX_BALANCE:
+                return _beyond(key, f"margin {dec(position.margin - payment)} after funding would exceed "
+                                    f"{dec(MAX_POSITION_BALANCE_UNITS)}; the funding applies to no position")  # fmt: skip
+            payments.append((key, position, payment))
+    total = 0
+    for key, position, payment in payments:
+        position.margin -= payment
+        total += payment
+        state.touch_position(key, position)
     state.clearing[name] = state.clearing.get(name, 0) + total
     state.dirty_balances = True
     return None

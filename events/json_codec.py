@@ -1,13 +1,14 @@
 """JSON Lines <-> domain events, with one stable reason code for every way a line can be bad."""
 
 import json
+import re
 
 import msgspec
 
 from ringfence.core import model as m
 from ringfence.core import reasons as r
 from ringfence.core.fixed import format_decimal
-from ringfence.core.limits import DEADLETTER_RAW_BYTES, MAX_LINE_BYTES
+from ringfence.core.limits import DEADLETTER_RAW_BYTES, MAX_LINE_BYTES, MAX_NESTING_DEPTH
 from ringfence.events.wire import WIRE_TYPES, InvalidRecord, WireEvent, to_domain
 
 
@@ -39,6 +40,30 @@ _loads = json.JSONDecoder(
 ).decode
 
 
+# a JSON string (its end optional: an unterminated one is the parser's to reject) or one structural bracket
+_STRUCTURE = re.compile(rb'"(?:[^"\\]+|\\.)*"?|[\[\]{}]', re.DOTALL)
+
+
+def too_deep(line: bytes) -> bool:
+    """Do arrays and objects nest more than MAX_NESTING_DEPTH deep in ``line`` (outside strings)?
+
+    Checked before parsing, so no parser recurses deeper. Most lines have fewer
+    brackets than the bound in all (two counts); the others are scanned.
+    """
+    if line.count(b"[") + line.count(b"{") <= MAX_NESTING_DEPTH:
+        return False
+    depth = 0
+    for token in _STRUCTURE.findall(line):
+        first = token[0]
+        if first == 0x5B or first == 0x7B:  # [ {
+            depth += 1
+            if depth > MAX_NESTING_DEPTH:
+                return True
+        elif first != 0x22:  # ] } (0x22: a string)
+            depth -= 1
+    return False
+
+
 def _reason_of(error: msgspec.ValidationError) -> str:
     text = str(error)
     if text.startswith("Object missing required field"):
@@ -58,9 +83,23 @@ def bounded_raw(raw: bytes) -> bytes:
     return raw[:DEADLETTER_RAW_BYTES]
 
 
+def _storable(text: str) -> str:
+    """``text`` with any lone surrogate (from the input, or a file name that is not UTF-8) as its escape.
+
+    A detail quotes the input (an unknown field's name, a bad value), and a
+    str that is not valid Unicode cannot be encoded in the log or a dead letter.
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def invalid(reason: str, detail: str, raw: bytes, source: str = "") -> m.InvalidInput:
+    """The InvalidInput of a bad line: its reason, a storable detail and source, and the start of the line."""
+    return m.InvalidInput(reason, _storable(detail), bounded_raw(raw), _storable(source))
+
+
 def too_large(start: bytes, size: int, source: str = "") -> m.InvalidInput:
     """The dead letter of a line of ``size`` bytes, of which only ``start`` need have been read."""
-    return m.InvalidInput(r.RECORD_TOO_LARGE, f"line of {size} bytes exceeds {MAX_LINE_BYTES}", bounded_raw(start), source)
+    return invalid(r.RECORD_TOO_LARGE, f"line of {size} bytes exceeds {MAX_LINE_BYTES}", start, source)
 
 
 def decode_line(line: bytes, source: str = "") -> m.Event | m.InvalidInput:
@@ -68,14 +107,14 @@ def decode_line(line: bytes, source: str = "") -> m.Event | m.InvalidInput:
     if len(line) > MAX_LINE_BYTES:
         return too_large(line, len(line), source)
     try:
+        if line.count(b"[") + line.count(b"{") > MAX_NESTING_DEPTH and too_deep(line):  # too_deep's test, inline
+            raise _Rejected(r.NESTED_TOO_DEEP, f"JSON nested more than {MAX_NESTING_DEPTH} deep")
         try:
             obj = _loads(line.decode("utf-8"))
         except UnicodeDecodeError as error:
             raise _Rejected(r.MALFORMED_JSON, f"not UTF-8: {error.reason}") from None
         except ValueError as error:  # json.JSONDecodeError
             raise _Rejected(r.MALFORMED_JSON, f"not JSON: {error}") from None
-        except RecursionError:
-            raise _Rejected(r.MALFORMED_JSON, "JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise _Rejected(r.NOT_AN_OBJECT, f"a record is a JSON object, got {type(obj).__name__}")
         # convert to the tagged class directly: msgspec rebuilds a Union's type
@@ -86,11 +125,13 @@ def decode_line(line: bytes, source: str = "") -> m.Event | m.InvalidInput:
             wire = msgspec.convert(obj, target, strict=True)
         except msgspec.ValidationError as error:
             raise _Rejected(_reason_of(error), str(error)) from None
+        except UnicodeEncodeError:
+            # a lone surrogate (only a \ud800-\udfff escape makes one) in a key, a type or an enum, which
+            # msgspec matches as UTF-8; in a name it fails the name's pattern, in a decimal its syntax
+            raise _Rejected(r.MALFORMED_JSON, "not Unicode text: a \\u escape names a lone surrogate") from None
         return to_domain(wire)
-    except _Rejected as error:
-        return m.InvalidInput(error.reason, error.detail, bounded_raw(line), source)
-    except InvalidRecord as error:
-        return m.InvalidInput(error.reason, error.detail, bounded_raw(line), source)
+    except (_Rejected, InvalidRecord) as error:
+        return invalid(error.reason, error.detail, line, source)
 
 
 _DECIMAL_FIELDS = {

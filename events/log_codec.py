@@ -9,7 +9,7 @@ import msgspec
 from ringfence.core import model as m
 from ringfence.core import reasons as r
 from ringfence.core.model import LogRecord
-from ringfence.events.json_codec import bounded_raw
+from ringfence.events.json_codec import invalid
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(LogRecord)
@@ -24,4 +24,4 @@ def decode_logged(payload) -> m.Event | m.InvalidInput:
     try:
         return decode_record(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        return m.InvalidInput(r.UNDECODABLE_RECORD, f"log record does not decode: {error}", bounded_raw(bytes(payload)))
+        return invalid(r.UNDECODABLE_RECORD, f"log record does not decode: {error}", bytes(payload))

@@ -12,11 +12,26 @@ import msgspec
 
 from ringfence.core import model as m
 from ringfence.core import reasons as r
-from ringfence.core.fixed import INT64_MAX, SCALE, DecimalError, parse_decimal
-from ringfence.core.limits import MAX_BRACKETS, MAX_ID_CHARS, MAX_LEVERAGE, MAX_LIQUIDATION_TIMEOUT_MS
+from ringfence.core.fixed import INT64_MAX, SCALE, DecimalError, format_decimal, parse_decimal
+from ringfence.core.limits import (
+    MAX_AMOUNT_UNITS,
+    MAX_BRACKETS,
+    MAX_ID_CHARS,
+    MAX_LEVERAGE,
+    MAX_LIQUIDATION_TIMEOUT_MS,
+    MAX_PRICE_UNITS,
+    MAX_QTY_UNITS,
+    MAX_TRADE_NOTIONAL_UNITS,
+    MAX_TS_MS,
+)
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Ts = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+# Identifiers are Unicode scalar values (no lone surrogate: it cannot be encoded as UTF-8, in the log, the
+# store or a dead letter) without control characters (C0, DEL, C1); NUL separates the parts of store keys.
+# \Z, not $: $ also matches before a final newline. msgspec matches the pattern with re.search.
+Name = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f-\x9f\ud800-\udfff]+\Z")
+]
+Ts = Annotated[int, msgspec.Meta(ge=0, le=MAX_TS_MS)]
 Dec = Annotated[str, msgspec.Meta(max_length=64)]
 TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=MAX_LIQUIDATION_TIMEOUT_MS)]
 Leverage = Annotated[int, msgspec.Meta(ge=1, le=MAX_LEVERAGE)]
@@ -146,14 +161,27 @@ class InvalidRecord(ValueError):
         self.detail = detail
 
 
-def _units(value: str, field: str, *, positive: bool = False, signed: bool = False) -> int:
+def _units(value: str, field: str, *, positive: bool = False, signed: bool = False, most: int = INT64_MAX) -> int:
+    """The decimal in units of 1e-8; ``most`` bounds its magnitude (core/limits.py)."""
     try:
         units = parse_decimal(value, allow_negative=signed)
     except DecimalError as error:
         raise InvalidRecord(error.reason, f"{field}: {error.detail}") from None
     if positive and units <= 0:
         raise InvalidRecord(r.NOT_POSITIVE, f"{field} must be > 0, got {value!r}")
+    if units > most or -units > most:
+        raise InvalidRecord(r.OUT_OF_RANGE, f"{field} {value} exceeds the limit {format_decimal(most)}")
     return units
+
+
+def _trade(wire) -> tuple[int, int]:
+    """(qty, price) of a fill, liquidation or ADL fill, whose notional is bounded too."""
+    qty = _units(wire.qty, "qty", positive=True, most=MAX_QTY_UNITS)
+    price = _units(wire.price, "price", positive=True, most=MAX_PRICE_UNITS)
+    if qty * price > MAX_TRADE_NOTIONAL_UNITS * SCALE:
+        raise InvalidRecord(r.OUT_OF_RANGE, f"notional qty x price = {format_decimal(qty * price // SCALE)} "
+                                            f"exceeds the limit {format_decimal(MAX_TRADE_NOTIONAL_UNITS)}")  # fmt: skip
+    return qty, price
 
 
 def _rate(value: str, field: str, *, signed: bool = False, below_one: bool = True) -> int:
@@ -206,18 +234,15 @@ def to_domain(wire: WireEvent) -> m.Event:
     """Turn a structurally valid wire record into its fixed-point domain event, or raise InvalidRecord."""
     kind = type(wire)
     if kind is WireFill:
-        return m.Fill(
-            wire.id, wire.ts, wire.account, wire.market, wire.position_side, wire.side,
-            _units(wire.qty, "qty", positive=True), _units(wire.price, "price", positive=True),
-            _units(wire.fee, "fee", signed=True),
-        )  # fmt: skip
+        return m.Fill(wire.id, wire.ts, wire.account, wire.market, wire.position_side, wire.side, *_trade(wire),
+                      _units(wire.fee, "fee", signed=True, most=MAX_AMOUNT_UNITS))  # fmt: skip
     if kind is WireMark:
-        return m.MarkPrice(wire.id, wire.ts, wire.market, _units(wire.price, "price", positive=True))
+        return m.MarkPrice(wire.id, wire.ts, wire.market, _units(wire.price, "price", positive=True, most=MAX_PRICE_UNITS))
     if kind is WireDeposit or kind is WireWithdrawal:
         cls = m.Deposit if kind is WireDeposit else m.Withdrawal
-        return cls(wire.id, wire.ts, wire.account, wire.asset, _units(wire.amount, "amount", positive=True))
+        return cls(wire.id, wire.ts, wire.account, wire.asset, _units(wire.amount, "amount", positive=True, most=MAX_AMOUNT_UNITS))
     if kind is WireMarginTransfer:
-        amount = _units(wire.amount, "amount", signed=True)
+        amount = _units(wire.amount, "amount", signed=True, most=MAX_AMOUNT_UNITS)
         if amount == 0:
             raise InvalidRecord(r.NOT_POSITIVE, "amount must not be zero")
         return m.MarginTransfer(wire.id, wire.ts, wire.account, wire.market, wire.position_side, amount)
@@ -226,22 +251,16 @@ def to_domain(wire: WireEvent) -> m.Event:
     if kind is WireFunding:
         return m.Funding(
             wire.id, wire.ts, wire.market, _rate(wire.rate, "rate", signed=True),
-            _units(wire.mark_price, "mark_price", positive=True),
+            _units(wire.mark_price, "mark_price", positive=True, most=MAX_PRICE_UNITS),
         )  # fmt: skip
-    if kind is WireLiquidationFill:
-        return m.LiquidationFill(
-            wire.id, wire.ts, wire.command_id, wire.account, wire.market, wire.position_side,
-            _units(wire.qty, "qty", positive=True), _units(wire.price, "price", positive=True),
-        )  # fmt: skip
-    if kind is WireAdlFill:
-        return m.AdlFill(
-            wire.id, wire.ts, wire.command_id, wire.account, wire.market, wire.position_side,
-            _units(wire.qty, "qty", positive=True), _units(wire.price, "price", positive=True),
-        )  # fmt: skip
+    if kind is WireLiquidationFill or kind is WireAdlFill:
+        cls = m.LiquidationFill if kind is WireLiquidationFill else m.AdlFill
+        return cls(wire.id, wire.ts, wire.command_id, wire.account, wire.market, wire.position_side, *_trade(wire))
     if kind is WireMarket:
         return m.MarketConfig(
             wire.id, wire.ts, wire.market, wire.settle,
-            _units(wire.tick_size, "tick_size", positive=True), _units(wire.lot_size, "lot_size", positive=True),
+            _units(wire.tick_size, "tick_size", positive=True, most=MAX_PRICE_UNITS),
+            _units(wire.lot_size, "lot_size", positive=True, most=MAX_QTY_UNITS),
             _brackets(wire.brackets), _rate(wire.liquidation_fee_rate, "liquidation_fee_rate"),
             _rate(wire.mark_band, "mark_band"), wire.liquidation_timeout_ms,
         )  # fmt: skip

@@ -7,8 +7,8 @@
 - Mark, funding and market events go to every partition, so that each
   partition is a self-contained, totally ordered log.
 - A line that names no account and no broadcast type (not JSON, no type, a
-  non-string account) goes to partition 0, where it is dead-lettered: bad
-  input is never dropped.
+  non-string account, nested beyond the depth bound) goes to partition 0,
+  where it is dead-lettered: bad input is never dropped.
 
 `ringfence publish` and `ringfence ingest --partition P --of N` share this
 function, so one partition of a published session can be replayed offline.
@@ -18,6 +18,8 @@ from functools import lru_cache
 
 import msgspec
 from kafka.partitioner.default import murmur2
+
+from ringfence.events.json_codec import too_deep
 
 BROADCAST_TYPES = frozenset({"mark", "funding", "market"})
 
@@ -39,6 +41,8 @@ def account_partition(account: str, partitions: int) -> int:
 
 def route(line: bytes, partitions: int) -> tuple[bytes | None, range | tuple[int]]:
     """(Kafka key, partitions) of one JSON line."""
+    if too_deep(line):  # before the decoder recurses into it
+        return None, (0,)
     try:
         fields = _decode_routing(line)
     except (msgspec.DecodeError, msgspec.ValidationError):

@@ -238,3 +238,12 @@ def test_offsets_must_increase(book):
 
     with pytest.raises(InvariantError):
         apply_event(book.state, book.state.offset, m.Deposit("z", 0, "a", "USDT", 1))
+
+
+def test_a_withdrawal_of_rebates_from_an_asset_nobody_deposited_applies():
+    """Found by tests/property/test_extremes.py: net deposits of the asset go negative, they did not exist (KeyError)."""
+    b = Book()
+    b.market()
+    assert b.fill("maker", "buy", "0.001", "60000", fee="-5") is None  # a rebate, no deposit
+    assert b.withdraw("maker", "2") is None  # the rebate less the initial margin (60 / 20)
+    assert b.state.net_deposits["USDT"] == -d("2") and b.conserved()
