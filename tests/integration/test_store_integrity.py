@@ -120,3 +120,26 @@ def test_verify_compares_the_outbox_and_the_published_commands(tmp_path, cli):
     store_edited(data, drop_the_last_command)
     rc, _, err = cli("replay", "--verify", data=data, check_rc=1)
     assert "(outbox): outbox record" in err and "stored nothing" in err, err
+
+
+def test_serve_refuses_a_damaged_partition_store_at_start_up(healthy, tmp_path, broker, cli):
+    import subprocess
+    import sys
+
+    from ringfence.ops.kafka_log import KafkaSettings
+    from ringfence.ops.serve import partition_dir
+    from tests.integration.kafka_harness import unique_prefix
+
+    data, names = damaged_copy(healthy, tmp_path)
+    prefix = unique_prefix("damaged")
+    service = tmp_path / "service"
+    kafka = ["--bootstrap", broker, "--prefix", prefix]
+    cli("topics", *kafka, "--partitions", "1", data=service)
+    store = partition_dir(service, KafkaSettings(broker, prefix=prefix), 0) / "state"
+    shutil.copytree(data / "state", store)  # the partition's store, damaged
+    served = subprocess.run([sys.executable, "-m", "ringfence.ops.cli", "serve", *kafka, "--data", str(service),
+                             "--partitions", "0", "--metrics-port", "0"], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    errors = [line for line in served.stderr.splitlines() if '"level": "info"' not in line]
+    assert served.returncode == 1 and len(errors) == 1, served.stderr
+    assert "cannot be read" in errors[0] and any(name in errors[0] for name in names), errors[0]
