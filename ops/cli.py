@@ -439,7 +439,7 @@ def cmd_digest(args) -> int:
 def cmd_replay(args) -> int:
     log, data = _source_log(args)
     if args.verify:
-        return _verify(log, data, args.start_from)
+        return _verify(log, data, args.start_from, _published_log(args, data))
     if args.start_from is not None:
         raise UsageError("--from goes with --verify")
     offset, digest = replay_digest(log, args.to)
@@ -449,7 +449,17 @@ def cmd_replay(args) -> int:
     return EXIT_OK
 
 
-def _verify(log, data: Path, start_from: int | None) -> int:
+def _published_log(args, data: Path):
+    """An opener of what the outbox of ``data`` published: the embedded commands log, or partition P of the commands topic."""
+    if args.partition is None:
+        return (lambda: EmbeddedLog(commands_dir(data), writable=False)) if commands_dir(data).is_dir() else None
+    from ringfence.ops.kafka_log import KafkaLog
+
+    settings = _kafka_settings(args)
+    return lambda: KafkaLog(settings, settings.topic("commands"), args.partition)
+
+
+def _verify(log, data: Path, start_from: int | None, published_log) -> int:
     from ringfence.replay.point_in_time import load_point, nearest_snapshot
     from ringfence.replay.verify import NoChain, check_published, check_snapshot, verify
 
@@ -467,8 +477,8 @@ def _verify(log, data: Path, start_from: int | None) -> int:
             except NoChain as error:
                 raise UsageError(str(error)) from None
             divergence = result.divergence
-            if divergence is None and commands_dir(data).is_dir():
-                with EmbeddedLog(commands_dir(data), writable=False) as published:
+            if divergence is None and published_log is not None:
+                with published_log() as published:
                     divergence = check_published(store, published)
     if divergence is not None:
         print(f"ringfence: verify: diverges at offset {divergence.offset} ({divergence.kind}): {divergence.detail}",

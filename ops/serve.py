@@ -63,7 +63,7 @@ from ringfence.projections.chain import fingerprint
 from ringfence.projections.liquidation import stuck_positions
 from ringfence.projections.outbox import publish_pending
 from ringfence.projections.runner import Reduction
-from ringfence.projections.store import DEADLETTER, StateStore
+from ringfence.projections.store import DEADLETTER, StateStore, StoreCorrupt
 
 CHECKPOINT_SECONDS = 1.0  # the longest a worker keeps applied events only in memory
 DIGEST_IDLE_SECONDS = 5.0  # a caught-up partition's digest is refreshed at most this often
@@ -174,6 +174,8 @@ class PartitionWorker:
                     break
                 self._commit(time.monotonic(), snapshot=True)
                 self.publish()
+        except StoreCorrupt:
+            raise  # the store, not a record: the service stops with its one line (docs/decisions.md)
         except Exception as error:  # noqa: BLE001 (a bug in the core: _isolate finds the record and halts there)
             self._isolate(error)
         return self.reduction.report.events - events
@@ -255,6 +257,8 @@ class PartitionWorker:
         try:
             if not self._commit(now, snapshot):
                 return False
+        except StoreCorrupt:
+            raise
         except Exception as error:  # noqa: BLE001 (a bug: _isolate finds the record)
             self._isolate(error)
         self.publish()

@@ -34,6 +34,7 @@ Identifiers never contain NUL (validated on input), so NUL separates key parts.
 Ints that may exceed 64 bits (the cost basis) are stored as signed bytes.
 """
 
+import re
 import shutil
 import struct
 import tempfile
@@ -41,7 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-from rocksdict import AccessType, Checkpoint, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import AccessType, Checkpoint, DBRecoveryMode, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from ringfence.core.check import check
 from ringfence.core.limits import CHAIN_EVERY_EVENTS, SNAPSHOTS_KEPT
@@ -151,9 +152,48 @@ def open_read_only(path: Path, options: Options) -> tuple[Rdict, Path]:
                     (shadow / entry.name).symlink_to(entry.resolve())
             return Rdict(str(shadow), options, access_type=AccessType.read_only()), shadow
         except Exception as failed:  # rocksdict raises plain Exceptions with RocksDB's message
+            error = Exception(_naming_the_wal(failed, shadow))
             shutil.rmtree(shadow, ignore_errors=True)
-            error = failed
     raise error
+
+
+def store_options() -> Options:
+    """The options of every RocksDB ringfence writes: damage is an error, never a silently shorter store.
+
+    Paranoid checks: a damaged file found on open or in compaction stops the
+    store. WAL recovery: RocksDB's default (point in time) replays the
+    write-ahead log up to the first damaged record and silently drops every
+    committed batch after it, so a store would open at an older offset. Every
+    batch is written with sync, so only the last record can be torn by a
+    crash (a write never acknowledged): that one may be dropped; damage
+    anywhere else fails the open.
+    """
+    options = Options(raw_mode=True)
+    options.set_paranoid_checks(True)
+    options.set_wal_recovery_mode(DBRecoveryMode.tolerate_corrupted_tail_records())
+    return options
+
+
+_WAL_DAMAGE = re.compile(r"(\S+\.log): dropping \d+ bytes; (.*)")
+
+
+def _naming_the_wal(error: Exception, directory: Path) -> str:
+    """RocksDB's message, naming the write-ahead log it found damaged on open (the message itself names no file).
+
+    A writable open records the file in RocksDB's info LOG; a read-only one
+    writes no LOG, so the candidates are named: the non-empty logs and the MANIFEST.
+    """
+    detail = str(error).strip()
+    if ".sst" in detail or "Corruption" not in detail:
+        return detail
+    try:
+        found = _WAL_DAMAGE.findall((directory / "LOG").read_text(errors="replace"))
+    except OSError:
+        found = []
+    if found:
+        return f"{detail} in its write-ahead log {Path(found[-1][0]).name}"
+    logs = sorted(path.name for path in directory.glob("*.log") if path.stat().st_size > 0)
+    return f"{detail} on open, in its write-ahead log {' or '.join(logs)} or its MANIFEST" if logs else detail
 
 
 def _join(*parts: str) -> bytes:
@@ -168,8 +208,7 @@ class StateStore:
     def __init__(self, path: str | Path, *, read_only: bool = False):
         """Open (or create) the store; ``read_only`` lets queries run beside a writer."""
         self.path = Path(path)
-        options = Options(raw_mode=True)
-        options.set_paranoid_checks(True)  # a damaged file found on open or in compaction stops the store
+        options = store_options()
         self._shadow: Path | None = None
         self._read = ReadOptions()
         self._read.set_verify_checksums(True)  # every block read is checked (RocksDB's default, made explicit)
@@ -197,7 +236,7 @@ class StateStore:
 
     def _damaged(self, error: Exception) -> StoreCorrupt:
         """One line naming the store and what RocksDB says is damaged (its file, in the store's own directory)."""
-        detail = str(error).replace(str(self._shadow), str(self.path)) if self._shadow else str(error)
+        detail = str(error).replace(str(self._shadow), str(self.path)) if self._shadow else _naming_the_wal(error, self.path)
         return StoreCorrupt(f"the store in {self.path} cannot be read: {detail.strip()} (delete the directory and run "
                             "again to rebuild it by replay from the log)")  # fmt: skip
 

@@ -23,13 +23,13 @@ from itertools import islice
 from pathlib import Path
 
 import msgspec
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import Rdict, WriteBatch, WriteOptions
 
 from ringfence.core.state import State
 from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.runner import reduce_records
 from ringfence.projections.sdk import Projection, View
-from ringfence.projections.store import open_read_only
+from ringfence.projections.store import open_read_only, store_options
 from ringfence.replay.point_in_time import state_at
 
 META_OFFSET = b"meta:offset"
@@ -75,7 +75,7 @@ def _older_store(path: Path) -> bool:
     if not (path / "CURRENT").is_file():
         return False
     try:
-        db, shadow = open_read_only(path, Options(raw_mode=True))
+        db, shadow = open_read_only(path, store_options())
     except Exception:  # not a RocksDB
         return False
     try:
@@ -116,7 +116,7 @@ def remove_store(path: Path) -> None:
 class ProjectionStore:
     def __init__(self, path: Path, spec: str):
         claim_store(path)
-        options = Options(raw_mode=True)
+        options = store_options()
         options.create_if_missing(True)
         self._db = Rdict(str(path), options)
         self._sync = WriteOptions()

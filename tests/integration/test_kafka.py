@@ -99,6 +99,13 @@ def test_a_session_published_to_kafka_gives_the_digests_and_command_ids_of_the_e
         assert f'ringfence_partition_lag{{partition="{p}"}} 0' in metrics
         assert f'digest="{expected[p]["digest"]}"' in metrics
     assert sum(len(d) for d in deadletters) == PARTITIONS + 2  # the bad mark on every partition, the rest once
+    # --verify reads the commands topic too: a record there that no outbox holds is named
+    producer = KafkaProducer(bootstrap_servers=broker, api_version=DEFAULT_API_VERSION)
+    producer.send(f"{prefix}.commands", value=b'{"type":"liquidate","command_id":"forged"}', partition=0).get(10)
+    producer.close()
+    _, _, err = cli("replay", "--verify", "--partition", "0", *kafka_args(broker, prefix), data=tmp_path / "svc",
+                    check_rc=1)  # fmt: skip
+    assert f"the commands log's record at offset {len(commands[0])} is no command of the store's outbox" in err, err
     fees = ["project", "examples.fees:FeesPerAccount", "--json"]
     over_kafka = cli(*fees, "--partition", "1", *kafka_args(broker, prefix), data=tmp_path / "svc")[1]
     assert over_kafka == cli(*fees, data=tmp_path / f"offline-{source.stem}-1")[1] != ""  # a projection over Kafka

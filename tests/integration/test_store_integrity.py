@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from rocksdict import Options, Rdict
 
+from ringfence.events.crashpoints import CRASH_EXIT_CODE, ENV
 from ringfence.projections.store import POSITION
 from tests.integration.test_cli import session_file
 
@@ -143,3 +144,57 @@ def test_serve_refuses_a_damaged_partition_store_at_start_up(healthy, tmp_path, 
     errors = [line for line in served.stderr.splitlines() if '"level": "info"' not in line]
     assert served.returncode == 1 and len(errors) == 1, served.stderr
     assert "cannot be read" in errors[0] and any(name in errors[0] for name in names), errors[0]
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory):
+    """A store whose last checkpoints are only in RocksDB's write-ahead log: `run` killed after its 4th checkpoint.
+
+    No chain link falls in range (so no snapshot flushes the memtable), and a
+    crash leaves no flush either: the committed batches are in the .log file.
+    """
+    from tests.integration.conftest import ringfence
+
+    root = tmp_path_factory.mktemp("wal")
+    data = root / "data"
+    ringfence("ingest", str(session_file(root, seed=14, count=EVENTS)), data=data)
+    clean = root / "clean"
+    shutil.copytree(data, clean)
+    ringfence("run", "--checkpoint-every", "1000", data=clean, check_rc=None)
+    ringfence("run", "--checkpoint-every", "1000", data=data, env={ENV: "checkpoint.after_write:4"},
+              check_rc=CRASH_EXIT_CODE)  # fmt: skip
+    (wal,) = [path for path in (data / "state").glob("*.log") if path.stat().st_size > 0]
+    return data, wal.name, ringfence("digest", data=clean)[1]
+
+
+def wal_edited(crashed, tmp_path: Path, edit) -> Path:
+    source, wal, _ = crashed
+    data = tmp_path / "data"
+    shutil.copytree(source, data)
+    path = data / "state" / wal
+    content = bytearray(path.read_bytes())
+    edit(content)
+    path.write_bytes(content)
+    return data
+
+
+def test_a_flipped_byte_inside_the_write_ahead_log_is_one_line_naming_it(crashed, tmp_path, cli):
+    """RocksDB's default recovery would open the store at an older offset, silently dropping committed batches."""
+
+    def flip(content: bytearray) -> None:
+        content[len(content) // 3] ^= 0xFF
+
+    data = wal_edited(crashed, tmp_path, flip)
+    for command in (["positions"], ["run"]):
+        rc, out, err = cli(*command, data=data, check_rc=None)
+        assert rc == 1 and "Traceback" not in err, (rc, err)
+        (line,) = err.strip().splitlines()
+        assert "cannot be read" in line and f"write-ahead log {crashed[1]}" in line, line
+
+
+def test_a_torn_last_write_ahead_record_is_a_write_never_acknowledged(crashed, tmp_path, cli):
+    """A crash mid-write tears at most the last record: the store opens without it and `run` re-applies it from the log."""
+    data = wal_edited(crashed, tmp_path, lambda content: content.__delitem__(slice(len(content) - 40, None)))
+    assert cli("positions", data=data, check_rc=None)[0] == 0
+    cli("run", "--checkpoint-every", "1000", data=data, check_rc=None)
+    assert cli("digest", data=data)[1] == crashed[2]
