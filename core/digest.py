@@ -12,7 +12,7 @@ import msgspec
 
 from ringfence.core.state import State
 
-DIGEST_VERSION = "ringfence-state-v1"
+DIGEST_VERSION = "ringfence-state-v2"  # v2: insurance-fund domains (market field, section)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -31,6 +31,7 @@ def canonical_sections(state: State):
     yield [(*key, leverage[key]) for key in sorted(leverage)]
     for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits):
         yield _nonzero_sorted(book)
+    yield sorted(state.fund_assets.items())  # every fund domain and its asset, once named
     # both generations in insertion order, which is offset order
     yield [state.id_generation, list(state.older_ids.items()), list(state.recent_ids.items())]
 

@@ -51,6 +51,9 @@ class MarketConfig(msgspec.Struct, tag="market", **_opts):
     # an unanswered liquidation command is cancelled and issued again this long
     # after it was issued, in event time (docs/decisions.md, "Liquidation episodes")
     liquidation_timeout_ms: int = DEFAULT_LIQUIDATION_TIMEOUT_MS
+    # the insurance fund (domain) the market's liquidations pay into and are
+    # covered by; "" is the settle asset's own fund (docs/decisions.md, "Insurance-fund domains")
+    insurance_fund: str = ""
 
 
 class Deposit(msgspec.Struct, tag="deposit", **_opts):

@@ -52,6 +52,10 @@ ANSWER_SIDE_MISMATCH = "answer_side_mismatch"
 # Stateless, found at the edge (added later, so numbered last).
 NESTED_TOO_DEEP = "nested_too_deep"  # arrays and objects nested beyond limits.MAX_NESTING_DEPTH
 
+# Dead letters of a market config and its insurance-fund domain (added later, so numbered last).
+FUND_DOMAIN_OTHER_ASSET = "fund_domain_other_asset"  # the domain already holds another asset
+FUND_DOMAIN_CHANGE_WITH_POSITIONS = "fund_domain_change_with_positions"  # a market moves only when flat
+
 ORDER = (
     MALFORMED_JSON,
     RECORD_TOO_LARGE,
@@ -90,5 +94,7 @@ ORDER = (
     ANSWER_EXCEEDS_COMMAND,
     ANSWER_SIDE_MISMATCH,
     NESTED_TOO_DEEP,
+    FUND_DOMAIN_OTHER_ASSET,
+    FUND_DOMAIN_CHANGE_WITH_POSITIONS,
 )
 NUMBER = {code: number for number, code in enumerate(ORDER, start=1)}

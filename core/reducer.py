@@ -108,14 +108,27 @@ def _rotate_ids(state: State, generation: int) -> None:
 
 def _apply_market(state: State, event: MarketConfig) -> Verdict | None:
     existing = state.markets.get(event.market)
-    if existing is None:
-        state.markets[event.market] = MarketState(event)
-    else:
+    if existing is not None:
         old = existing.config
         for field in ("settle", "tick_size", "lot_size"):
             if getattr(old, field) != getattr(event, field):
                 return _dead(r.IMMUTABLE_MARKET_FIELD, f"{event.market}: {field} cannot change once the market exists")
+    fund = event.insurance_fund or event.settle
+    fund_asset = state.fund_assets.get(fund)
+    if fund_asset is not None and fund_asset != event.settle:
+        return _dead(r.FUND_DOMAIN_OTHER_ASSET, f"{event.market} settles in {event.settle}; insurance fund {fund!r} "
+                                                f"holds {fund_asset}")  # fmt: skip
+    if existing is not None and existing.fund != fund and state.by_market.get(event.market):
+        return _dead(r.FUND_DOMAIN_CHANGE_WITH_POSITIONS, f"{event.market} has {len(state.by_market[event.market])} "
+                                                          f"open positions in insurance fund {existing.fund!r}; "
+                                                          f"it moves to {fund!r} only with none")  # fmt: skip
+    if existing is None:
+        state.markets[event.market] = MarketState(event)
+    else:
         state.markets[event.market] = MarketState(event, existing.mark, existing.mark_ts)
+    if fund_asset is None:
+        state.fund_assets[fund] = event.settle
+        state.dirty_balances = True  # the store keeps the domains with the books
     state.dirty_markets.add(event.market)
     return None
 
@@ -420,14 +433,15 @@ def _close(state: State, key: PositionKey, position: Position, settle: str, clos
 
 
 def _settle_flat(state: State, key: PositionKey, position: Position, settle: str) -> None:
-    """A flat position hands its margin back; a negative margin is a bankruptcy loss of the fund."""
+    """A flat position hands its margin back; a negative margin is a bankruptcy loss of the market's fund."""
     check(position.cost == 0, "a flat position has no cost basis left")
     if position.margin >= 0:
         wallet = state.wallet(key[0], settle)
         wallet.balance += position.margin
         state.touch_wallet(key[0], settle, wallet)
     else:
-        state.insurance[settle] = state.insurance.get(settle, 0) + position.margin
+        fund = state.markets[key[1]].fund
+        state.insurance[fund] = state.insurance.get(fund, 0) + position.margin
     position.margin = 0
     state.remove_position(key)
 
@@ -441,7 +455,8 @@ def _apply_answer(state: State, event: LiquidationFill, check_answer=None) -> Ve
     verdict = _trade_verdict(state, event)
     if verdict is not None:
         return verdict
-    config = state.markets[event.market].config
+    market = state.markets[event.market]
+    config = market.config
     key = (event.account, config.market, _CANONICAL_SIDE[event.position_side])
     position = state.positions.get(key)
     adl = type(event) is AdlFill
@@ -468,7 +483,7 @@ def _apply_answer(state: State, event: LiquidationFill, check_answer=None) -> Ve
     lost_share = mul_div_ceil(position.margin, event.qty, abs(position.size))
     to_fund = _realize(state, key, position, event.qty, realized) + lost_share
     position.margin -= to_fund
-    state.insurance[settle] = state.insurance.get(settle, 0) + to_fund
+    state.insurance[market.fund] = state.insurance.get(market.fund, 0) + to_fund
     state.dirty_balances = True
     if position.size == 0:
         _settle_flat(state, key, position, settle)

@@ -5,7 +5,7 @@ settle asset):
 
     wallets[(account, asset)]      free collateral of an account (a Wallet)
     positions[key].margin          isolated margin ring-fenced for one position
-    insurance[asset]               the insurance fund
+    insurance[domain]              an insurance fund (a domain holds one asset, fund_assets)
     fee_income[asset]              fees charged minus rebates paid
     clearing[market]               counterparty of realized PnL and funding
     net_deposits[asset]            deposits minus withdrawals (outside money)
@@ -50,9 +50,11 @@ class MarketState(msgspec.Struct, gc=False):
     mark_ts: int = -1
     # derived from config: bracket floors in 1e-16 notional, for bisect on the hot path
     floors_e16: tuple[int, ...] = ()
+    fund: str = ""  # derived from config: the insurance-fund domain (default: the settle asset's)
 
     def __post_init__(self) -> None:
         self.floors_e16 = tuple(bracket.notional_floor * SCALE for bracket in self.config.brackets)
+        self.fund = self.config.insurance_fund or self.config.settle
 
 
 class State:
@@ -64,6 +66,7 @@ class State:
         "wallets",
         "leverage",
         "insurance",
+        "fund_assets",
         "fee_income",
         "clearing",
         "net_deposits",
@@ -85,7 +88,8 @@ class State:
         self.by_market: dict[str, dict[PositionKey, Position]] = {}
         self.wallets: dict[tuple[str, str], Wallet] = {}
         self.leverage: dict[PositionKey, int] = {}
-        self.insurance: dict[str, int] = {}
+        self.insurance: dict[str, int] = {}  # by fund domain
+        self.fund_assets: dict[str, str] = {}  # fund domain -> its asset, fixed by the first market naming it
         self.fee_income: dict[str, int] = {}
         self.clearing: dict[str, int] = {}
         self.net_deposits: dict[str, int] = {}
@@ -152,9 +156,11 @@ class State:
         for (_, market, _), position in self.positions.items():
             asset = self.markets[market].config.settle
             totals[asset] = totals.get(asset, 0) + position.margin
-        for book in (self.insurance, self.fee_income):
-            for asset, balance in book.items():
-                totals[asset] = totals.get(asset, 0) + balance
+        for domain, balance in self.insurance.items():
+            asset = self.fund_assets[domain]
+            totals[asset] = totals.get(asset, 0) + balance
+        for asset, balance in self.fee_income.items():
+            totals[asset] = totals.get(asset, 0) + balance
         for market, balance in self.clearing.items():
             asset = self.markets[market].config.settle
             totals[asset] = totals.get(asset, 0) + balance

@@ -145,6 +145,8 @@ def to_wire(event: m.Event) -> dict:
     out: dict = {"type": event.__struct_config__.tag}
     for field in event.__struct_fields__:
         value = getattr(event, field)
+        if field == "insurance_fund" and not value:
+            continue  # the default fund is not named (an empty name is not valid input)
         if field == "brackets":
             value = [
                 {f: (format_decimal(getattr(b, f)) if f in _DECIMAL_FIELDS else getattr(b, f)) for f in b.__struct_fields__}

@@ -60,6 +60,7 @@ class WireMarket(msgspec.Struct, tag="market", **_opts):
     liquidation_fee_rate: Dec = "0"
     mark_band: Dec = "0"
     liquidation_timeout_ms: TimeoutMs = m.DEFAULT_LIQUIDATION_TIMEOUT_MS
+    insurance_fund: Name = ""  # absent: the settle asset's own fund (an explicit "" is not a name)
 
 
 class WireDeposit(msgspec.Struct, tag="deposit", **_opts):
@@ -263,5 +264,7 @@ def to_domain(wire: WireEvent) -> m.Event:
             _units(wire.lot_size, "lot_size", positive=True, most=MAX_QTY_UNITS),
             _brackets(wire.brackets), _rate(wire.liquidation_fee_rate, "liquidation_fee_rate"),
             _rate(wire.mark_band, "mark_band"), wire.liquidation_timeout_ms,
+            # naming the settle asset's own fund is the default: one form in the log, the state and the digest
+            "" if wire.insurance_fund == wire.settle else wire.insurance_fund,
         )  # fmt: skip
     raise InvalidRecord(r.UNKNOWN_TYPE, f"no domain event for {kind.__name__}")

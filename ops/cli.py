@@ -394,7 +394,7 @@ def cmd_wallets(args) -> int:
 
 
 def cmd_books(args) -> int:
-    _print_rows(books_view(_load_state(args)), args.json, ["book", "key", "balance"])
+    _print_rows(books_view(_load_state(args)), args.json, ["book", "key", "asset", "balance"])
     return EXIT_OK
 
 
@@ -597,16 +597,17 @@ def cmd_whatif(args) -> int:
         raise UsageError(str(error)) from None
     original, alternative = replay_with(log), replay_with(log, replacements)
     rows = compare(original, alternative)
-    _print_rows(rows, args.json, ["account", "market", "position_side", "change", "original_offset", "original_mark",
-                                  "whatif_offset", "whatif_mark"])  # fmt: skip
+    _print_rows(rows, args.json, ["account", "market", "position_side", "change", "insurance_fund", "original_offset",
+                                  "original_mark", "whatif_offset", "whatif_mark"])  # fmt: skip
     counts = {change: sum(row["change"] == change for row in rows) for change in ("earlier", "later", "not at all", "new")}
     funds = "; ".join(
-        f"{asset} {format_decimal(original.insurance.get(asset, 0))} -> {format_decimal(alternative.insurance.get(asset, 0))}"
-        f" ({format_decimal(alternative.insurance.get(asset, 0) - original.insurance.get(asset, 0))})"
-        for asset in sorted(original.insurance.keys() | alternative.insurance.keys())
+        f"{domain} {format_decimal(original.insurance.get(domain, 0))} -> "
+        f"{format_decimal(alternative.insurance.get(domain, 0))}"
+        f" ({format_decimal(alternative.insurance.get(domain, 0) - original.insurance.get(domain, 0))})"
+        for domain in sorted(original.insurance.keys() | alternative.insurance.keys())
     ) or "empty either way"  # fmt: skip
     print(f"positions liquidated: {len(original.liquidations)} with the log's markets, {len(alternative.liquidations)} "
-          f"with {name} ({', '.join(f'{n} {c}' for c, n in counts.items())}); insurance fund: {funds}",
+          f"with {name} ({', '.join(f'{n} {c}' for c, n in counts.items())}); insurance funds: {funds}",
           file=sys.stderr)  # fmt: skip
     return EXIT_OK
 
@@ -620,8 +621,10 @@ def cmd_markets(args) -> int:
         for config in configs:
             sys.stdout.write(_json(config).decode() + "\n")
         return EXIT_OK
-    _print_rows([{**c, "brackets": len(c["brackets"])} for c in configs], False,
-                ["market", "settle", "tick_size", "lot_size", "brackets", "liquidation_fee_rate", "mark_band"])  # fmt: skip
+    funds = [market.fund for _, market in sorted(state.markets.items())]
+    _print_rows([{**c, "brackets": len(c["brackets"]), "insurance_fund": fund} for c, fund in zip(configs, funds)], False,
+                ["market", "settle", "insurance_fund", "tick_size", "lot_size", "brackets", "liquidation_fee_rate",
+                 "mark_band"])  # fmt: skip
     return EXIT_OK
 
 

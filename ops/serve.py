@@ -379,9 +379,11 @@ class Service:
         for partition in sorted(partitions):
             if partition in self.workers:
                 continue  # kept across the rebalance (not revoked)
-            status = self.metrics.partitions[partition] = PartitionStatus()
+            status = PartitionStatus()
             worker = PartitionWorker(self.settings, self.data, partition, self.producer, status,
                                      self.checkpoint_every, self.chain_every, self.broker_timeout)  # fmt: skip
+            # shown by /health only once its store is loaded: never as offset -1 in between
+            self.metrics.partitions[partition] = status
             self.workers[partition] = worker
             self._resume(worker)
         self.log.info("assigned", partitions=sorted(self.workers))

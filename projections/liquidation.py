@@ -256,8 +256,8 @@ class LiquidationProjection:
         """Commands closing ``qty`` of a liquidatable position: ADL for what the fund cannot absorb, a liquidation for the rest.
 
         A position beyond bankruptcy at the mark (B < 0) is expected to cost the
-        fund -B when it is closed near the mark. If the fund (of the settle
-        asset) is smaller, the share of the position whose expected loss it
+        fund -B when it is closed near the mark. If the fund (the market's
+        insurance-fund domain) is smaller, the share of the position whose expected loss it
         cannot cover is deleveraged against profitable opposite positions at
         the bankruptcy price, where it costs the fund nothing.
         """
@@ -275,7 +275,7 @@ class LiquidationProjection:
         deleverage = 0
         balance = position.margin + mm.unrealized_pnl_units(position.size, position.cost, market.mark)
         if balance < 0:
-            fund = max(0, state.insurance.get(config.settle, 0))
+            fund = max(0, state.insurance.get(market.fund, 0))
             if -balance > fund:
                 coverable = fund * abs(position.size) // -balance // config.lot_size * config.lot_size
                 deleverage = max(0, qty - coverable)

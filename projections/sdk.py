@@ -107,8 +107,13 @@ class View:
     def settle_asset(self, market: str) -> str:
         return self._state.markets[market].config.settle
 
-    def insurance_fund(self, asset: str) -> int:
-        return self._state.insurance.get(asset, 0)
+    def fund_domain(self, market: str) -> str:
+        """The insurance fund the market belongs to (its settle asset's, unless the market names one)."""
+        return self._state.markets[market].fund
+
+    def insurance_fund(self, domain: str) -> int:
+        """The balance of an insurance-fund domain (a settle asset's name for the default ones)."""
+        return self._state.insurance.get(domain, 0)
 
     def _figures(self, key: PositionKey, position) -> PositionFigures:
         market = self._state.markets[key[1]]

@@ -15,6 +15,7 @@ numeric order):
     l:<acct>\\0<mkt>\\0<side>  leverage setting
     m:<market>             [config, mark, mark_ts]
     b:books                the insurance, fee income, clearing and net deposit books
+    b:funds                every insurance-fund domain and its asset
     i:<generation><offset> a remembered event id (duplicate recognition)
     meta:id_generation     the current id generation
     r:<offset>             rejection record (JSON, the output contract)
@@ -53,7 +54,7 @@ from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
 from ringfence.projections.episodes import BOOK_VERSION
 from ringfence.projections.liquidation import LiquidationProjection
 
-FORMAT_VERSION = 3  # 2: the digest chain (k:, f:, meta:chain); 3: the episode book (e:, q:)
+FORMAT_VERSION = 4  # 2: the digest chain (k:, f:, meta:chain); 3: the episode book (e:, q:); 4: fund domains (b:funds)
 
 META_VERSION = b"meta:version"
 META_OFFSET = b"meta:offset"
@@ -62,6 +63,7 @@ WALLET = b"w:"
 LEVERAGE = b"l:"
 MARKET = b"m:"
 BOOKS = b"b:books"
+FUNDS = b"b:funds"
 REMEMBERED_ID = b"i:"
 META_ID_GENERATION = b"meta:id_generation"
 REJECTION = b"r:"
@@ -346,6 +348,9 @@ class StateStore:
                 (state.insurance, state.fee_income, state.clearing, state.net_deposits), _decode_list(books), strict=True
             ):
                 book.update((name, bytes_to_int(value)) for name, value in entries)
+        funds = self._get(FUNDS)
+        if funds is not None:
+            state.fund_assets.update((domain, asset) for domain, asset in _decode_list(funds))
         generation = self._get(META_ID_GENERATION)
         if generation is not None:
             state.id_generation = _OFFSET.unpack(generation)[0]
@@ -404,6 +409,7 @@ class StateStore:
                 for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits)
             ]
             batch.put(BOOKS, _encode(books))
+            batch.put(FUNDS, _encode(sorted(state.fund_assets.items())))
         # ids accepted since the last checkpoint (both generations may have new
         # ones), newest first until the first one already stored
         for generation, ids in ((state.id_generation - 1, state.older_ids), (state.id_generation, state.recent_ids)):

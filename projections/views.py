@@ -87,6 +87,7 @@ def position_view(state: State, key: PositionKey) -> dict:
             view["leverage"] = effective_leverage(state, key)
     if position.shortfall:
         view["margin_shortfall"] = format_decimal(position.shortfall)
+    view["insurance_fund"] = market.fund  # the domain that takes its liquidation's gain or loss
     return view
 
 
@@ -108,14 +109,16 @@ def wallets_view(state: State) -> list[dict]:
 
 
 def books_view(state: State) -> list[dict]:
+    """Every named balance outside the positions and wallets, with its asset (an insurance fund's key is its domain)."""
     rows = []
-    for name, book in (
-        ("insurance_fund", state.insurance),
-        ("fee_income", state.fee_income),
-        ("clearing", state.clearing),
-        ("net_deposits", state.net_deposits),
+    for name, book, asset_of in (
+        ("insurance_fund", state.insurance, state.fund_assets.__getitem__),
+        ("fee_income", state.fee_income, str),
+        ("clearing", state.clearing, lambda market: state.markets[market].config.settle),
+        ("net_deposits", state.net_deposits, str),
     ):
-        rows.extend({"book": name, "key": key, "balance": format_decimal(value)} for key, value in sorted(book.items()))
+        rows.extend({"book": name, "key": key, "asset": asset_of(key), "balance": format_decimal(value)}
+                    for key, value in sorted(book.items()))  # fmt: skip
     return rows
 
 

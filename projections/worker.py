@@ -10,7 +10,7 @@ two work in parallel:
    made of the event that the child cannot know without reducing. One flat
    tuple per row (the hot path allocates nothing else): ``(offset, fund,
    size, cost, margin)`` for a position after a fill or transfer, ``(offset,
-   fund)`` when it closed (fund: the settle asset's insurance fund);
+   fund)`` when it closed (fund: the market's insurance-fund balance);
    ``(offset, [(key, margin), ...])`` after funding; ``(offset,)`` for a mark
    or market config, which the child applies itself. Batches of rows go
    over the child's stdin (marshalled: twice as fast as pickle for plain
@@ -102,7 +102,6 @@ class ProjectionWorker:
         self._writer = threading.Thread(target=self._write_frames, name="projection-worker-writer", daemon=True)
         self._writer.start()
         self._rows: list = []
-        self._settles: dict[str, str] = {}  # market -> settle asset (immutable once configured)
         self.feed = self._feeder()
         # frames (init, batches) sent; how many the last reply covers; the count at a sync not yet answered
         self._sent = self._synced = 0
@@ -127,7 +126,7 @@ class ProjectionWorker:
 
         A closure over its lists, since it runs once per event on the parent's hot path.
         """
-        rows, settles, kinds, flush = self._rows, self._settles, ROW_KINDS, self._flush
+        rows, kinds, flush = self._rows, ROW_KINDS, self._flush
         append = rows.append
 
         def feed(state: State, offset: int, event) -> None:
@@ -137,13 +136,11 @@ class ProjectionWorker:
             if kind == POSITION:
                 market = event.market
                 position = state.positions.get((event.account, market, event.position_side))
-                settle = settles.get(market)
-                if settle is None:
-                    settle = settles[market] = state.markets[market].config.settle
+                fund = state.markets[market].fund  # not cached: a flat market may move to another fund
                 if position is None:
-                    append((offset, state.insurance.get(settle, 0)))
+                    append((offset, state.insurance.get(fund, 0)))
                 else:
-                    append((offset, state.insurance.get(settle, 0), position.size, position.cost, position.margin))
+                    append((offset, state.insurance.get(fund, 0), position.size, position.cost, position.margin))
             elif kind == MARGINS:
                 append((offset, [(key, p.margin) for key, p in state.by_market.get(event.market, {}).items()]))
             else:
@@ -286,7 +283,6 @@ class Follower:
             projection.rebuild(state)
         else:
             projection.restore(snapshot, state)
-        self.settles: dict[str, str] = {}  # market -> settle asset (immutable once configured)
         self.outputs: list[tuple[bytes, bytes]] = []
         self.commands = self.cancels = self.alerts = 0
         self.refused: tuple[int, str] | None = None  # an answer the book refused: follow no further
@@ -302,10 +298,9 @@ class Follower:
         """Apply a batch of rows to the mirror and decide after each, as the parent would have in process.
 
         The hot loop of the worker: the projection's handler is called directly
-        (every row's event type has one), and a market's settle asset is looked
-        up once.
+        (every row's event type has one).
         """
-        state, projection, settles = self.state, self.projection, self.settles
+        state, projection = self.state, self.projection
         positions, markets, insurance = state.positions, state.markets, state.insurance
         handlers, records, check_answer = projection.handlers, self.records, projection.check_answer
         if self.refused is not None:
@@ -337,10 +332,7 @@ class Follower:
                     if position is None:
                         position = state.add_position(key)
                     _, _, position.size, position.cost, position.margin = row
-                settle = settles.get(market)
-                if settle is None:
-                    settle = settles[market] = markets[market].config.settle
-                insurance[settle] = row[1]
+                insurance[markets[market].fund] = row[1]
                 state.offset = offset
             elif event_type is MarkPrice:  # applied by the parent: only its price and time matter here
                 market = markets[event.market]

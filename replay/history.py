@@ -32,7 +32,8 @@ def _figures(state: State, key: PositionKey, raw: tuple[int, int, int, int], mar
     if raw == _EMPTY:
         return None  # no position
     market = state.markets[key[1]]
-    return {**margin_figures(market.config, raw[0], raw[1], raw[2], mark), "leverage": leverage}
+    return {**margin_figures(market.config, raw[0], raw[1], raw[2], mark), "leverage": leverage,
+            "insurance_fund": market.fund}  # fmt: skip
 
 
 def _touches_leverage(event, key: PositionKey) -> bool:

@@ -42,7 +42,8 @@ class Outcome:
     """One replay: each position's liquidations (log offset of the trigger, mark) and the funds at the end."""
 
     liquidations: dict[tuple[str, str, str], list[tuple[int, str]]] = field(default_factory=dict)
-    insurance: dict[str, int] = field(default_factory=dict)
+    insurance: dict[str, int] = field(default_factory=dict)  # by fund domain
+    funds: dict[str, str] = field(default_factory=dict)  # market -> its fund domain at the end
     commands: int = 0
 
 
@@ -97,7 +98,8 @@ def replay_with(log, replacements: dict[str, m.MarketConfig] | None = None) -> O
                 pending.extend(_answers(decision, state, event.ts))
 
     reduce_records(state, stream(), projection=projection, decode=lambda event: event, on_step=decided)
-    outcome.insurance = {asset: value for asset, value in sorted(state.insurance.items()) if value}
+    outcome.insurance = {domain: value for domain, value in sorted(state.insurance.items()) if value}
+    outcome.funds = {name: market.fund for name, market in sorted(state.markets.items())}
     return outcome
 
 
@@ -111,6 +113,7 @@ def compare(original: Outcome, alternative: Outcome) -> list[dict]:
         change = "not at all" if after is None else "new" if before is None else \
             "earlier" if after[0][0] < before[0][0] else "later"  # fmt: skip
         rows.append({"account": key[0], "market": key[1], "position_side": key[2], "change": change,
+                     "insurance_fund": alternative.funds.get(key[1], original.funds.get(key[1])),
                      "original_offset": before[0][0] if before else None,
                      "original_mark": before[0][1] if before else None,
                      "whatif_offset": after[0][0] if after else None,

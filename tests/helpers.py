@@ -15,8 +15,8 @@ def d(text: str) -> int:
 BTC_BRACKETS = bracket_table(BTCUSDT_TIERS)
 
 
-def market(name="BTCUSDT", tick="0.1", lot="0.001", brackets=BTC_BRACKETS, id=None, ts=0, settle="USDT"):
-    return m.MarketConfig(id or f"cfg-{name}-{ts}", ts, name, settle, d(tick), d(lot), brackets)
+def market(name="BTCUSDT", tick="0.1", lot="0.001", brackets=BTC_BRACKETS, id=None, ts=0, settle="USDT", fund=""):
+    return m.MarketConfig(id or f"cfg-{name}-{ts}", ts, name, settle, d(tick), d(lot), brackets, insurance_fund=fund)
 
 
 class Book:
