@@ -96,7 +96,7 @@ class State:
         # duplicate recognition (limits.DEDUP_GENERATION_EVENTS): id -> offset of
         # the current generation of offsets and of the one before it
         self.id_generation = 0
-        self.recent_ids: dict[str, int] = {}
+        self.recent_ids: dict[str, int] = {}  # "account\0id" of an account's event, the id of a market-wide one
         self.older_ids: dict[str, int] = {}
         self.dirty_positions: list[PositionKey] = []  # may repeat a key; the store dedupes
         self.dirty_wallets: list[tuple[str, str]] = []

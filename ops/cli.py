@@ -442,10 +442,30 @@ def cmd_replay(args) -> int:
         return _verify(log, data, args.start_from, _published_log(args, data))
     if args.start_from is not None:
         raise UsageError("--from goes with --verify")
+    if args.as_partitions is not None:
+        return _replay_as_partitions(log, args.as_partitions)
     offset, digest = replay_digest(log, args.to)
     if args.to is not None and offset < args.to:
         raise UsageError(f"the log ends at offset {offset}, before --to {args.to}")
     print(f"{offset} {digest}")
+    return EXIT_OK
+
+
+def _replay_as_partitions(log, partitions: int) -> int:
+    """The log as ``partitions`` Kafka partitions would hold it, with the fund stage between them, against one."""
+    from ringfence.core.fixed import format_decimal
+    from ringfence.replay.partitioned import differences, outcome, run_embedded, run_partitioned
+
+    events = [log.decode(payload) for _, payload in log.read(0)]
+    one, many = outcome(run_embedded(events)), outcome(run_partitioned(events, partitions))
+    found = differences(one, many)
+    if found:
+        print(f"ringfence: on {partitions} partitions the answers differ from the embedded replay: "
+              f"{'; '.join(found)}", file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
+    funds = ", ".join(f"{domain} {format_decimal(balance)}" for domain, balance in many["funds"]) or "all zero"
+    print(f"{len(events)} events on {partitions} partitions: the same {len(many['commands'])} commands and cancels, "
+          f"{len(many['positions'])} positions, {len(many['wallets'])} wallets and funds ({funds}) as on one")
     return EXIT_OK
 
 
@@ -880,6 +900,7 @@ def _positive_seconds(text: str) -> float:
 
 
 COUNT, OFFSET, TRADERS, PORT, ANY_PORT = _whole(1), _whole(0), _whole(2), _whole(1, 65535), _whole(0, 65535)
+PARTITIONS = _whole(1, 1024)
 
 
 def _partition_list(text: str) -> list[int]:
@@ -1012,6 +1033,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="start_from", type=OFFSET, metavar="OFFSET",
                    help="with --verify: start from the nearest snapshot at or before OFFSET, once its digest "
                         "matches its chain link")  # fmt: skip
+    p.add_argument("--as-partitions", type=PARTITIONS, metavar="K",
+                   help="replay the log as K Kafka partitions would hold it (publish's routing), with the fund "
+                        "stage between them, and check that its commands, cancels, positions, wallets and funds "
+                        "are those of the embedded replay (exit 1 naming what differs)")  # fmt: skip
     p.set_defaults(handler=cmd_replay)
 
     p = commands.add_parser("history", parents=[common, as_json],

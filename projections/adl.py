@@ -7,16 +7,16 @@ unrealized PnL, N the notional at the mark and IM the isolated margin (a
 position with IM <= 0 ranks first). Highest rank first; ties by position key.
 Exact rationals.
 
-Never picked: the bankrupt account's own positions (a self-trade), positions
-with live commands of their own, and quantity already reserved by live ADL
-commands (the episode book).
+Never picked (projections.fund_stage, which merges the rankings of every
+partition): the bankrupt account's own positions (a self-trade), bankrupt
+positions, positions with live commands of their own, and quantity already
+reserved by live ADL commands (the episode book).
 """
 
 from fractions import Fraction
 
 from ringfence.core.fixed import SCALE
 from ringfence.core.state import PositionKey, State
-from ringfence.projections.episodes import EpisodeBook
 
 
 class Ranking:
@@ -28,6 +28,29 @@ class Ranking:
         self.offset, self.keys, self.cursor = offset, keys, 0
 
 
+def score(size: int, cost: int, margin: int, mark: int) -> tuple[int, int, int] | None:
+    """(class, numerator, denominator) of a position's rank at ``mark``; None if it is not in profit.
+
+    Class 0 (IM <= 0) ranks before class 1; within class 1 the rank is
+    numerator / denominator = U * N / (IM * (IM + U)), in 1e-16 units.
+    """
+    pnl = size * mark - cost  # 1e-16
+    if pnl <= 0:
+        return None
+    margin *= SCALE  # 1e-16
+    if margin <= 0:
+        return (0, 0, 1)
+    return (1, pnl * abs(size) * mark, margin * (margin + pnl))
+
+
+def rank_key(size: int, cost: int, margin: int, mark: int, key: PositionKey) -> tuple:
+    """The exact sort key of a position in profit in its side's ranking (``rank``'s order): to merge rankings."""
+    cls, numerator, denominator = score(size, cost, margin, mark)
+    if not cls:
+        return (0, 0, 0, key)
+    return (1, -((numerator << 64) // denominator), -Fraction(numerator, denominator), key)
+
+
 def rank(state: State, market_name: str, long: bool, offset: int) -> Ranking:
     """The positions of one side of a market that are in profit at the mark, by ADL rank."""
     mark = state.markets[market_name].mark
@@ -37,15 +60,13 @@ def rank(state: State, market_name: str, long: bool, offset: int) -> Ranking:
         size = position.size
         if (size > 0) != long:  # the side first: half the positions cost one comparison
             continue
-        pnl = size * mark - position.cost  # 1e-16
-        if pnl <= 0:
+        scored = score(size, position.cost, position.margin, mark)
+        if scored is None:
             continue
-        margin = position.margin * SCALE  # 1e-16
-        if margin <= 0:
+        cls, numerator, denominator = scored
+        if not cls:
             append((0, 0, key, 0, 1))  # ranks first; among these, by key (the tuple order)
             continue
-        numerator = pnl * (size if long else -size) * mark  # U * N
-        denominator = margin * (margin + pnl)
         # sort by the integer part of rank * 2^64 (cheap); equal parts are ordered exactly below
         append((1, -((numerator << 64) // denominator), key, numerator, denominator))
     ranked.sort()
@@ -56,34 +77,3 @@ def rank(state: State, market_name: str, long: bool, offset: int) -> Ranking:
                 ranked[start:end] = sorted(ranked[start:end], key=lambda e: (-Fraction(e[3], e[4]), e[2]))
             start = end
     return Ranking(offset, [entry[2] for entry in ranked])
-
-
-def choose_counterparties(
-    state: State, book: EpisodeBook, ranking: Ranking, bankrupt: PositionKey, wanted: int
-) -> list[tuple[PositionKey, int]]:
-    """(target, qty) pairs for up to ``wanted``, top-ranked first; the caller issues (and so reserves) them."""
-    picks = []
-    assigned = 0
-    keys = ranking.keys
-    index = ranking.cursor
-    advancing = True  # the cursor moves past entries used up for every later bankrupt position of this event
-    while assigned < wanted and index < len(keys):
-        key = keys[index]
-        index += 1
-        if key[0] == bankrupt[0]:  # never the bankrupt account itself (its other hedge leg)
-            advancing = False
-            continue
-        position = state.positions.get(key)
-        available = 0 if position is None or book.has_live(key) else abs(position.size) - book.reserved(key)
-        if available <= 0:
-            if advancing:
-                ranking.cursor = index
-            continue
-        qty = min(available, wanted - assigned)
-        picks.append((key, qty))
-        assigned += qty
-        if qty == available and advancing:
-            ranking.cursor = index
-        else:
-            advancing = False
-    return picks

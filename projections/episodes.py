@@ -23,6 +23,14 @@ knows which commands exist:
 ``commitments(key)`` is what the invariant is stated in: the quantity live
 commands will close of a position, its own position legs plus the ADL target
 legs against it.
+
+A book holds the legs of the positions its partition owns (``legs``): a
+liquidate command is one position leg; an ADL command's two legs may live in
+two partitions' books (the bankrupt's and the counterparty's), or both in one.
+A leg is never ended alone by what happens to its own position between
+barriers, except by its answers: it is *cut* (no longer counted, answers still
+recognised) and the fund stage cancels the whole command at the next barrier,
+for every partition at once (projections.fund_stage).
 """
 
 from heapq import heappop, heappush
@@ -37,7 +45,8 @@ from ringfence.core.state import PositionKey, State
 from ringfence.projections.outputs import output_id
 
 LIQUIDATE, ADL = 0, 1
-BOOK_VERSION = "episodes-v1"  # the stored form of the book (sections)
+POSITION_LEG, TARGET_LEG = 1, 2  # Command.legs: the legs this book holds (bits)
+BOOK_VERSION = "episodes-v2"  # the stored form of the book (sections); v2: legs held and cut
 
 
 class Command(msgspec.Struct, array_like=True, gc=False):
@@ -54,8 +63,11 @@ class Command(msgspec.Struct, array_like=True, gc=False):
     target_account: str = ""  # ADL only: the counterparty's position
     target_side: str = ""
     target_filled: int = 0  # answered on the target leg
-    live: bool = True
+    live: bool = True  # some leg this book holds is open
     ended_ts: int = -1  # event time it ended (cancelled or answered in full)
+    legs: int = POSITION_LEG  # the legs this book holds
+    position_cut: bool = False  # the position leg was cut, awaiting the barrier's cancel
+    target_cut: bool = False
 
     @property
     def key(self) -> PositionKey:
@@ -65,12 +77,19 @@ class Command(msgspec.Struct, array_like=True, gc=False):
     def target(self) -> PositionKey | None:
         return (self.target_account, self.market, self.target_side) if self.kind == ADL else None
 
+    def position_leg_open(self) -> bool:
+        return self.live and self.legs & POSITION_LEG and not self.position_cut and self.filled < self.qty
+
+    def target_leg_open(self) -> bool:
+        return (self.live and self.kind == ADL and self.legs & TARGET_LEG and not self.target_cut
+                and self.target_filled < self.qty)  # fmt: skip
+
     def open_qty(self) -> int:
-        """Unanswered quantity of the position leg (0 once ended)."""
-        return self.qty - self.filled if self.live else 0
+        """Unanswered quantity of the position leg (0 once ended, cut, or not held here)."""
+        return self.qty - self.filled if self.position_leg_open() else 0
 
     def open_target_qty(self) -> int:
-        return self.qty - self.target_filled if self.live and self.kind == ADL else 0
+        return self.qty - self.target_filled if self.target_leg_open() else 0
 
 
 class PositionEpisodes(msgspec.Struct, array_like=True, gc=False):
@@ -153,31 +172,36 @@ class EpisodeBook:
     # -- issuing and ending ------------------------------------------------------------------
 
     def issue(self, kind: int, key: PositionKey, closing_side: str, qty: int, ts: int, timeout_ms: int,
-              trigger_event_id: str, trigger_offset: int, target: PositionKey | None = None) -> Command:  # fmt: skip
-        """Record a new command for ``key``.
+              trigger_event_id: str, trigger_offset: int, target: PositionKey | None = None,
+              command_id: str | None = None, legs: int = POSITION_LEG) -> Command:  # fmt: skip
+        """Record a new command for ``key`` (the legs of it this book holds: ``legs``).
 
         Its id hashes the kind, the position key (and an ADL target's), the
         triggering event's producer id and ts, and how many such commands this
         same event already issued for it: nothing that depends on where the
-        event sits in a log, or on what other positions did (outputs.py).
+        event sits in a log, or on what other positions did (outputs.py). The
+        fund stage names the commands it decides itself (``command_id``).
         """
-        episodes = self.positions.get(key)
-        if episodes is None:
-            episodes = self.positions[key] = PositionEpisodes([], [])
-        if trigger_offset != self._counted_offset:
-            self._counted_offset, self._counts = trigger_offset, {}
-        parts = (kind, *key, trigger_event_id, ts) if target is None else (kind, *key, trigger_event_id, ts, target[0], target[2])
-        number = self._counts[parts] = self._counts.get(parts, -1) + 1
-        command_id = output_id("adl" if kind == ADL else "liq", *parts, number)
-        command = Command(command_id, kind, *key, closing_side, qty, ts, ts + timeout_ms)
+        if command_id is None:
+            if trigger_offset != self._counted_offset:
+                self._counted_offset, self._counts = trigger_offset, {}
+            parts = (kind, *key, trigger_event_id, ts)
+            number = self._counts[parts] = self._counts.get(parts, -1) + 1
+            command_id = output_id("liq", *parts, number)
+        command = Command(command_id, kind, *key, closing_side, qty, ts, ts + timeout_ms, legs=legs)
         if target is not None:
             command.target_account, command.target_side = target[0], target[2]
-            self.targets.setdefault(target, []).append(command_id)
-            self._reserve(target, qty)
+            if legs & TARGET_LEG:
+                self.targets.setdefault(target, []).append(command_id)
+                self._reserve(target, qty)
+        if legs & POSITION_LEG:
+            episodes = self.positions.get(key)
+            if episodes is None:
+                episodes = self.positions[key] = PositionEpisodes([], [])
+            episodes.open.append(command_id)
+            self.dirty_positions.add(key)
         self.commands[command_id] = command
-        episodes.open.append(command_id)
         self.dirty_commands.add(command_id)
-        self.dirty_positions.add(key)
         heappush(self._expiry.setdefault(key[1], []), (command.expires_ts, command_id))
         return command
 
@@ -193,13 +217,34 @@ class EpisodeBook:
         if command.kind == ADL:
             self._drop_target(command)
         heappush(self._ended, (ts, command.command_id))
-        episodes = self.positions[command.key]
+        episodes = self.positions.get(command.key) if command.legs & POSITION_LEG else None
+        if episodes is None:
+            return
         if command.command_id in episodes.open:
             self._leg_done(episodes, command.command_id)
         if len(episodes.done) > ENDED_COMMANDS_KEPT:  # the oldest ended one goes first
             oldest = next((i for i in episodes.done if not self.commands[i].live), None)
             if oldest is not None:
                 self._forget(oldest)
+
+    def cut(self, command: Command, leg: int, ts: int) -> None:
+        """End one leg of an ADL command here (its position changed, closed, ...); the fund stage cancels the command.
+
+        The leg no longer counts (it reserves and commits nothing); its answers
+        are still recognised. The command ends here once no leg it holds is open.
+        """
+        if leg == POSITION_LEG:
+            command.position_cut = True
+            episodes = self.positions.get(command.key)
+            if episodes is not None and command.command_id in episodes.open:
+                self._leg_done(episodes, command.command_id)
+        else:
+            self._reserve(command.target, -command.open_target_qty())
+            command.target_cut = True
+            self._drop_target(command)
+        self.dirty_commands.add(command.command_id)
+        if not command.position_leg_open() and not command.target_leg_open():
+            self.end(command, ts)
 
     def _leg_done(self, episodes: PositionEpisodes, command_id: str) -> None:
         episodes.open.remove(command_id)
@@ -233,9 +278,11 @@ class EpisodeBook:
 
     def _forget(self, command_id: str, state: State | None = None) -> None:
         command = self.commands.pop(command_id)
-        episodes = self.positions[command.key]
-        episodes.done.remove(command_id)
         self.dirty_commands.add(command_id)
+        episodes = self.positions.get(command.key) if command.legs & POSITION_LEG else None
+        if episodes is None:
+            return  # a target leg only: its bankrupt position's record is another partition's
+        episodes.done.remove(command_id)
         self.dirty_positions.add(command.key)
         if episodes.empty() and state is not None and command.key not in state.positions:
             del self.positions[command.key]
@@ -257,15 +304,16 @@ class EpisodeBook:
         """Why this liquidation or ADL fill answers no command of its position, or None (before it is applied)."""
         command = self.commands.get(event.command_id)
         key = (event.account, event.market, event.position_side)
-        if command is None:
+        # a command of other accounts only is unknown here: another partition may hold it (fund_stage)
+        if command is None or event.account not in (command.account, command.target_account):
             return Verdict("deadletter", r.UNKNOWN_COMMAND, f"no command {event.command_id!r} was issued for {key}")
         if type(event) is AdlFill:
-            if command.target != key:
+            if command.target != key or not command.legs & TARGET_LEG:
                 return Verdict("deadletter", r.COMMAND_FOR_OTHER_POSITION,
                                f"{event.command_id} is not an ADL command against {key}")  # fmt: skip
             unanswered, side = command.qty - command.target_filled, other_side(command.closing_side)
         else:
-            if command.key != key:
+            if command.key != key or not command.legs & POSITION_LEG:
                 return Verdict("deadletter", r.COMMAND_FOR_OTHER_POSITION,
                                f"{event.command_id} was issued for {command.key}, not {key}")  # fmt: skip
             unanswered, side = command.qty - command.filled, command.closing_side
@@ -283,19 +331,17 @@ class EpisodeBook:
         command = self.commands[event.command_id]
         self.dirty_commands.add(command.command_id)
         if type(event) is AdlFill:
-            if command.live:
-                self._reserve(command.target, -min(event.qty, command.open_target_qty()))
+            self._reserve(command.target, -min(event.qty, command.open_target_qty()))
             command.target_filled += event.qty
+            if not command.target_leg_open():
+                self._drop_target(command)
         else:
             command.filled += event.qty
-        if command.filled >= command.qty and (command.kind != ADL or command.target_filled >= command.qty):
-            self.end(command, event.ts)
-        elif command.kind == ADL and command.target_filled >= command.qty:
-            self._drop_target(command)
-        elif command.live and command.filled >= command.qty:  # only its ADL target leg is open now
-            episodes = self.positions[command.key]
-            if command.command_id in episodes.open:
+            episodes = self.positions.get(command.key)
+            if not command.position_leg_open() and episodes is not None and command.command_id in episodes.open:
                 self._leg_done(episodes, command.command_id)
+        if command.live and not command.position_leg_open() and not command.target_leg_open():
+            self.end(command, event.ts)  # every leg this book holds is answered (or cut)
         return command
 
     def _drop_target(self, command: Command) -> None:
@@ -334,7 +380,7 @@ class EpisodeBook:
         self.clear_dirty()
         for command_id in sorted(self.commands):
             command = self.commands[command_id]
-            if command.open_target_qty() > 0:
+            if command.target_leg_open():
                 self.targets.setdefault(command.target, []).append(command_id)
                 self._reserve(command.target, command.open_target_qty())
             if command.live:

@@ -3,15 +3,27 @@
 The invariant (docs/decisions.md, "Liquidation episodes"), after every event,
 for every open position: it is liquidatable at the current mark (exact
 ``B <= MM``, its market not paused) if and only if live commands close it on
-the right side for the quantity the market's policy asks (today: all of it);
-a position that is not liquidatable has no liquidation commands. ``_judge``
-is the one place that restores it for a position:
+the right side for the quantity the market's policy asks (today: all of it),
+or it is bankrupt (``B < 0``) and *awaits* the next barrier; a position that
+is not liquidatable has no liquidation commands. ``_judge`` is the one place
+that restores it for a position:
 
 - not liquidatable -> its live commands are cancelled (no_longer_liquidatable,
   market_paused);
 - liquidatable -> live commands that do not fit (wrong side, more than the
-  position) are cancelled and what is missing is issued: ADL for the share the
-  insurance fund cannot absorb, a liquidation for the rest.
+  position) are cancelled and what is missing is issued: a liquidation if the
+  position is not bankrupt; a bankrupt one awaits the barrier, where the fund
+  stage (projections.fund_stage) decides what its insurance fund takes and
+  what ADL closes, across every partition at once.
+
+An ADL command is never cancelled here between barriers: a leg that stops
+fitting is cut (episodes.EpisodeBook.cut) and the fund stage cancels the
+command at the barrier. A barrier is an applied mark, funding or market
+event (the same in every partition): after its own work the projection
+reports to the fund stage and applies its decisions (``barrier``); with one
+partition (the embedded log, and each Kafka partition's tests) the stage runs
+in process, with several a coordinator gathers the reports
+(replay.partitioned).
 
 It is called for the positions an event can have changed: the trader's own
 fill or transfer supersedes the position's live commands first
@@ -24,19 +36,43 @@ beyond the market's ``mark_band`` pauses the market: its commands are
 cancelled and nothing is issued until a mark within the band of its previous
 mark resumes it. A stale mark is refused by the reducer and changes nothing.
 
-The episode book (projections.episodes) holds the commands, ADL
-(projections.adl) picks counterparties, the index is derived and rebuilt on
-restore; the book, the paused markets, the last marks and the outbox
-sequence are the projection's state, stored with the core's checkpoint and
-part of the digest (``sections``, one form for both).
+The episode book (projections.episodes) holds the commands, the index is
+derived and rebuilt on restore; the book, the paused markets, the last marks,
+the positions awaiting the barrier, the cut legs and the outbox sequence are
+the projection's state, stored with the core's checkpoint and part of the
+digest (``sections``, one form for both).
 """
 
+import msgspec
+
 from ringfence.core import margin as mm
+from ringfence.core import reasons as r
 from ringfence.core.fixed import SCALE, decimals_of, format_decimal, format_units
-from ringfence.core.model import BUY, SELL, AdlFill, Fill, Funding, LiquidationFill, MarginTransfer, MarketConfig, MarkPrice
+from ringfence.core.model import (
+    BUY,
+    SELL,
+    AdlFill,
+    Fill,
+    Funding,
+    LiquidationFill,
+    MarginTransfer,
+    MarketConfig,
+    MarkPrice,
+    Verdict,
+)
 from ringfence.core.state import PositionKey, State
-from ringfence.projections import adl
-from ringfence.projections.episodes import ADL, LIQUIDATE, Command, EpisodeBook, closes, other_side
+from ringfence.projections import adl, fund_stage
+from ringfence.projections.episodes import (
+    ADL,
+    LIQUIDATE,
+    POSITION_LEG,
+    TARGET_LEG,
+    Command,
+    EpisodeBook,
+    closes,
+    other_side,
+)
+from ringfence.projections.fund_stage import Candidate, CutLeg, Decisions, Need, Report
 from ringfence.projections.index import PriceIndex, candidate
 from ringfence.projections.outputs import (
     MARKET_PAUSED,
@@ -53,7 +89,7 @@ from ringfence.projections.outputs import (
 )
 
 NOTHING = ()  # the outputs of most events: shared, never appended to
-VERSION = "liquidation-v2"
+VERSION = "liquidation-v3"  # v3: awaiting positions and cut legs (the fund stage)
 
 
 class Trigger:
@@ -66,15 +102,21 @@ class Trigger:
 
 
 class LiquidationProjection:
-    def __init__(self) -> None:
+    def __init__(self, owns=None, partition: int = 0) -> None:
+        """``owns(account) -> bool``: the accounts of ``partition`` (None: all, one partition with the stage in process)."""
+        self.partition = partition
         self.book = EpisodeBook()
         self.index = PriceIndex()
         self.paused: dict[str, int] = {}  # market -> offset of the jump that paused it
         self.sequence = 0  # commands-outbox records emitted so far (liquidate, adl, cancel)
         self.last_marks: dict[str, int] = {}  # the previous applied mark, for the band check
-        self._rankings: dict[tuple[str, bool], adl.Ranking] = {}  # per-event cache of ADL rankings
-        self._targets_released: list[PositionKey] = []  # ADL targets whose commands were cancelled in this event
-        self.check_answer = self.book.check_answer  # the reducer's judge of liquidation and ADL fills
+        self.awaiting: set[PositionKey] = set()  # bankrupt positions the next barrier's fund decision commands
+        self.bankrupt_legs: set[PositionKey] = set()  # positions that were issued ADL commands (reported at barriers)
+        self.cut_legs: list[CutLeg] = []  # ADL legs cut since the last barrier (the stage cancels their commands)
+        self.owns = owns
+        self.pending: tuple[Report, Trigger] | None = None  # a barrier's report, when a coordinator decides
+        # with several partitions: market -> its open positions in the other partitions (the coordinator's)
+        self.open_elsewhere = None
         # event type -> handler(state, offset, event) for an applied event (the worker calls them directly)
         self.handlers = {
             MarkPrice: self._on_mark, Fill: self._on_trade, MarginTransfer: self._on_trade,
@@ -84,7 +126,7 @@ class LiquidationProjection:
 
     def rebuild(self, state: State) -> None:
         """Derive the index from the core state and the book (after a restore)."""
-        self.index.rebuild(state, self.book.has_live)
+        self.index.rebuild(state, self._commanded)
 
     def after_event(self, state: State, offset: int, event, applied: bool) -> list | tuple:
         """Outputs (commands, cancels, alerts) after ``event`` was reduced at ``offset``; ``applied`` is False if refused."""
@@ -93,14 +135,24 @@ class LiquidationProjection:
         handler = self.handlers.get(type(event))
         return NOTHING if handler is None else handler(state, offset, event)
 
-    def _finish(self, state: State, trigger: Trigger, outputs: list) -> list:
-        """Judge again the ADL targets whose commands this event cancelled (they may be liquidatable themselves)."""
-        released = self._targets_released
-        while released:
-            key = released.pop(0)
-            if key in state.positions:
-                self._judge(state, key, trigger, outputs)
-        return outputs
+    def check_answer(self, state: State, event) -> Verdict | None:
+        """The reducer's judge (reducer.apply_event): of a liquidation or ADL fill against the book, and of a
+        market config that moves a market to another fund while other partitions hold its positions."""
+        if type(event) is not MarketConfig:
+            return self.book.check_answer(state, event)
+        count = 0 if self.open_elsewhere is None else self.open_elsewhere(event.market)
+        if not count:
+            return None
+        return Verdict("deadletter", r.FUND_DOMAIN_CHANGE_WITH_POSITIONS,
+                       f"{event.market} has {count} open positions in other partitions; it moves to another "
+                       f"insurance fund only with none")  # fmt: skip
+
+    def _commanded(self, key: PositionKey) -> bool:
+        """Indexed as liquidatable (projections.index: judged again when the mark moves its way back)?"""
+        return self.book.has_live(key) or key in self.awaiting
+
+    def _mine(self, account: str) -> bool:
+        return self.owns is None or self.owns(account)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -108,22 +160,21 @@ class LiquidationProjection:
         """The trader's own fill or transfer: it supersedes the position's live commands."""
         key = (event.account, event.market, event.position_side)
         book = self.book
-        if key in state.positions and key not in book.targets and not book.has_live(key):
+        if key in state.positions and key not in book.targets and not book.has_live(key) and key not in self.awaiting:
             # the hot path: a position without commands; judge it only if the index says it may be liquidatable
             if not self.index.reindex(state, key, False):
                 return NOTHING
         outputs: list = []
-        trigger = Trigger(offset, event)
-        self._changed(state, key, trigger, outputs, by_answer=False)
-        return self._finish(state, trigger, outputs)
+        self._changed(state, key, Trigger(offset, event), outputs, by_answer=False)
+        return outputs
 
     def _on_answer(self, state: State, offset: int, event: LiquidationFill) -> list:
         """A liquidation or ADL fill, already checked against the book by the reducer (check_answer)."""
         self.book.record_answer(event)
         outputs: list = []
-        trigger = Trigger(offset, event)
-        self._changed(state, (event.account, event.market, event.position_side), trigger, outputs, by_answer=True)
-        return self._finish(state, trigger, outputs)
+        self._changed(state, (event.account, event.market, event.position_side), Trigger(offset, event), outputs,
+                      by_answer=True)  # fmt: skip
+        return outputs
 
     def _on_market_change(self, state: State, offset: int, event: Funding | MarketConfig) -> list:
         """Funding moves every margin of the market, a new config every requirement: judge them all again."""
@@ -131,14 +182,15 @@ class LiquidationProjection:
         trigger = Trigger(offset, event)
         book = self.book
         for key in sorted(state.by_market.get(event.market, {})):
-            if key in book.targets or book.has_live(key):
+            if key in book.targets or book.has_live(key) or key in self.awaiting:
                 self._changed(state, key, trigger, outputs, by_answer=False)
             else:
                 self.index.reindex(state, key, False)
         self._evaluate_market(state, event.market, trigger, outputs)
-        return self._finish(state, trigger, outputs)
+        self.barrier(state, trigger, outputs)
+        return outputs
 
-    def _on_mark(self, state: State, offset: int, event: MarkPrice) -> list:
+    def _on_mark(self, state: State, offset: int, event: MarkPrice) -> list | tuple:
         outputs: list = []
         trigger = Trigger(offset, event)
         book = self.book
@@ -155,16 +207,20 @@ class LiquidationProjection:
                 self.paused[event.market] = offset
                 outputs.append(self._alert(trigger, event, previous, "mark_jump"))
                 self._pause(state, event.market, trigger, outputs)
-                return self._finish(state, trigger, outputs)
+                self.barrier(state, trigger, outputs)
+                return outputs
             if paused:
                 if jump:
+                    self.barrier(state, trigger, outputs)
                     return outputs
                 del self.paused[event.market]
                 outputs.append(self._alert(trigger, event, previous, "mark_resumed"))
         if book.expires_by(event.market, event.ts):
             self._expire(state, event.market, trigger, outputs)
         self._evaluate_market(state, event.market, trigger, outputs)
-        return self._finish(state, trigger, outputs) if outputs else NOTHING  # a cancel is always an output
+        if self.awaiting or self.cut_legs or self.bankrupt_legs or self.owns is not None:
+            self.barrier(state, trigger, outputs)
+        return outputs if outputs else NOTHING  # a cancel is always an output
 
     def _alert(self, trigger: Trigger, event: MarkPrice, previous: int, reason: str) -> Alert:
         return Alert(output_id("alert", event.market, reason, event.id, event.ts), event.market, reason,
@@ -177,15 +233,16 @@ class LiquidationProjection:
         book = self.book
         if key not in state.positions:
             for command in book.live_for(key):
-                self._cancel(command, POSITION_CLOSED, trigger, outputs)
-            self._check_targets(state, key, trigger, outputs)
+                self._withdraw(command, POSITION_CLOSED, trigger, outputs)
+            self._check_targets(state, key, trigger)
             book.position_closed(key)
             self.index.drop(key)
+            self.awaiting.discard(key)
             return
         if not by_answer:
             for command in book.live_for(key):  # superseded: judged again below on the position as it is now
-                self._cancel(command, POSITION_CHANGED, trigger, outputs)
-        self._check_targets(state, key, trigger, outputs)
+                self._withdraw(command, POSITION_CHANGED, trigger, outputs)
+        self._check_targets(state, key, trigger)
         self._judge(state, key, trigger, outputs)
 
     def _judge(self, state: State, key: PositionKey, trigger: Trigger, outputs: list) -> None:
@@ -195,26 +252,31 @@ class LiquidationProjection:
         if not self._liquidatable(state, key):
             reason = MARKET_PAUSED if key[1] in self.paused else NO_LONGER_LIQUIDATABLE
             for command in live:
-                self._cancel(command, reason, trigger, outputs)
+                self._withdraw(command, reason, trigger, outputs)
+            self.awaiting.discard(key)
         else:
-            size = state.positions[key].size
-            side = SELL if size > 0 else BUY
-            wanted = abs(size) - book.reserved(key)  # ADL commands against it close it too
+            position = state.positions[key]
+            side = SELL if position.size > 0 else BUY
+            wanted = max(0, abs(position.size) - book.reserved(key))  # ADL commands against it close it too
             if any(command.closing_side != side for command in live):
                 for command in live:
-                    self._cancel(command, POSITION_CHANGED, trigger, outputs)
+                    self._withdraw(command, POSITION_CHANGED, trigger, outputs)
                 live = []
             have = sum(command.open_qty() for command in live)
             while have > wanted:  # more than the position (a late answer shrank it): withdraw the newest first
                 command = live.pop()
                 have -= command.open_qty()
-                self._cancel(command, POSITION_CHANGED, trigger, outputs)
-            if wanted > have:
+                self._withdraw(command, POSITION_CHANGED, trigger, outputs)
+            if wanted <= have:
+                self.awaiting.discard(key)
+            elif position.margin + mm.unrealized_pnl_units(position.size, position.cost, state.markets[key[1]].mark) < 0:
+                self.awaiting.add(key)  # bankrupt: what its fund takes is the barrier's decision
+            else:
                 self._issue(state, key, wanted - have, trigger, outputs)
-        self.index.reindex(state, key, book.has_live(key))
+        self.index.reindex(state, key, self._commanded(key))
 
-    def _check_targets(self, state: State, key: PositionKey, trigger: Trigger, outputs: list) -> None:
-        """Live ADL commands against this position must still fit it; cancel those that do not, judge their bankrupt."""
+    def _check_targets(self, state: State, key: PositionKey, trigger: Trigger) -> None:
+        """Live ADL legs against this position must still fit it; the ones that do not are cut."""
         against = self.book.live_against(key)
         if not against:
             return
@@ -225,10 +287,7 @@ class LiquidationProjection:
         ):
             return
         for command in against:
-            self._cancel(command, TARGET_CHANGED, trigger, outputs)
-        for command in against:
-            if command.key in state.positions:
-                self._judge(state, command.key, trigger, outputs)
+            self._cut(command, TARGET_LEG, TARGET_CHANGED, trigger)
 
     def _liquidatable(self, state: State, key: PositionKey) -> bool:
         position = state.positions.get(key)
@@ -237,94 +296,198 @@ class LiquidationProjection:
             return False
         return mm.is_liquidatable(market.config.brackets, position.size, position.cost, position.margin, market.mark)
 
+    def _withdraw(self, command: Command, reason: str, trigger: Trigger, outputs: list) -> None:
+        """A live command of the position that no longer fits: a liquidate is cancelled, an ADL leg cut."""
+        if command.kind == ADL:
+            self._cut(command, POSITION_LEG, reason, trigger)
+        else:
+            self._cancel(command, reason, trigger, outputs)
+
+    def _cut(self, command: Command, leg: int, reason: str, trigger: Trigger) -> None:
+        if leg == POSITION_LEG and not command.position_leg_open():
+            return
+        if leg == TARGET_LEG and not command.target_leg_open():
+            return
+        self.book.cut(command, leg, trigger.ts)
+        self.cut_legs.append(CutLeg(command.command_id, leg, reason, command.market, command.account,
+                                    command.position_side, command.target_account, command.target_side))  # fmt: skip
+
     def _cancel(self, command: Command, reason: str, trigger: Trigger, outputs: list) -> None:
-        """Withdraw a live command; a cancelled ADL command no longer closes its target, which is judged again."""
-        if command.open_target_qty() > 0:
-            self._targets_released.append(command.target)
+        """Withdraw a live liquidate command."""
         self.book.end(command, trigger.ts)
         self.sequence += 1
-        cancel_id = output_id("cancel", command.command_id)
-        if command.kind == ADL:  # named as the adl command names them: the counterparty, then the bankrupt position
-            outputs.append(CancelCommand(cancel_id, command.command_id, command.target_account, command.market,
-                                         command.target_side, reason, trigger.offset, trigger.event_id, trigger.ts,
-                                         command.account, command.position_side))  # fmt: skip
-        else:
-            outputs.append(CancelCommand(cancel_id, command.command_id, command.account, command.market,
-                                         command.position_side, reason, trigger.offset, trigger.event_id, trigger.ts))  # fmt: skip
+        outputs.append(CancelCommand(output_id("cancel", command.command_id), command.command_id, command.account,
+                                     command.market, command.position_side, reason, trigger.offset, trigger.event_id,
+                                     trigger.ts))  # fmt: skip
 
     def _issue(self, state: State, key: PositionKey, qty: int, trigger: Trigger, outputs: list) -> None:
-        """Commands closing ``qty`` of a liquidatable position: ADL for what the fund cannot absorb, a liquidation for the rest.
-
-        A position beyond bankruptcy at the mark (B < 0) is expected to cost the
-        fund -B when it is closed near the mark. If the fund (the market's
-        insurance-fund domain) is smaller, the share of the position whose expected loss it
-        cannot cover is deleveraged against profitable opposite positions at
-        the bankruptcy price, where it costs the fund nothing.
-        """
-        position = state.positions[key]
+        """A liquidate command closing ``qty`` of a liquidatable position that is not bankrupt."""
         market = state.markets[key[1]]
         config = market.config
+        position = state.positions[key]
         long = position.size > 0
-        side = SELL if long else BUY
-        bankruptcy = mm.bankruptcy_price_fraction(position.size, position.cost, position.margin)
-        bankruptcy_price = max(config.tick_size, mm.price_to_tick(bankruptcy, config.tick_size, round_up=long))
-        qty_text = decimals_of(config.lot_size)
-        price_text = format_units(bankruptcy_price, decimals_of(config.tick_size))
-        timeout = config.liquidation_timeout_ms
-        book = self.book
-        deleverage = 0
-        balance = position.margin + mm.unrealized_pnl_units(position.size, position.cost, market.mark)
-        if balance < 0:
-            fund = max(0, state.insurance.get(market.fund, 0))
-            if -balance > fund:
-                coverable = fund * abs(position.size) // -balance // config.lot_size * config.lot_size
-                deleverage = max(0, qty - coverable)
-        if deleverage:
-            for target, part in adl.choose_counterparties(state, book, self._ranking(state, key[1], not long, trigger),
-                                                          key, deleverage):  # fmt: skip
-                command = book.issue(ADL, key, side, part, trigger.ts, timeout, trigger.event_id, trigger.offset, target)
-                qty -= part
-                self.sequence += 1
-                outputs.append(AdlCommand(
-                    command.command_id, target[0], target[1], target[2], other_side(side),
-                    format_units(part, qty_text), price_text, key[0], key[2], trigger.offset, trigger.event_id,
-                    trigger.ts,
-                ))  # fmt: skip
-        if qty:
-            command = book.issue(LIQUIDATE, key, side, qty, trigger.ts, timeout, trigger.event_id, trigger.offset)
-            self.sequence += 1
-            outputs.append(LiquidateCommand(
-                command.command_id, key[0], key[1], key[2], side, format_units(qty, qty_text), price_text,
-                format_decimal(market.mark), trigger.offset, trigger.event_id, trigger.ts,
-            ))  # fmt: skip
+        command = self.book.issue(LIQUIDATE, key, SELL if long else BUY, qty, trigger.ts, config.liquidation_timeout_ms,
+                                  trigger.event_id, trigger.offset)  # fmt: skip
+        self._emit_liquidate(state, command, self._bankruptcy_price(state, key), trigger, outputs)
 
-    def _ranking(self, state: State, market: str, long: bool, trigger: Trigger) -> adl.Ranking:
-        """One ranking per side and event: a crash bankrupts many positions in one mark, and they share it."""
-        cached = self._rankings.get((market, long))
-        if cached is None or cached.offset != trigger.offset:
-            cached = self._rankings[(market, long)] = adl.rank(state, market, long, trigger.offset)
-        return cached
+    def _bankruptcy_price(self, state: State, key: PositionKey) -> int:
+        position = state.positions[key]
+        tick = state.markets[key[1]].config.tick_size
+        bankruptcy = mm.bankruptcy_price_fraction(position.size, position.cost, position.margin)
+        return max(tick, mm.price_to_tick(bankruptcy, tick, round_up=position.size > 0))
+
+    def _emit_liquidate(self, state: State, command: Command, price: int, trigger: Trigger, outputs: list) -> None:
+        market = state.markets[command.market]
+        config = market.config
+        self.sequence += 1
+        outputs.append(LiquidateCommand(
+            command.command_id, command.account, command.market, command.position_side, command.closing_side,
+            format_units(command.qty, decimals_of(config.lot_size)), format_units(price, decimals_of(config.tick_size)),
+            format_decimal(market.mark), trigger.offset, trigger.event_id, trigger.ts,
+        ))  # fmt: skip
+
+    # -- barriers: the fund stage (projections.fund_stage) -----------------------------------
+
+    def barrier(self, state: State, trigger: Trigger, outputs: list) -> None:
+        """This partition's part of a barrier: report, and with the stage in process, apply its decisions."""
+        report = self.report(state, trigger)
+        if self.owns is not None:
+            self.pending = (report, trigger)  # the coordinator decides, then calls apply
+            return
+        decisions = fund_stage.decide([report], lambda market, long: [self.candidates(state, market, long)])
+        self.apply(state, decisions, trigger, outputs)
+
+    def report(self, state: State, trigger: Trigger) -> Report:
+        """What the fund stage needs of this partition at a barrier (fund_stage.Report)."""
+        funds = tuple(sorted((domain, balance) for domain, balance in state.insurance.items() if balance))
+        needs = []
+        book = self.book
+        # bankrupt positions: awaiting, or closed by ADL commands (as the bankrupt or the target) this barrier may cancel
+        for key in sorted(self.awaiting | self.bankrupt_legs | book.targets.keys()):
+            position = state.positions.get(key)
+            if position is None or not self._liquidatable(state, key):
+                continue
+            market = state.markets[key[1]]
+            balance = position.margin + mm.unrealized_pnl_units(position.size, position.cost, market.mark)
+            if balance >= 0:
+                continue
+            live = book.live_for(key)
+            committed = sum(c.open_qty() for c in live if c.kind == LIQUIDATE)
+            legs = tuple((c.command_id, c.open_qty()) for c in live if c.kind == ADL)
+            legs += tuple((c.command_id, c.open_target_qty()) for c in book.live_against(key))
+            needs.append(Need(key, market.fund, abs(position.size), committed, legs, -balance,
+                              SELL if position.size > 0 else BUY, self._bankruptcy_price(state, key),
+                              market.config.lot_size))  # fmt: skip
+        # a cut leg that its (raced) answers filled since is done: the trade happened, nothing to cancel
+        cut = tuple(leg for leg in self.cut_legs if not self._answered_in_full(leg))
+        return Report(self.partition, trigger.event_id, trigger.ts, funds, cut, tuple(needs))
+
+    def _answered_in_full(self, leg: CutLeg) -> bool:
+        command = self.book.commands.get(leg.command_id)
+        if command is None:
+            return False
+        return (command.filled if leg.leg == POSITION_LEG else command.target_filled) >= command.qty
+
+    def candidates(self, state: State, market: str, long: bool):
+        """This partition's ADL candidates on one side of a market, in exact rank order (fund_stage.Candidate)."""
+        book = self.book
+        mark = state.markets[market].mark
+        for key in adl.rank(state, market, long, -1).keys:
+            if book.has_live(key) or key in self.awaiting:
+                continue
+            position = state.positions[key]
+            reserved = tuple((c.command_id, c.open_target_qty()) for c in book.live_against(key))
+            yield Candidate(key, position.size, position.cost, position.margin, mark, reserved)
+
+    def apply(self, state: State, decisions: Decisions, trigger: Trigger, outputs: list) -> None:
+        """Carry out a barrier's decisions for this partition's legs; then judge the positions they released."""
+        book = self.book
+        released: list[PositionKey] = []
+        for cancel in decisions.cancels:
+            command = book.commands.get(cancel.command_id)
+            if command is not None and command.live:
+                if command.target_leg_open():
+                    released.append(command.target)
+                if command.position_leg_open():
+                    released.append(command.key)
+                book.end(command, trigger.ts)
+            leg = cancel.leg
+            if self._mine(leg.bankrupt_account):  # the bankrupt position's partition writes the cancel, once
+                self.sequence += 1
+                outputs.append(CancelCommand(output_id("cancel", cancel.command_id), cancel.command_id,
+                                             leg.target_account, leg.market, leg.target_side, cancel.reason,
+                                             trigger.offset, trigger.event_id, trigger.ts, leg.bankrupt_account,
+                                             leg.bankrupt_side))  # fmt: skip
+        for issue in decisions.issues:
+            key, target = issue.key, issue.target
+            config = state.markets[key[1]].config
+            legs = (POSITION_LEG if self._mine(key[0]) else 0) | (TARGET_LEG if target and self._mine(target[0]) else 0)
+            if not legs:
+                continue
+            command = book.issue(issue.kind, key, issue.closing_side, issue.qty, trigger.ts,
+                                 config.liquidation_timeout_ms, trigger.event_id, trigger.offset, target,
+                                 command_id=issue.command_id, legs=legs)  # fmt: skip
+            if not legs & POSITION_LEG:
+                continue
+            if issue.kind == LIQUIDATE:
+                self._emit_liquidate(state, command, issue.price, trigger, outputs)
+                continue
+            self.bankrupt_legs.add(key)
+            self.sequence += 1
+            outputs.append(AdlCommand(
+                command.command_id, target[0], target[1], target[2], other_side(issue.closing_side),
+                format_units(issue.qty, decimals_of(config.lot_size)), format_units(issue.price, decimals_of(config.tick_size)),
+                key[0], key[2], trigger.offset, trigger.event_id, trigger.ts,
+            ))  # fmt: skip
+        self.cut_legs.clear()
+        # every bankrupt position reported is fully commanded now; one that awaited and is no longer bankrupt
+        # (the mark moved its way, still liquidatable) is judged again below like the released ones
+        released.extend(self.awaiting)
+        self.awaiting.clear()
+        self.bankrupt_legs = {key for key in self.bankrupt_legs
+                              if any(c.kind == ADL for c in book.live_for(key))}  # fmt: skip
+        for key in sorted(set(released)):
+            if key in state.positions:
+                self._judge(state, key, trigger, outputs)
+        for issue in decisions.issues:  # re-key the positions the stage commanded
+            for key in (issue.key, issue.target):
+                if key is not None and key in state.positions and self._mine(key[0]):
+                    self.index.reindex(state, key, self._commanded(key))
 
     # -- marks -------------------------------------------------------------------------------
 
     def _pause(self, state: State, market: str, trigger: Trigger, outputs: list) -> None:
-        """A paused market liquidates nothing: cancel its live commands."""
+        """A paused market liquidates nothing: cancel its live commands (cut their ADL legs)."""
         keys = []
         for command in self.book.live():
-            if command.market == market and command.open_qty() > 0:
+            if command.market != market:
+                continue
+            if command.kind == ADL:
+                self._cut(command, POSITION_LEG, MARKET_PAUSED, trigger)
+                self._cut(command, TARGET_LEG, MARKET_PAUSED, trigger)
+                keys.extend((command.key, command.target))
+            elif command.open_qty() > 0:
                 self._cancel(command, MARKET_PAUSED, trigger, outputs)
                 keys.append(command.key)
         for key in dict.fromkeys(keys):
             if key in state.positions:
-                self.index.reindex(state, key, self.book.has_live(key))
+                self.awaiting.discard(key)
+                self.index.reindex(state, key, self._commanded(key))
 
     def _expire(self, state: State, market: str, trigger: Trigger, outputs: list) -> None:
-        """Commands unanswered past the market's time-out are cancelled, then their positions judged again."""
+        """Commands unanswered past the market's time-out are cancelled (ADL legs cut), then their positions judged."""
         expired = self.book.expired(market, trigger.ts)
+        keys = []
         for command in expired:
-            self._cancel(command, TIMED_OUT, trigger, outputs)
-        for key in dict.fromkeys(command.key for command in expired):
-            if key in state.positions:
+            if command.kind == ADL:
+                self._cut(command, POSITION_LEG, TIMED_OUT, trigger)
+                self._cut(command, TARGET_LEG, TIMED_OUT, trigger)
+                keys.extend((command.key, command.target))
+            else:
+                self._cancel(command, TIMED_OUT, trigger, outputs)
+                keys.append(command.key)
+        for key in dict.fromkeys(keys):
+            if key in state.positions and self._mine(key[0]):
                 self._judge(state, key, trigger, outputs)
 
     def _evaluate_market(self, state: State, name: str, trigger: Trigger, outputs: list) -> None:
@@ -356,7 +519,8 @@ class LiquidationProjection:
 
     def head(self) -> list:
         """The small part of the state, stored whole at every checkpoint."""
-        return [[VERSION, self.sequence], sorted(self.paused.items()), sorted(self.last_marks.items())]
+        return [[VERSION, self.sequence], sorted(self.paused.items()), sorted(self.last_marks.items()),
+                sorted(self.awaiting), sorted(self.bankrupt_legs), list(self.cut_legs)]  # fmt: skip
 
     def sections(self) -> list:
         """The projection's whole state (the index is derived): what the digest hashes and ``restore`` reads.
@@ -377,18 +541,23 @@ class LiquidationProjection:
         self.book.clear_dirty()
 
     def restore(self, snapshot: list, state: State) -> None:
-        head, paused, last_marks, *book = snapshot
+        head, paused, last_marks, *rest = snapshot
         if head[0] != VERSION:
             raise ValueError(f"liquidation projection state {head[0]!r} is not {VERSION}: replay from offset 0")
+        awaiting, bankrupt_legs, cut_legs, *book = rest
         self.sequence = head[1]
         self.paused = dict(paused)
         self.last_marks = dict(last_marks)
+        self.awaiting = {tuple(key) for key in awaiting}
+        self.bankrupt_legs = {tuple(key) for key in bankrupt_legs}
+        self.cut_legs = [msgspec.convert(leg, CutLeg) for leg in cut_legs]
         self.book.restore(book)
         self.rebuild(state)
 
 
 def stuck_positions(state: State, projection: LiquidationProjection) -> list[PositionKey]:
-    """Open positions that break the invariant: liquidatable without live commands closing all of them, or commanded while not.
+    """Open positions that break the invariant: liquidatable without live commands closing all of them (and not
+    awaiting the barrier), or commanded while not.
 
     A full scan (for the demo summary, metrics and tests): 0 is the only right answer.
     """
@@ -397,6 +566,8 @@ def stuck_positions(state: State, projection: LiquidationProjection) -> list[Pos
     for key in sorted(state.positions):
         liquidatable = projection._liquidatable(state, key)
         live = book.live_for(key)
+        if liquidatable and key in projection.awaiting:
+            continue  # bankrupt: commanded at the next barrier (the fund stage)
         if liquidatable:
             side = SELL if state.positions[key].size > 0 else BUY
             if book.commitments(key) != abs(state.positions[key].size) or any(c.closing_side != side for c in live):

@@ -16,7 +16,7 @@ numeric order):
     m:<market>             [config, mark, mark_ts]
     b:books                the insurance, fee income, clearing and net deposit books
     b:funds                every insurance-fund domain and its asset
-    i:<generation><offset> a remembered event id (duplicate recognition)
+    i:<generation><offset> a remembered event id (duplicate recognition; "account\\0id" for an account's event)
     meta:id_generation     the current id generation
     r:<offset>             rejection record (JSON, the output contract)
     x:<offset>             dead-letter record (JSON)

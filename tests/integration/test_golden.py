@@ -48,3 +48,8 @@ def test_a_golden_log_replays_to_its_recorded_digest_chain_and_outputs(tmp_path,
     assert got == expected
     assert cli("replay", "--verify", data=data)[0] == 0
     assert cli("replay", data=data)[1].split() == [str(expected["offset"]), expected["digest"]]
+    # the same answers on 3 partitions as on the embedded log (replay.partitioned, the fund stage between them)
+    out = cli("replay", "--as-partitions", "3", data=data)[1]
+    assert f"{expected['offset'] + 1} events on 3 partitions: the same " in out and "as on one" in out
+    rc, _, err = cli("replay", "--as-partitions", "0", data=data, check_rc=None)
+    assert rc == 2 and err.count("\n") == 1 and "--as-partitions" in err

@@ -80,6 +80,8 @@ def adversarial_stream(seed: int, count: int, traders: int = 12):
     state, projection = State(), LiquidationProjection()
     engine = HostileEngine(random.Random(seed ^ 0xE9))
     base = session.events(count)
+    # most sessions start with BTCUSDT in a fund of its own (Binance keeps one per major), the rest in USDT's
+    own_funds = {"BTCUSDT": "BTCUSDT-fund"} if rng.random() < 0.7 else {}
     serial = 0
     queued: list = []
     produced = 0
@@ -91,6 +93,8 @@ def adversarial_stream(seed: int, count: int, traders: int = 12):
             event = next(base, None)
             if event is None:
                 break
+            if type(event) is m.MarketConfig and event.market in own_funds:
+                event = msgspec.structs.replace(event, insurance_fund=own_funds[event.market])
             roll = rng.random()
             if roll < 0.12:
                 answers = engine.answer(state, serial, event.ts)
@@ -125,6 +129,8 @@ def adversarial_stream(seed: int, count: int, traders: int = 12):
                 event = msgspec.structs.replace(
                     config, id=f"cfg-{serial}", ts=event.ts, liquidation_timeout_ms=rng.choice((500, 5_000, 60_000)),
                     mark_band=rng.choice((0, U // 50, U // 50)),
+                    # fund domains: shared, its own, the settle asset's (moves are refused while positions are open)
+                    insurance_fund=rng.choice(("", "", "majors", f"{config.market}-fund")),
                 )  # fmt: skip
         verdict = apply_event(state, state.offset + 1, event, projection.check_answer)
         engine.take(projection.after_event(state, state.offset, event, verdict is None))

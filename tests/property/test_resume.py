@@ -61,7 +61,7 @@ def test_duplicate_window_survives_checkpoints_and_forgets_old_ids(tmp_path, mon
         letters = list(store.deadletters())
     assert len(letters) == 1 and b"duplicate_id" in letters[0]
     assert restored.id_generation == 2  # offsets 10..14
-    assert list(restored.older_ids) == ["d5", "d6", "d7", "d8", "d9"]
-    assert list(restored.recent_ids) == ["d10", "d11", "d0"]
+    assert list(restored.older_ids) == [f"a\0d{n}" for n in (5, 6, 7, 8, 9)]  # an account's ids: "account\0id"
+    assert list(restored.recent_ids) == ["a\0d10", "a\0d11", "a\0d0"]
     assert compute_digest(restored) == compute_digest(state) == compute_digest(replay(log))
     assert restored.wallets[("a", "USDT")].balance == 13

@@ -26,6 +26,8 @@ BAD = [
     (["generate", "--traders", "0"], "--traders"),
     (["replay", "--to", "-3"], "--to"),
     (["replay", "--partition", "-1"], "--partition"),
+    (["replay", "--as-partitions", "0"], "--as-partitions"),
+    (["replay", "--as-partitions", "1025"], "--as-partitions"),
     (["replay", "--verify", "--from", "-1"], "--from"),
     (["project", "m:C", "--from", "-1"], "--from"),
     (["project", "m:C", "--checkpoint-every", "0"], "--checkpoint-every"),
