@@ -12,6 +12,7 @@ with live commands of their own, and quantity already reserved by live ADL
 commands (the episode book).
 """
 
+from bisect import bisect_left, insort
 from fractions import Fraction
 
 from ringfence.core.fixed import SCALE
@@ -24,7 +25,7 @@ class Ranking:
 
     __slots__ = ("offset", "keys", "cursor")
 
-    def __init__(self, offset: int, keys: list[PositionKey]) -> None:
+    def __init__(self, offset: int, keys: "list[PositionKey] | RankedKeys") -> None:
         self.offset, self.keys, self.cursor = offset, keys, 0
 
 
@@ -87,3 +88,157 @@ def choose_counterparties(
         else:
             advancing = False
     return picks
+
+
+class _Score:
+    """A rank U*N / (IM*(IM+U)) as an exact fraction; compared only when two integer parts tie (cross products, no gcd)."""
+
+    __slots__ = ("numerator", "denominator")
+
+    def __init__(self, numerator: int, denominator: int) -> None:
+        self.numerator, self.denominator = numerator, denominator
+
+    def __eq__(self, other) -> bool:
+        return self.numerator * other.denominator == other.numerator * self.denominator
+
+    def __lt__(self, other) -> bool:  # the higher rank sorts first
+        return self.numerator * other.denominator > other.numerator * self.denominator
+
+    def __gt__(self, other) -> bool:
+        return self.numerator * other.denominator < other.numerator * self.denominator
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_FIRST = object()  # the tie element of every IM <= 0 entry: one object, so it always compares equal and the key decides
+
+
+def _entry(key: PositionKey, position, mark: int, long: bool):
+    """The sort entry of an in-profit position of that side, or None: (class, -int(rank*2^64), exact rank, key).
+
+    The order of these tuples is rank()'s: class, then the integer part, then
+    the exact fraction (which orders equal integer parts as rank()'s Fraction
+    re-sort does), then the key.
+    """
+    size = position.size
+    if (size > 0) != long:
+        return None
+    pnl = size * mark - position.cost  # 1e-16
+    if pnl <= 0:
+        return None
+    margin = position.margin * SCALE  # 1e-16
+    if margin <= 0:
+        return (0, 0, _FIRST, key)
+    numerator = pnl * (size if long else -size) * mark
+    denominator = margin * (margin + pnl)
+    return (1, -((numerator << 64) // denominator), _Score(numerator, denominator), key)
+
+
+class _Side:
+    """One side of one market in ADL order at ``mark``: sorted entries, and each key's entry to find it by bisection."""
+
+    __slots__ = ("mark", "entries", "entry_of")
+
+    def __init__(self, mark: int, entries: list, entry_of: dict) -> None:
+        self.mark, self.entries, self.entry_of = mark, entries, entry_of
+
+
+class RankedKeys:
+    """A read-only view of a side's keys in ADL order; valid until the rankings next change (the event in hand)."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: list) -> None:
+        self._entries = entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, index: int) -> PositionKey:
+        return self._entries[index][3]
+
+    def __iter__(self):
+        return (entry[3] for entry in self._entries)
+
+
+class AdlRankings:
+    """rank()'s order for every (market, side), kept sorted across events instead of sorted again per event.
+
+    A side is built on first use at its market's mark; a position change
+    (``changed``) moves one entry (bisect: O(log n) plus the list move) while
+    the mark stays; a new mark, funding or a market config drops the market's
+    sides (``invalidate``), built again only when next asked for. A side whose
+    market has another mark than it was built at is rebuilt too (a guard: the
+    projection invalidates on every mark anyway). Derived state: never stored.
+    """
+
+    __slots__ = ("_sides", "_state")
+
+    def __init__(self) -> None:
+        self._sides: dict[tuple[str, bool], _Side] = {}
+        self._state = None  # the state the sides describe; another one (a restore) starts afresh
+
+    def clear(self) -> None:
+        self._sides.clear()
+
+    def invalidate(self, market: str) -> None:
+        sides = self._sides
+        if sides:
+            sides.pop((market, True), None)
+            sides.pop((market, False), None)
+
+    def changed(self, state: State, key: PositionKey) -> None:
+        """The position at ``key`` changed, flipped side or closed: move its entry in the built sides of its market."""
+        sides = self._sides
+        if not sides or state is not self._state:
+            return
+        market = key[1]
+        position = state.positions.get(key)
+        for long in (True, False):
+            side = sides.get((market, long))
+            if side is None:
+                continue
+            old = side.entry_of.pop(key, None)
+            entries = side.entries
+            if old is not None:
+                index = bisect_left(entries, old)
+                del entries[index]
+            new = None if position is None else _entry(key, position, side.mark, long)
+            if new is not None:
+                insort(entries, new)
+                side.entry_of[key] = new
+
+    def _side(self, state: State, market: str, long: bool) -> _Side:
+        if state is not self._state:
+            self._sides.clear()
+            self._state = state
+        mark = state.markets[market].mark
+        side = self._sides.get((market, long))
+        if side is None or side.mark != mark:
+            entry_of = {}
+            for key, position in state.by_market.get(market, {}).items():
+                entry = _entry(key, position, mark, long)
+                if entry is not None:
+                    entry_of[key] = entry
+            entries = sorted(entry_of.values())
+            side = self._sides[(market, long)] = _Side(mark, entries, entry_of)
+        return side
+
+    def ranked(self, state: State, market: str, long: bool) -> RankedKeys:
+        """The keys of that side in profit at the mark, highest rank first: rank()'s order."""
+        return RankedKeys(self._side(state, market, long).entries)
+
+    def quantile(self, state: State, key: PositionKey) -> int | None:
+        """0..4 like Binance's adlQuantile (docs/decisions.md, "ADL ranking and quantile"); None: no such position or no mark.
+
+        0 for a position not in profit at the mark; otherwise 4 - floor(4 * place / n),
+        place 0 the top of its side's n ranked positions: the top quarter 4, the bottom 1.
+        """
+        position = state.positions.get(key)
+        if position is None or state.markets[key[1]].mark == 0:
+            return None
+        side = self._side(state, key[1], position.size > 0)
+        entry = side.entry_of.get(key)
+        if entry is None:
+            return 0
+        return 4 - 4 * bisect_left(side.entries, entry) // len(side.entries)

@@ -72,7 +72,8 @@ class LiquidationProjection:
         self.paused: dict[str, int] = {}  # market -> offset of the jump that paused it
         self.sequence = 0  # commands-outbox records emitted so far (liquidate, adl, cancel)
         self.last_marks: dict[str, int] = {}  # the previous applied mark, for the band check
-        self._rankings: dict[tuple[str, bool], adl.Ranking] = {}  # per-event cache of ADL rankings
+        self._rankings: dict[tuple[str, bool], adl.Ranking] = {}  # per-event cursors over the ADL order
+        self.adl_rankings = adl.AdlRankings()  # the ADL order itself, kept across events (derived, never stored)
         self._targets_released: list[PositionKey] = []  # ADL targets whose commands were cancelled in this event
         self.check_answer = self.book.check_answer  # the reducer's judge of liquidation and ADL fills
         # event type -> handler(state, offset, event) for an applied event (the worker calls them directly)
@@ -85,6 +86,8 @@ class LiquidationProjection:
     def rebuild(self, state: State) -> None:
         """Derive the index from the core state and the book (after a restore)."""
         self.index.rebuild(state, self.book.has_live)
+        self.adl_rankings.clear()
+        self._rankings.clear()
 
     def after_event(self, state: State, offset: int, event, applied: bool) -> list | tuple:
         """Outputs (commands, cancels, alerts) after ``event`` was reduced at ``offset``; ``applied`` is False if refused."""
@@ -107,6 +110,7 @@ class LiquidationProjection:
     def _on_trade(self, state: State, offset: int, event: Fill | MarginTransfer) -> list | tuple:
         """The trader's own fill or transfer: it supersedes the position's live commands."""
         key = (event.account, event.market, event.position_side)
+        self.adl_rankings.changed(state, key)
         book = self.book
         if key in state.positions and key not in book.targets and not book.has_live(key):
             # the hot path: a position without commands; judge it only if the index says it may be liquidatable
@@ -120,13 +124,16 @@ class LiquidationProjection:
     def _on_answer(self, state: State, offset: int, event: LiquidationFill) -> list:
         """A liquidation or ADL fill, already checked against the book by the reducer (check_answer)."""
         self.book.record_answer(event)
+        key = (event.account, event.market, event.position_side)
+        self.adl_rankings.changed(state, key)
         outputs: list = []
         trigger = Trigger(offset, event)
-        self._changed(state, (event.account, event.market, event.position_side), trigger, outputs, by_answer=True)
+        self._changed(state, key, trigger, outputs, by_answer=True)
         return self._finish(state, trigger, outputs)
 
     def _on_market_change(self, state: State, offset: int, event: Funding | MarketConfig) -> list:
         """Funding moves every margin of the market, a new config every requirement: judge them all again."""
+        self.adl_rankings.invalidate(event.market)
         outputs: list = []
         trigger = Trigger(offset, event)
         book = self.book
@@ -139,6 +146,7 @@ class LiquidationProjection:
         return self._finish(state, trigger, outputs)
 
     def _on_mark(self, state: State, offset: int, event: MarkPrice) -> list:
+        self.adl_rankings.invalidate(event.market)
         outputs: list = []
         trigger = Trigger(offset, event)
         book = self.book
@@ -302,7 +310,7 @@ class LiquidationProjection:
         """One ranking per side and event: a crash bankrupts many positions in one mark, and they share it."""
         cached = self._rankings.get((market, long))
         if cached is None or cached.offset != trigger.offset:
-            cached = self._rankings[(market, long)] = adl.rank(state, market, long, trigger.offset)
+            cached = self._rankings[(market, long)] = adl.Ranking(trigger.offset, self.adl_rankings.ranked(state, market, long))
         return cached
 
     # -- marks -------------------------------------------------------------------------------
