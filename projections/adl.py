@@ -12,7 +12,7 @@ with live commands of their own, and quantity already reserved by live ADL
 commands (the episode book).
 """
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from fractions import Fraction
 
 from ringfence.core.fixed import SCALE
@@ -31,10 +31,15 @@ class Ranking:
 
 def rank(state: State, market_name: str, long: bool, offset: int) -> Ranking:
     """The positions of one side of a market that are in profit at the mark, by ADL rank."""
-    mark = state.markets[market_name].mark
+    ranked = _ordered(state.by_market.get(market_name, {}), state.markets[market_name].mark, long)
+    return Ranking(offset, [entry[2] for entry in ranked])
+
+
+def _ordered(positions: dict, mark: int, long: bool) -> list:
+    """The sort entries (class, -int(rank * 2^64), key, U*N, IM*(IM+U)) of one side's positions in profit, in ADL order."""
     ranked = []
     append = ranked.append
-    for key, position in state.by_market.get(market_name, {}).items():
+    for key, position in positions.items():
         size = position.size
         if (size > 0) != long:  # the side first: half the positions cost one comparison
             continue
@@ -56,7 +61,7 @@ def rank(state: State, market_name: str, long: bool, offset: int) -> Ranking:
             if end - start > 1 and ranked[start][0]:  # class 0 is already in key order
                 ranked[start:end] = sorted(ranked[start:end], key=lambda e: (-Fraction(e[3], e[4]), e[2]))
             start = end
-    return Ranking(offset, [entry[2] for entry in ranked])
+    return ranked
 
 
 def choose_counterparties(
@@ -90,57 +95,37 @@ def choose_counterparties(
     return picks
 
 
-class _Score:
-    """A rank U*N / (IM*(IM+U)) as an exact fraction; compared only when two integer parts tie (cross products, no gcd)."""
-
-    __slots__ = ("numerator", "denominator")
-
-    def __init__(self, numerator: int, denominator: int) -> None:
-        self.numerator, self.denominator = numerator, denominator
-
-    def __eq__(self, other) -> bool:
-        return self.numerator * other.denominator == other.numerator * self.denominator
-
-    def __lt__(self, other) -> bool:  # the higher rank sorts first
-        return self.numerator * other.denominator > other.numerator * self.denominator
-
-    def __gt__(self, other) -> bool:
-        return self.numerator * other.denominator < other.numerator * self.denominator
-
-    __hash__ = None  # type: ignore[assignment]
+def _entry(key: PositionKey, position, mark: int, long: bool) -> tuple | None:
+    """One position's entry as _ordered makes it, or None (not of that side, or not in profit)."""
+    found = _ordered({key: position}, mark, long)
+    return found[0] if found else None
 
 
-_FIRST = object()  # the tie element of every IM <= 0 entry: one object, so it always compares equal and the key decides
-
-
-def _entry(key: PositionKey, position, mark: int, long: bool):
-    """The sort entry of an in-profit position of that side, or None: (class, -int(rank*2^64), exact rank, key).
-
-    The order of these tuples is rank()'s: class, then the integer part, then
-    the exact fraction (which orders equal integer parts as rank()'s Fraction
-    re-sort does), then the key.
-    """
-    size = position.size
-    if (size > 0) != long:
-        return None
-    pnl = size * mark - position.cost  # 1e-16
-    if pnl <= 0:
-        return None
-    margin = position.margin * SCALE  # 1e-16
-    if margin <= 0:
-        return (0, 0, _FIRST, key)
-    numerator = pnl * (size if long else -size) * mark
-    denominator = margin * (margin + pnl)
-    return (1, -((numerator << 64) // denominator), _Score(numerator, denominator), key)
+def _before(entry: tuple, other: tuple) -> bool:
+    """``entry`` ranks before ``other`` (same class and integer part): the higher exact rank, then the lower key."""
+    left, right = entry[3] * other[4], other[3] * entry[4]
+    return left > right or (left == right and entry[2] < other[2])
 
 
 class _Side:
-    """One side of one market in ADL order at ``mark``: sorted entries, and each key's entry to find it by bisection."""
+    """One side of one market in ADL order at ``mark``: the sorted entries, and each key's entry to find it again."""
 
     __slots__ = ("mark", "entries", "entry_of")
 
-    def __init__(self, mark: int, entries: list, entry_of: dict) -> None:
-        self.mark, self.entries, self.entry_of = mark, entries, entry_of
+    def __init__(self, mark: int, entries: list) -> None:
+        self.mark, self.entries = mark, entries
+        self.entry_of = {entry[2]: entry for entry in entries}
+
+    def locate(self, entry: tuple) -> int:
+        """The index ``entry`` has, or would have, in the list: bisect on (class, integer part), exact within a tie."""
+        entries = self.entries
+        if entry[0] == 0:
+            return bisect_left(entries, entry)  # IM <= 0: the tuple order is the key order
+        low = bisect_left(entries, entry[:2])
+        high = bisect_left(entries, (1, entry[1] + 1), low)
+        while low < high and entries[low] is not entry and _before(entries[low], entry):
+            low += 1
+        return low
 
 
 class RankedKeys:
@@ -155,10 +140,10 @@ class RankedKeys:
         return len(self._entries)
 
     def __getitem__(self, index: int) -> PositionKey:
-        return self._entries[index][3]
+        return self._entries[index][2]
 
     def __iter__(self):
-        return (entry[3] for entry in self._entries)
+        return (entry[2] for entry in self._entries)
 
 
 class AdlRankings:
@@ -192,20 +177,17 @@ class AdlRankings:
         sides = self._sides
         if not sides or state is not self._state:
             return
-        market = key[1]
         position = state.positions.get(key)
         for long in (True, False):
-            side = sides.get((market, long))
+            side = sides.get((key[1], long))
             if side is None:
                 continue
             old = side.entry_of.pop(key, None)
-            entries = side.entries
             if old is not None:
-                index = bisect_left(entries, old)
-                del entries[index]
+                del side.entries[side.locate(old)]
             new = None if position is None else _entry(key, position, side.mark, long)
             if new is not None:
-                insort(entries, new)
+                side.entries.insert(side.locate(new), new)
                 side.entry_of[key] = new
 
     def _side(self, state: State, market: str, long: bool) -> _Side:
@@ -215,13 +197,7 @@ class AdlRankings:
         mark = state.markets[market].mark
         side = self._sides.get((market, long))
         if side is None or side.mark != mark:
-            entry_of = {}
-            for key, position in state.by_market.get(market, {}).items():
-                entry = _entry(key, position, mark, long)
-                if entry is not None:
-                    entry_of[key] = entry
-            entries = sorted(entry_of.values())
-            side = self._sides[(market, long)] = _Side(mark, entries, entry_of)
+            side = self._sides[(market, long)] = _Side(mark, _ordered(state.by_market.get(market, {}), mark, long))
         return side
 
     def ranked(self, state: State, market: str, long: bool) -> RankedKeys:
@@ -241,4 +217,4 @@ class AdlRankings:
         entry = side.entry_of.get(key)
         if entry is None:
             return 0
-        return 4 - 4 * bisect_left(side.entries, entry) // len(side.entries)
+        return 4 - 4 * side.locate(entry) // len(side.entries)
