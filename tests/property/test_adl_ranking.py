@@ -20,6 +20,7 @@ from ringfence.core import model as m
 from ringfence.core.state import MarketState, State
 from ringfence.projections.adl import AdlRankings, rank
 from ringfence.projections.liquidation import LiquidationProjection
+from ringfence.projections.views import adl_quantile_counts, positions_view
 from tests.helpers import Book, market
 from tests.property.streams import adversarial_stream
 
@@ -192,3 +193,19 @@ def test_equal_integer_parts_are_ordered_exactly_as_the_full_sort(offsets, chang
         else:
             put(key, pnl, extra)
         assert list(rankings.ranked(state, "BTCUSDT", True)) == reference_rank(state, "BTCUSDT", True)
+
+
+def test_positions_view_and_the_metrics_counts_carry_the_quantile():
+    book = Book(liquidations=True)
+    book.market()
+    for account in "ABC":
+        book.deposit(account, "100000")
+    book.fill("A", m.BUY, "1", "100")
+    book.fill("B", m.BUY, "1", "100")
+    book.fill("C", m.SELL, "2", "100")
+    assert [row["adl_quantile"] for row in positions_view(book.state)] == [None, None, None]  # no mark
+    assert adl_quantile_counts(book.state) == [0, 0, 0, 0, 0]
+    book.transfer("A", "5")  # more margin: A ranks below B
+    book.mark("110")
+    assert [row["adl_quantile"] for row in positions_view(book.state)] == [2, 4, 0]
+    assert adl_quantile_counts(book.state) == [1, 0, 1, 0, 1]
