@@ -76,10 +76,12 @@ class MatchingEngine:
 
     LOST = 0.02  # orders the desk never answers
     RACED = 0.15  # cancelled orders that had already executed
+    THIN_BOOK_BP = (100, 300)  # ``thin_book``: every liquidation crosses 1-3 %, beyond bankruptcy, so the fund runs dry
 
-    def __init__(self, session: Session, seed: int):
+    def __init__(self, session: Session, seed: int, thin_book: bool = False):
         self.session = session
         self.rng = random.Random(seed ^ 0x5EED)
+        self.thin_book = thin_book
 
     def answer(self, records: list[dict], state, ts: int) -> list[m.Event]:
         """The answers to one slice's outbox records, against ``state`` (the positions as the log has them)."""
@@ -119,7 +121,10 @@ class MatchingEngine:
         if qty <= 0:
             return []
         # a liquidation order crosses the book: 0-20 bp of slippage, and a thin book now and then costs 1 %
-        slippage_bp = self.rng.randint(0, 20) if self.rng.random() > 0.02 else 100
+        if self.thin_book:
+            slippage_bp = self.rng.randint(*self.THIN_BOOK_BP)
+        else:
+            slippage_bp = self.rng.randint(0, 20) if self.rng.random() > 0.02 else 100
         moved = mark * (10_000 - slippage_bp if selling else 10_000 + slippage_bp) // 10_000
         price = max(tick, moved // tick * tick)
         sizes[key] = size + (-qty if selling else qty)
@@ -163,8 +168,13 @@ class MatchingEngine:
         ]  # fmt: skip
 
 
-def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None, stop=None) -> DemoSummary:
-    """The session through log, run and engine, slice by slice; ``stop()`` true ends it after a slice (checkpointed)."""
+def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None, stop=None,
+             thin_book: bool = False) -> DemoSummary:
+    """The session through log, run and engine, slice by slice; ``stop()`` true ends it after a slice (checkpointed).
+
+    ``thin_book``: the engine liquidates 1-3 % beyond the mark, the insurance fund runs dry and bankrupt
+    positions are deleveraged (an ADL-heavy session, for the audit benchmark).
+    """
     live: dict = {}
 
     def free_balance(trader: str) -> int:
@@ -172,7 +182,7 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None,
         return session.deposit[trader] if wallet is None else wallet.balance
 
     session = Session(seed, traders, free_balance=free_balance)
-    engine = MatchingEngine(session, seed)
+    engine = MatchingEngine(session, seed, thin_book)
     generated = session.events(events)
     started = time.perf_counter()
     decode_command = msgspec.json.Decoder().decode

@@ -45,6 +45,7 @@ class PartitionStatus:
     cancels: int = 0
     live_commands: int = 0
     stuck_positions: int | None = None  # by full scan, refreshed with the digest (docs/decisions.md)
+    adl_quantiles: list[int] | None = None  # open positions per ADL quantile 0..4, refreshed with the digest
     rejections: int = 0
     deadletters: int = 0
     digest: str = ""
@@ -139,6 +140,10 @@ class Metrics:
                per_partition(lambda s: s.live_commands))  # fmt: skip
         family("ringfence_stuck_positions", "gauge", "liquidatable positions without live commands closing them "
                "(full scan with each digest; must be 0)", per_partition(lambda s: s.stuck_positions))  # fmt: skip
+        family("ringfence_adl_quantile_positions", "gauge", "open positions by ADL quantile (0 not in profit, 4 the "
+               "top quarter of its side's ADL ranking; refreshed with each digest)",
+               [(f'{{partition="{p}",quantile="{q}"}}', count) for p, s in partitions if s.adl_quantiles is not None
+                for q, count in enumerate(s.adl_quantiles)])  # fmt: skip
         family("ringfence_rejections_total", "counter", "requests refused", per_partition(lambda s: s.rejections))
         family("ringfence_deadletters_total", "counter", "records dead-lettered", per_partition(lambda s: s.deadletters))
         family("ringfence_last_digest_info", "gauge", "the last state digest computed, as labels",

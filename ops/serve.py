@@ -64,6 +64,7 @@ from ringfence.projections.liquidation import stuck_positions
 from ringfence.projections.outbox import publish_pending
 from ringfence.projections.runner import Reduction
 from ringfence.projections.store import DEADLETTER, StateStore, StoreCorrupt
+from ringfence.projections.views import adl_quantile_counts
 
 CHECKPOINT_SECONDS = 1.0  # the longest a worker keeps applied events only in memory
 DIGEST_IDLE_SECONDS = 5.0  # a caught-up partition's digest is refreshed at most this often
@@ -305,6 +306,7 @@ class PartitionWorker:
         projection = self.reduction.projection
         digest = compute_digest(state, projection.canonical_sections())
         self.status.stuck_positions = len(stuck_positions(state, projection))  # O(state), as the digest
+        self.status.adl_quantiles = adl_quantile_counts(state)  # O(n log n), as the digest
         self.last_digest = (state.offset, now)
         self.status.digest, self.status.digest_offset = digest, state.offset
         self.log.info("digest", offset=state.offset, digest=digest)

@@ -119,15 +119,13 @@ NO_DECISIONS = Decisions()
 CandidateSource = Callable[[str, bool], list[Iterable[Candidate]]]
 
 
-def _rank_key(candidate: Candidate) -> tuple:
-    return adl.rank_key(candidate.size, candidate.cost, candidate.margin, candidate.mark, candidate.key)
 
 
 class _Ranking:
     """The merged ranking of one market side, pulled as far as the barrier needs; ``start`` skips what is used up."""
 
     def __init__(self, sources: list[Iterable[Candidate]]) -> None:
-        self._merged = heapq.merge(*sources, key=_rank_key)
+        self._merged = heapq.merge(*sources, key=adl.rank_key)
         self.pulled: list[Candidate] = []
         self.start = 0
 

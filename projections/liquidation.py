@@ -110,6 +110,7 @@ class LiquidationProjection:
         self.paused: dict[str, int] = {}  # market -> offset of the jump that paused it
         self.sequence = 0  # commands-outbox records emitted so far (liquidate, adl, cancel)
         self.last_marks: dict[str, int] = {}  # the previous applied mark, for the band check
+        self.adl_rankings = adl.AdlRankings()  # the ADL order per market side, kept across events (derived)
         self.awaiting: set[PositionKey] = set()  # bankrupt positions the next barrier's fund decision commands
         self.bankrupt_legs: set[PositionKey] = set()  # positions that were issued ADL commands (reported at barriers)
         self.cut_legs: list[CutLeg] = []  # ADL legs cut since the last barrier (the stage cancels their commands)
@@ -127,6 +128,7 @@ class LiquidationProjection:
     def rebuild(self, state: State) -> None:
         """Derive the index from the core state and the book (after a restore)."""
         self.index.rebuild(state, self._commanded)
+        self.adl_rankings.clear()
 
     def after_event(self, state: State, offset: int, event, applied: bool) -> list | tuple:
         """Outputs (commands, cancels, alerts) after ``event`` was reduced at ``offset``; ``applied`` is False if refused."""
@@ -159,6 +161,7 @@ class LiquidationProjection:
     def _on_trade(self, state: State, offset: int, event: Fill | MarginTransfer) -> list | tuple:
         """The trader's own fill or transfer: it supersedes the position's live commands."""
         key = (event.account, event.market, event.position_side)
+        self.adl_rankings.changed(state, key)
         book = self.book
         if key in state.positions and key not in book.targets and not book.has_live(key) and key not in self.awaiting:
             # the hot path: a position without commands; judge it only if the index says it may be liquidatable
@@ -171,13 +174,15 @@ class LiquidationProjection:
     def _on_answer(self, state: State, offset: int, event: LiquidationFill) -> list:
         """A liquidation or ADL fill, already checked against the book by the reducer (check_answer)."""
         self.book.record_answer(event)
+        key = (event.account, event.market, event.position_side)
+        self.adl_rankings.changed(state, key)
         outputs: list = []
-        self._changed(state, (event.account, event.market, event.position_side), Trigger(offset, event), outputs,
-                      by_answer=True)  # fmt: skip
+        self._changed(state, key, Trigger(offset, event), outputs, by_answer=True)
         return outputs
 
     def _on_market_change(self, state: State, offset: int, event: Funding | MarketConfig) -> list:
         """Funding moves every margin of the market, a new config every requirement: judge them all again."""
+        self.adl_rankings.invalidate(event.market)
         outputs: list = []
         trigger = Trigger(offset, event)
         book = self.book
@@ -191,6 +196,7 @@ class LiquidationProjection:
         return outputs
 
     def _on_mark(self, state: State, offset: int, event: MarkPrice) -> list | tuple:
+        self.adl_rankings.invalidate(event.market)
         outputs: list = []
         trigger = Trigger(offset, event)
         book = self.book
@@ -392,7 +398,7 @@ class LiquidationProjection:
         """This partition's ADL candidates on one side of a market, in exact rank order (fund_stage.Candidate)."""
         book = self.book
         mark = state.markets[market].mark
-        for key in adl.rank(state, market, long, -1).keys:
+        for key in self.adl_rankings.ranked(state, market, long):
             if book.has_live(key) or key in self.awaiting:
                 continue
             position = state.positions[key]

@@ -9,6 +9,7 @@ from ringfence.core import margin as mm
 from ringfence.core.fixed import decimals_of, format_decimal, format_units
 from ringfence.core.reducer import effective_leverage
 from ringfence.core.state import PositionKey, State
+from ringfence.projections.adl import AdlRankings
 from ringfence.projections.episodes import other_side
 
 
@@ -75,7 +76,8 @@ def trigger_arithmetic(config, size: int, cost: int, margin: int, mark: int) -> 
     }
 
 
-def position_view(state: State, key: PositionKey) -> dict:
+def position_view(state: State, key: PositionKey, adl_quantile: int | None = None) -> dict:
+    """One position's figures; ``adl_quantile`` (AdlRankings.quantile, None without a mark) is shown as given."""
     account, market_name, side = key
     position = state.positions[key]
     market = state.markets[market_name]
@@ -88,6 +90,7 @@ def position_view(state: State, key: PositionKey) -> dict:
     if position.shortfall:
         view["margin_shortfall"] = format_decimal(position.shortfall)
     view["insurance_fund"] = market.fund  # the domain that takes its liquidation's gain or loss
+    view["adl_quantile"] = adl_quantile
     return view
 
 
@@ -97,7 +100,19 @@ def positions_view(state: State, account: str | None = None, market: str | None 
         for key in state.positions
         if (account is None or key[0] == account) and (market is None or key[1] == market)
     )
-    return [position_view(state, key) for key in keys]
+    rankings = AdlRankings()  # each side ranked once for all its positions
+    return [position_view(state, key, rankings.quantile(state, key)) for key in keys]
+
+
+def adl_quantile_counts(state: State) -> list[int]:
+    """How many open positions have each ADL quantile 0..4 (positions of markets without a mark are not counted)."""
+    counts = [0] * 5
+    rankings = AdlRankings()
+    for key in state.positions:  # a count: the order does not matter
+        quantile = rankings.quantile(state, key)
+        if quantile is not None:
+            counts[quantile] += 1
+    return counts
 
 
 def wallets_view(state: State) -> list[dict]:

@@ -1,6 +1,7 @@
 """Benchmark: audit replay with and without --verify, and point-in-time queries with and without a snapshot.
 
     python -m ringfence.ops.bench.audit [--events 750000] [--traders 2000] [--chain-every 100000]
+    python -m ringfence.ops.bench.audit --adl [--events 150000] [--repeat 3]
 
 1. Writes a demo session (`ringfence demo`: the matching engine answers the
    liquidation commands, so the log is a realistic exchange history) of
@@ -14,6 +15,15 @@
 4. --at: the state 50 events before the end, from the nearest snapshot
    (`positions --at`), and without any (from offset 0); and at the end, where
    the store's own checkpoint is the starting point.
+
+--adl instead compares an ADL-heavy replay with one without ADL (issue 14):
+two demo sessions of --events generated events, the same seed and traders,
+one with the default matching engine (its liquidations refill the insurance
+fund: no ADL) and one with a thin book (every liquidation executes 1-3 %
+beyond the mark, the fund runs dry and bankrupt positions are deleveraged:
+each such event ranks the opposite side). Both are replayed from offset 0 over
+the same number of events (the shorter log's), best of --repeat, interleaved;
+the ratio of the rates is the figure (target: ADL-heavy >= 80 % of no-ADL).
 """
 
 import argparse
@@ -44,11 +54,17 @@ def row(name: str, events: int, seconds: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=750_000)
+    parser.add_argument("--events", type=int, default=None, help="default 750,000 (--adl: 150,000)")
     parser.add_argument("--traders", type=int, default=2_000)
     parser.add_argument("--chain-every", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--adl", action="store_true", help="ADL-heavy replay against one without ADL")
+    parser.add_argument("--repeat", type=int, default=3, help="--adl: replays of each session (the best counts)")
     args = parser.parse_args()
+    if args.adl:
+        adl_comparison(args.events or 150_000, args.traders, args.seed, args.repeat)
+        return
+    args.events = args.events or 750_000
     root = Path(tempfile.mkdtemp(prefix="ringfence-bench-audit-"))
     try:
         summary, seconds = timed(lambda: run_demo(root, seed=args.seed, traders=args.traders, events=args.events))
@@ -76,6 +92,31 @@ def main() -> None:
             row(f"{name} ({point.source})", point.replayed, seconds)
         point, seconds = timed(lambda: state_at(log, root / "state", end))
         row(f"--at {end:,} (the end), from the store ({point.source})", point.replayed, seconds)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def adl_comparison(events: int, traders: int, seed: int, repeat: int) -> None:
+    root = Path(tempfile.mkdtemp(prefix="ringfence-bench-adl-"))
+    try:
+        sessions = []
+        for name, thin_book in (("no ADL (default engine)", False), ("ADL-heavy (thin book, the fund runs dry)", True)):
+            summary, seconds = timed(lambda thin_book=thin_book: run_demo(root / str(thin_book), seed=seed, traders=traders,
+                                                                          events=events, thin_book=thin_book))  # fmt: skip
+            print(f"{name}: {summary.offset + 1:,} events, {summary.commands:,} commands, {summary.adl_commands:,} ADL "
+                  f"fills, insurance fund {summary.insurance_fund} at the end ({seconds:.1f} s)")  # fmt: skip
+            sessions.append((name, EmbeddedLog(root / str(thin_book) / "log", writable=False), summary.offset))
+        until = min(offset for _, _, offset in sessions)
+        best = {name: float("inf") for name, _, _ in sessions}
+        for _ in range(repeat):
+            for name, log, _ in sessions:
+                _, seconds = timed(lambda log=log: replay_digest(log, until))
+                best[name] = min(best[name], seconds)
+        print(f"{'replay from offset 0 (best of ' + str(repeat) + ')':<58}{'events':>10}{'time':>12}{'rate':>13}")
+        for name, _, _ in sessions:
+            row(name, until + 1, best[name])
+        no_adl, heavy = (best[name] for name, _, _ in sessions)
+        print(f"ADL-heavy / no-ADL rate: {no_adl / heavy:.1%} (target >= 80 %)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -113,8 +113,9 @@ def test_stdin_ingest_and_views(tmp_path, cli):
     assert positions and set(positions[0]) >= {
         "account", "market", "position_side", "size", "entry_price", "isolated_margin", "leverage", "mark_price",
         "unrealized_pnl", "margin_balance", "maintenance_margin", "margin_ratio", "liquidation_price",
-        "bankruptcy_price", "status",
+        "bankruptcy_price", "status", "adl_quantile",
     }  # fmt: skip
+    assert {p["adl_quantile"] for p in positions} <= {None, 0, 1, 2, 3, 4}
     only = [json.loads(x) for x in cli("positions", "--json", "--account", "T000001", data=data)[1].splitlines()]
     assert {p["account"] for p in only} <= {"T000001"}
     wallets = [json.loads(x) for x in cli("wallets", "--json", data=data)[1].splitlines()]

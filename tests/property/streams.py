@@ -73,11 +73,11 @@ class HostileEngine:
         return legs
 
 
-def adversarial_stream(seed: int, count: int, traders: int = 12):
+def adversarial_stream(seed: int, count: int, traders: int = 12, projection: LiquidationProjection | None = None):
     """Yield (event, state-after) pairs; events depend on the state, so the stream is built while applying."""
     rng = random.Random(seed)
     session = Session(seed, traders)
-    state, projection = State(), LiquidationProjection()
+    state, projection = State(), projection or LiquidationProjection()
     engine = HostileEngine(random.Random(seed ^ 0xE9))
     base = session.events(count)
     # most sessions start with BTCUSDT in a fund of its own (Binance keeps one per major), the rest in USDT's

@@ -47,6 +47,16 @@ def test_metrics_render_per_partition_lag_counts_and_the_last_digest():
     assert found['ringfence_last_digest_info{partition="0",offset="9",digest="ab12"}'] == "1"
 
 
+def test_metrics_render_the_adl_quantile_distribution_once_a_digest_counted_it():
+    metrics = Metrics()
+    metrics.partitions[0] = PartitionStatus(offset=9, adl_quantiles=[3, 1, 0, 0, 2])
+    metrics.partitions[1] = PartitionStatus(offset=4)  # no digest yet: no samples
+    found = samples(metrics.render())
+    assert [found[f'ringfence_adl_quantile_positions{{partition="0",quantile="{q}"}}'] for q in range(5)] == \
+        ["3", "1", "0", "0", "2"]  # fmt: skip
+    assert not any('partition="1",quantile' in series for series in found)
+
+
 def test_health_is_degraded_with_a_reason_for_each_halted_partition_and_a_silent_broker():
     metrics = Metrics()
     metrics.status, metrics.broker_timeout = "ok", 2.0
