@@ -56,6 +56,9 @@ NESTED_TOO_DEEP = "nested_too_deep"  # arrays and objects nested beyond limits.M
 FUND_DOMAIN_OTHER_ASSET = "fund_domain_other_asset"  # the domain already holds another asset
 FUND_DOMAIN_CHANGE_WITH_POSITIONS = "fund_domain_change_with_positions"  # a market moves only when flat
 
+# Dead letters of the fund stage's board (ops.fund_board): a report record no partition of the topic sent.
+UNKNOWN_PARTITION = "unknown_partition"
+
 ORDER = (
     MALFORMED_JSON,
     RECORD_TOO_LARGE,
@@ -96,5 +99,6 @@ ORDER = (
     NESTED_TOO_DEEP,
     FUND_DOMAIN_OTHER_ASSET,
     FUND_DOMAIN_CHANGE_WITH_POSITIONS,
+    UNKNOWN_PARTITION,
 )
 NUMBER = {code: number for number, code in enumerate(ORDER, start=1)}

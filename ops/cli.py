@@ -439,16 +439,46 @@ def cmd_digest(args) -> int:
 def cmd_replay(args) -> int:
     log, data = _source_log(args)
     if args.verify:
-        return _verify(log, data, args.start_from, _published_log(args, data))
+        return _verify(log, data, args.start_from, _published_log(args, data), _partition_projection(args))
     if args.start_from is not None:
         raise UsageError("--from goes with --verify")
     if args.as_partitions is not None:
         return _replay_as_partitions(log, args.as_partitions)
-    offset, digest = replay_digest(log, args.to)
+    offset, digest = replay_digest(log, args.to, _partition_projection(args))
     if args.to is not None and offset < args.to:
         raise UsageError(f"the log ends at offset {offset}, before --to {args.to}")
     print(f"{offset} {digest}")
     return EXIT_OK
+
+
+def _partition_projection(args):
+    """For --partition P of a topic of several partitions: a projection whose barriers take the fund stage's
+    decisions from what every partition recorded on the reports topic (ops.fund_board); else None."""
+    if args.partition is None:
+        return None
+    from ringfence.ops.fund_board import Board, BoardCoordinator
+    from ringfence.ops.kafka_log import REPORTS, KafkaLog, new_consumer, partition_count
+    from ringfence.ops.partitioning import account_partition
+    from ringfence.projections.liquidation import LiquidationProjection
+
+    settings = _kafka_settings(args)
+    consumer = new_consumer(settings)
+    try:
+        count = partition_count(consumer, settings, settings.topic("events"))
+    finally:
+        consumer.close()
+    if count == 1:
+        return None
+    board = Board(count)
+    for p in range(count):
+        with KafkaLog(settings, settings.topic(REPORTS), p) as reports:
+            for _, payload in reports.read(0):
+                board.add(payload)
+    projection = LiquidationProjection(lambda account: account_partition(account, count) == args.partition,
+                                       args.partition)  # fmt: skip
+    coordinator = BoardCoordinator(board, args.partition, projection)
+    projection.coordinator, projection.open_elsewhere = coordinator, coordinator.open_elsewhere
+    return projection
 
 
 def _replay_as_partitions(log, partitions: int) -> int:
@@ -479,7 +509,7 @@ def _published_log(args, data: Path):
     return lambda: KafkaLog(settings, settings.topic("commands"), args.partition)
 
 
-def _verify(log, data: Path, start_from: int | None, published_log) -> int:
+def _verify(log, data: Path, start_from: int | None, published_log, projection=None) -> int:
     from ringfence.replay.point_in_time import load_point, nearest_snapshot
     from ringfence.replay.verify import NoChain, check_published, check_snapshot, verify
 
@@ -493,7 +523,7 @@ def _verify(log, data: Path, start_from: int | None, published_log) -> int:
             divergence = check_snapshot(store, start)
         if divergence is None:
             try:
-                result = verify(log, store, start=start)
+                result = verify(log, store, start=start, projection=projection)
             except NoChain as error:
                 raise UsageError(str(error)) from None
             divergence = result.divergence

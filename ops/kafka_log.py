@@ -44,8 +44,10 @@ TOPIC_SUFFIXES = {
     "deadletters": "deadletter",
     "alerts": "alerts",
     "digests": "digests",
+    "reports": "reports",  # the fund stage's exchange between partitions (ops.fund_board)
 }
 OUTPUT_KINDS = ("commands", "rejections", "deadletters", "alerts", "digests")
+REPORTS = "reports"
 
 
 class KafkaSetupError(Exception):
@@ -212,7 +214,7 @@ def partition_count(consumer: KafkaConsumer, settings: KafkaSettings, topic: str
 def check_output_topics(consumer: KafkaConsumer, settings: KafkaSettings) -> int:
     """The events topic's partition count, once every output topic has at least as many partitions."""
     count = partition_count(consumer, settings, settings.topic("events"))
-    for kind in OUTPUT_KINDS:
+    for kind in (*OUTPUT_KINDS, REPORTS):
         outputs = partition_count(consumer, settings, settings.topic(kind))
         if outputs < count:
             raise TopicError(f"{settings.topic(kind)} has {outputs} partitions, fewer than the {count} of the events")

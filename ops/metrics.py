@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ringfence.ops.logging import get_logger
@@ -51,6 +51,11 @@ class PartitionStatus:
     digest: str = ""
     digest_offset: int = -1
     halted: str | None = None  # why the partition stopped applying (ops.serve), until the service restarts
+    # the fund stage across partitions (ops.fund_board): how long it has waited at its current barrier for
+    # the reports of the partitions listed (0 and [] while it is not waiting)
+    fund_stage_seconds: float = 0.0
+    fund_stage_waiting: list = field(default_factory=list)
+    fund_stage_barrier: int = 0
 
     @property
     def lag(self) -> int | None:
@@ -67,6 +72,7 @@ class Metrics:
         self.broker_timeout: float | None = None  # set by the service, which judges broker_up (ops.serve)
         self.broker_contact = 0.0  # monotonic time of the last successful fetch or offsets answer
         self.broker_up = True
+        self.report_dead_letters = 0  # fund-stage report records that were not used (ops.fund_board)
 
     def broker_silence(self) -> float:
         return time.monotonic() - self.broker_contact
@@ -77,6 +83,11 @@ class Metrics:
             found.append(f"no answer from the broker for {self.broker_silence():.0f} s "
                          f"(--broker-timeout {self.broker_timeout:g})")  # fmt: skip
         found += [f"partition {p} halted: {s.halted}" for p, s in sorted(dict(self.partitions).items()) if s.halted]
+        # a partition that stops reporting stalls the others at the next barrier: never a different answer
+        found += [f"partition {p} has waited {s.fund_stage_seconds:.0f} s at barrier {s.fund_stage_barrier} for the "
+                  f"fund-stage reports of partitions {s.fund_stage_waiting}"
+                  for p, s in sorted(dict(self.partitions).items())
+                  if self.broker_timeout is not None and s.fund_stage_seconds > self.broker_timeout]  # fmt: skip
         return found
 
     def healthy(self) -> bool:
@@ -101,7 +112,9 @@ class Metrics:
             "status": "degraded" if self.status == "ok" and reasons else self.status,
             "reasons": reasons,
             "broker_up": self.broker_up,
-            "partitions": {str(p): {"offset": s.offset, "lag": s.lag, "halted": s.halted}
+            "partitions": {str(p): {"offset": s.offset, "lag": s.lag, "halted": s.halted,
+                                    "fund_stage": {"barrier": s.fund_stage_barrier, "waiting_for": s.fund_stage_waiting,
+                                                   "seconds": round(s.fund_stage_seconds, 3)}}
                            for p, s in sorted(partitions.items())},  # fmt: skip
         }
 
@@ -127,6 +140,11 @@ class Metrics:
         family("ringfence_events_total", "counter", "events applied by this instance", [("", self.events_total)])
         family("ringfence_rebalances_total", "counter", "partition assignments received", [("", self.rebalances)])
         family("ringfence_partition_offset", "gauge", "last applied offset", per_partition(lambda s: s.offset))
+        family("ringfence_fund_stage_lag", "gauge", "seconds the partition has waited at its current barrier for the "
+               "other partitions' fund-stage reports (0: not waiting)",
+               per_partition(lambda s: round(s.fund_stage_seconds, 3)))  # fmt: skip
+        family("ringfence_report_dead_letters_total", "counter", "fund-stage report records not used (unknown "
+               "partition, wrong partition count, undecodable)", [("", self.report_dead_letters)])  # fmt: skip
         family("ringfence_partition_lag", "gauge", "records on the partition not yet applied (fetch high watermark)",
                per_partition(lambda s: s.lag))  # fmt: skip
         family("ringfence_open_positions", "gauge", "open positions", per_partition(lambda s: s.open_positions))

@@ -55,10 +55,15 @@ from kafka.structs import OffsetAndMetadata
 
 from ringfence.core.digest import compute_digest
 from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS
-from ringfence.ops.kafka_log import OUTPUT_KINDS, KafkaLog, KafkaSettings, KafkaSetupError, TopicError
-from ringfence.ops.kafka_log import check_output_topics, new_consumer, new_producer
+from ringfence.core.model import MarketConfig
+from ringfence.ops.fund_board import PHASE_CANDIDATES, PHASE_MARKET, PHASE_REPORT, Board, BoardConflict, BoardCoordinator
+from ringfence.ops.fund_board import ReportRecord, ReportsUnusable
+from ringfence.ops.fund_board import barrier_demand, board_decisions, encode_record, own_candidates
+from ringfence.ops.kafka_log import OUTPUT_KINDS, REPORTS, KafkaLog, KafkaSettings, KafkaSetupError, TopicError
+from ringfence.ops.kafka_log import check_output_topics, consumer_settings, new_consumer, new_producer
 from ringfence.ops.logging import get_logger
 from ringfence.ops.metrics import Metrics, PartitionStatus
+from ringfence.ops.partitioning import account_partition
 from ringfence.projections.chain import fingerprint
 from ringfence.projections.liquidation import stuck_positions
 from ringfence.projections.outbox import publish_pending
@@ -73,6 +78,8 @@ PROBE_SECONDS = 1.0  # a silent broker is asked for offsets this often (at most 
 PUBLISH_RETRY_SECONDS = 1.0  # a failed publish is tried again this often
 WATCH_SECONDS = 0.1  # the broker's liveness is judged this often
 SHOWN_BYTES = 500  # of a record, in a log line
+EXCHANGE_SECONDS = 0.1  # the longest one step carries barriers on before the loop fetches and probes again
+BACKLOG_PAUSE = 20_000  # records fetched for a partition waiting at a barrier before its fetching pauses
 
 # A test-only fault (docs/decisions.md): with RINGFENCE_FAULT_POISON=TEXT, applying a record whose payload
 # contains TEXT raises, as a bug in the core would. It is read here and nowhere else.
@@ -103,14 +110,29 @@ def partition_dir(data: Path, settings: KafkaSettings, partition: int) -> Path:
 
 class PartitionWorker:
     def __init__(self, settings: KafkaSettings, data: Path, partition: int, producer, status: PartitionStatus,
-                 checkpoint_every: int, chain_every: int | None, commit_timeout: float | None = None):  # fmt: skip
+                 checkpoint_every: int, chain_every: int | None, commit_timeout: float | None = None,
+                 partitions: int = 1):  # fmt: skip
         self.partition = partition
+        # with several partitions the fund stage decides barriers from every partition's reports (ops.fund_board)
+        self.partitions, self.coordinated = partitions, partitions > 1
+        self.backlog: list[tuple[int, bytes]] = []  # fetched, not yet applied (waiting behind a barrier)
+        self.phase = 0  # of the barrier exchange it waits in (0: none)
+        self.waiting_since: float | None = None
+        self.unsent: bytes | None = None  # a report the broker did not take yet
+        self.held: list[tuple[int, bytes]] = []  # a market config waiting for every partition's position count
+        self.counted: int | None = None  # the offset of the market config whose counts are in
+        self._elsewhere: dict[str, int] = {}  # market -> its open positions in the other partitions (counted)
+        self.board: Board | None = None  # the service's, for a coordinated partition (isolating a failure reads it)
+        self.reports_unflushed: list[bytes] = []  # handed to the producer since the last checkpoint
+        self.others_elsewhere = True  # some partition is another instance's (the service keeps it true)
         self.status = status
         self.checkpoint_every, self.chain_every = checkpoint_every, chain_every
         self.topic = settings.topic("events")
         self.log = get_logger().bind(topic=self.topic, partition=partition)
         self.store = StateStore(partition_dir(data, settings, partition) / "state")
-        self.reduction = Reduction(self.store, chain_every=chain_every)
+        self.reduction = self._coordinate(Reduction(self.store, chain_every=chain_every))
+        self.reports = KafkaLog(settings, settings.topic(REPORTS), partition, producer=producer,
+                                commit_timeout=commit_timeout) if self.coordinated else None  # fmt: skip
         self.events = KafkaLog(settings, self.topic, partition)  # decodes this partition's records
         self.decode = with_poison_fault(self.events.decode)
         self.sinks = {kind: KafkaLog(settings, settings.topic(kind), partition, producer=producer,
@@ -130,9 +152,22 @@ class PartitionWorker:
         self._update_status()
         self.log.info("partition_restored", offset=self.reduction.state.offset)
 
+    def _coordinate(self, reduction: Reduction) -> Reduction:
+        """Tell the projection which accounts are this partition's: its barriers then wait for the others."""
+        if self.coordinated:
+            projection = reduction.projection
+            projection.partition = self.partition
+            projection.owns = lambda account: account_partition(account, self.partitions) == self.partition
+            projection.open_elsewhere = lambda event: self._elsewhere[event.market]
+        return reduction
+
     @property
     def next_offset(self) -> int:
         return self.reduction.state.offset + 1
+
+    @property
+    def waiting(self) -> bool:
+        return self.reduction.parked or bool(self.held)
 
     @property
     def resume_offset(self) -> int:
@@ -154,32 +189,172 @@ class PartitionWorker:
             return 0
         if self.verify_at is not None:
             records = self._compare(records)
-        state = self.reduction.state
-        fresh = [(record.offset, record.value) for record in records if record.offset > state.offset]
+        last = self.backlog[-1][0] if self.backlog else self.reduction.state.offset
+        fresh = [(record.offset, record.value) for record in records if record.offset > last]
         if not fresh:
             return 0
-        if fresh[0][0] != state.offset + 1:  # compaction or transaction markers; logged, never hidden
-            self.log.warning("offset_gap", expected=state.offset + 1, got=fresh[0][0])
-        self.unsaved_records += fresh
+        if fresh[0][0] != last + 1:  # compaction or transaction markers; logged, never hidden
+            self.log.warning("offset_gap", expected=last + 1, got=fresh[0][0])
+        self.backlog += fresh
+        return self.drain()
+
+    def drain(self) -> int:
+        """Apply the backlog, in order, until it is empty or a barrier waits for the other partitions."""
         events = self.reduction.report.events
         try:
-            records = iter(fresh)
-            while True:
+            while self.backlog and not self.waiting and self.halted is None:
+                if self.coordinated and self.due(time.monotonic(), caught_up=False):
+                    self.checkpoint(time.monotonic())  # between barriers: a catch-up is all barriers
+                records = iter(self.backlog)
                 outputs_before = len(self.reduction.outputs)
-                self.reduction.apply(records, decode=self.decode)  # stops after a chain link
+                known = self.unsaved_records[-1][0] if self.unsaved_records else self.reduction.state.offset
+                # what may be applied now, for _isolate (which re-applies these if applying fails)
+                self.unsaved_records += [r for r in self.backlog if r[0] > known]
+                # stops after a chain link, at a coordinated barrier, or before a market config the others must count
+                self.reduction.apply(records, decode=self.decode, coordinated=self.coordinated,
+                                     stop_before=self._needs_counts if self.coordinated else None, held=self.held)  # fmt: skip
+                self.backlog = list(records)
                 for key, record in self.reduction.outputs[outputs_before:]:
                     if key.startswith(DEADLETTER):
                         self.log.warning("dead_letter", offset=int.from_bytes(key[len(DEADLETTER) :], "big", signed=True),
                                          record=shown(record))  # fmt: skip
-                if not self.reduction.at_link:
-                    break
-                self._commit(time.monotonic(), snapshot=True)
-                self.publish()
+                if self.reduction.parked:
+                    self._begin_barrier()
+                elif self.held:
+                    self._begin_count()
+                elif self.reduction.at_link:
+                    self._commit(time.monotonic(), snapshot=True)
+                    self.publish()
         except StoreCorrupt:
             raise  # the store, not a record: the service stops with its one line (docs/decisions.md)
         except Exception as error:  # noqa: BLE001 (a bug in the core: _isolate finds the record and halts there)
             self._isolate(error)
         return self.reduction.report.events - events
+
+    # -- the fund stage across partitions (ops.fund_board) -------------------------------
+
+    def _needs_counts(self, offset: int, event) -> bool:
+        """A market config moving a market to another fund: every partition's open positions in it decide it."""
+        if type(event) is not MarketConfig or offset == self.counted:
+            return False
+        market = self.reduction.state.markets.get(event.market)
+        return market is not None and market.fund != (event.insurance_fund or event.settle)
+
+    def _begin_count(self) -> None:
+        offset, payload = self.held[0]
+        event = self.decode(payload)
+        count = len(self.reduction.state.by_market.get(event.market, ()))
+        self._wait(ReportRecord(self.partitions, self.partition, self.reduction.projection.barriers, PHASE_MARKET,
+                                count=count, tag=event.id), PHASE_MARKET)  # fmt: skip
+
+    def _begin_barrier(self) -> None:
+        report, _ = self.reduction.projection.pending
+        number = self.reduction.projection.barriers
+        self._wait(ReportRecord(self.partitions, self.partition, number, PHASE_REPORT, report), PHASE_REPORT)
+
+    def _wait(self, record: ReportRecord, phase: int) -> None:
+        self.phase = phase
+        self.waiting_since = time.monotonic()
+        self.unsent = encode_record(record)
+        self._send()
+
+    def _send(self) -> None:
+        """Hand the report to the producer (it goes within its linger time) and to this instance's own board.
+
+        The producer is flushed before the next checkpoint (``_reports_durable``): a partition never stores a
+        state past a barrier whose report the broker may not have, since the others wait for it.
+        """
+        if self.unsent is None:
+            return
+        try:
+            self.reports.append(self.unsent)
+        except KafkaError as error:
+            self.log.warning("report_deferred", error=f"{type(error).__name__}: {error}")
+            return
+        self.reports_unflushed.append(self.unsent)
+        self.board.add(self.unsent)  # the partitions this instance owns need not wait for the broker
+        self.unsent = None
+        if self.others_elsewhere:  # another instance waits for it: now, not after the producer's linger
+            self._reports_durable()
+
+    def _reports_durable(self) -> bool:
+        """Wait until the broker has every report sent since the last checkpoint; False (try later) if it has not."""
+        if not self.reports_unflushed:
+            return True
+        try:
+            self.reports.commit()
+        except KafkaError as error:  # the sends are forgotten: hand them to the producer again
+            self.log.warning("report_deferred", error=f"{type(error).__name__}: {error}")
+            for payload in self.reports_unflushed:
+                self.reports.append(payload)
+            return False
+        self.reports_unflushed = []
+        return True
+
+    def advance(self, board: Board) -> bool:
+        """Go on with the exchange this partition waits in, as far as the board allows; True if it moved on."""
+        if not self.waiting or self.halted is not None:
+            return False
+        self._send()
+        if self.unsent is not None:
+            return False
+        number = self.reduction.projection.barriers
+        if self.held:
+            return self._advance_count(board, number)
+        reports = board.complete(number, PHASE_REPORT)
+        if reports is None:
+            self.status.fund_stage_waiting = board.missing(number, PHASE_REPORT)
+            return False
+        reports = [record.report for record in reports]
+        named = {(report.barrier_id, report.barrier_ts) for report in reports}
+        if len(named) != 1:  # not one log: market-wide events must reach every partition (ops.partitioning)
+            self.halt(f"{self.topic} partition {self.partition}: the partitions' barrier {number} is not the same "
+                      f"event ({sorted(named)}): every partition must hold the same mark, funding and market "
+                      f"events", barrier=number)  # fmt: skip
+            return False
+        barrier, wanted = barrier_demand(reports)
+        candidates = None
+        if wanted:
+            if self.phase == PHASE_REPORT:
+                prefixes = own_candidates(self.reduction.projection, self.reduction.state, barrier, wanted)
+                self._wait(ReportRecord(self.partitions, self.partition, number, PHASE_CANDIDATES,
+                                        candidates=prefixes), PHASE_CANDIDATES)  # fmt: skip
+                if self.unsent is not None:
+                    return False
+            candidates = board.complete(number, PHASE_CANDIDATES)
+            if candidates is None:
+                self.status.fund_stage_waiting = board.missing(number, PHASE_CANDIDATES)
+                return False
+        decisions = board_decisions(reports, candidates)
+        self.reduction.finish_barrier(decisions)
+        self._done_waiting()
+        self._update_status()
+        if self.reduction.at_link:
+            self._commit(time.monotonic(), snapshot=True)
+            self.publish()
+        self.drain()
+        return True
+
+    def _advance_count(self, board: Board, number: int) -> bool:
+        offset, payload = self.held[0]
+        event = self.decode(payload)
+        records = board.complete(number, PHASE_MARKET, event.id)
+        if records is None:
+            self.status.fund_stage_waiting = board.missing(number, PHASE_MARKET, event.id)
+            return False
+        market = event.market
+        mine = next(record.count for record in records if record.partition == self.partition)
+        self._elsewhere = {market: sum(record.count for record in records) - mine}
+        self.counted = offset
+        self.backlog[:0] = self.held
+        self.held = []
+        self._done_waiting()
+        self.drain()
+        return True
+
+    def _done_waiting(self) -> None:
+        self.phase, self.waiting_since = 0, None
+        self.status.fund_stage_waiting = []
 
     def _compare(self, records: list) -> list:
         """The records, once the one at ``verify_at`` has the stored fingerprint; else halt, and none."""
@@ -226,27 +401,41 @@ class PartitionWorker:
         applied again record by record from the store, each checkpointed, so that the failing one is named.
         """
         records, self.unsaved_records = self.unsaved_records, []
-        self.reduction = self.reduction.restored(chain_every=self.chain_every)
+        self.reduction = self._coordinate(self.reduction.restored(chain_every=self.chain_every))
+        if self.coordinated:
+            # the barriers on the way were decided already: their decisions come again from the board, at once
+            self.held, self.phase, self.waiting_since = [], 0, None  # a held record is among ``records``
+            projection = self.reduction.projection
+            coordinator = BoardCoordinator(self.board, self.partition, projection)
+            projection.coordinator, projection.open_elsewhere = coordinator, coordinator.open_elsewhere
+        self.backlog = []  # what follows is applied again below, record by record
         for offset, payload in records:
             if offset <= self.reduction.state.offset:
                 continue
             try:
                 self.reduction.apply([(offset, payload)], decode=self.decode)
                 self._commit(time.monotonic(), snapshot=self.reduction.at_link)
+            except ReportsUnusable:  # a barrier the partitions have not decided yet: from here on as usual
+                self.reduction = self._coordinate(self.reduction.restored(chain_every=self.chain_every))
+                self.backlog = [record for record in records if record[0] >= offset]
+                self.log.warning("failure_not_repeated", error=f"{type(error).__name__}: {error}", offset=offset - 1)
+                break
             except Exception as failed:  # noqa: BLE001
-                self.reduction = self.reduction.restored(chain_every=self.chain_every)
+                self.reduction = self._coordinate(self.reduction.restored(chain_every=self.chain_every))
                 self.halt(f"{self.topic} partition {self.partition}: the record at offset {offset} fails: "
                           f"{type(failed).__name__}: {failed}", offset=offset, record=shown(payload))  # fmt: skip
                 break
         else:
             self.log.warning("failure_not_repeated", error=f"{type(error).__name__}: {error}",
                              offset=self.reduction.state.offset)  # fmt: skip
+            self.reduction = self._coordinate(self.reduction)  # barriers wait for the others again
+            self.reduction.projection.coordinator = None
         self.publish()
         self._update_status()
 
     def due(self, now: float, caught_up: bool) -> bool:
         reduction = self.reduction
-        return bool(reduction.unsaved) and (
+        return bool(reduction.unsaved) and not self.waiting and (
             caught_up
             or reduction.report.commands > self.commands_checkpointed
             or reduction.unsaved >= self.checkpoint_every
@@ -267,6 +456,8 @@ class PartitionWorker:
         return True
 
     def _commit(self, now: float, snapshot: bool) -> bool:
+        if self.coordinated and not self._reports_durable():
+            return False
         links = list(self.reduction.chain.links)  # the checkpoint stores them
         if snapshot:
             self.reduction.snapshot()
@@ -318,6 +509,10 @@ class PartitionWorker:
 
     def close(self) -> None:
         now = time.monotonic()
+        if self.waiting:  # never a checkpoint inside a barrier: the next owner applies it again from the store
+            self.log.info("released_at_barrier", stored_offset=self.store.stored_offset())
+            self.store.close()
+            return
         self.checkpoint(now)
         self.digest(now)
         self.store.close()
@@ -366,6 +561,9 @@ class Service:
         self.suspect = False  # an offsets request went unanswered: every partition proves its log again
         self.topic = settings.topic("events")
         self.workers: dict[int, PartitionWorker] = {}
+        self.partition_count = 1  # of the events topic, known once it is described
+        self.board: Board | None = None  # with several partitions: every partition's barrier reports
+        self.reports_consumer = None
         self.stopping = False
         self.failure: Exception | None = None
         self.log = get_logger()
@@ -383,12 +581,21 @@ class Service:
                 continue  # kept across the rebalance (not revoked)
             status = PartitionStatus()
             worker = PartitionWorker(self.settings, self.data, partition, self.producer, status,
-                                     self.checkpoint_every, self.chain_every, self.broker_timeout)  # fmt: skip
+                                     self.checkpoint_every, self.chain_every, self.broker_timeout,
+                                     self.partition_count)  # fmt: skip
+            worker.board = self.board
             # shown by /health only once its store is loaded: never as offset -1 in between
             self.metrics.partitions[partition] = status
             self.workers[partition] = worker
             self._resume(worker)
+            if self.board is not None:  # it may be behind the others: read every report again
+                self.reports_consumer.seek_to_beginning()
+        self._owners_changed()
         self.log.info("assigned", partitions=sorted(self.workers))
+
+    def _owners_changed(self) -> None:
+        for worker in self.workers.values():
+            worker.others_elsewhere = len(self.workers) < self.partition_count
 
     def _resume(self, worker: PartitionWorker) -> None:
         tp = TopicPartition(self.topic, worker.partition)
@@ -405,6 +612,7 @@ class Service:
                 worker.close()
                 self._commit_hint([worker])
                 self.metrics.partitions.pop(partition, None)
+        self._owners_changed()
 
     def _commit_hint(self, workers: list[PartitionWorker]) -> None:
         """Commit the group offsets, asynchronously: they are hints, and a rebalance listener may not block."""
@@ -425,7 +633,9 @@ class Service:
         self.consumer = new_consumer(self.settings, self.group)
         watched = threading.Event()
         try:
-            count = check_output_topics(self.consumer, self.settings)
+            count = self.partition_count = check_output_topics(self.consumer, self.settings)
+            if count > 1:
+                self._open_board(count)
             if self.static is not None:
                 outside = [p for p in self.static if not 0 <= p < count]
                 if outside:
@@ -447,9 +657,63 @@ class Service:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _step(self) -> None:
+    def _open_board(self, count: int) -> None:
+        """Read every partition's fund-stage reports, from the start of the reports topic (ops.fund_board)."""
+        from kafka import KafkaConsumer
+
+        self.board = Board(count)
+        # a barrier waits on this consumer: fetch what is there at once rather than wait for more
+        self.reports_consumer = KafkaConsumer(**{**consumer_settings(self.settings, None), "fetch_max_wait_ms": 5})
+        self.reports_consumer.assign([TopicPartition(self.settings.topic(REPORTS), p) for p in range(count)])
+        self.reports_consumer.seek_to_beginning()
+
+    def _exchange(self) -> None:
+        """Take the new reports, then move every partition waiting at a barrier on as far as they allow."""
+        waiting = [worker for worker in self.workers.values() if worker.waiting]
         try:
-            batches = self.consumer.poll(timeout_ms=100)
+            batches = self.reports_consumer.poll(timeout_ms=5 if waiting else 0)
+        except OffsetOutOfRangeError:  # the topic lost what was read (a broker back as another log): from its start
+            self.log.warning("reports_topic_reset")
+            self.reports_consumer.seek_to_beginning()
+            batches = {}
+        except KafkaError as error:  # the broker's liveness is judged by the events consumer
+            self.log.info("reports_poll_failed", error=type(error).__name__)
+            batches = {}
+        for records in batches.values():
+            for record in records:
+                try:
+                    self.board.add(record.value)
+                except BoardConflict as error:
+                    for worker in list(self.workers.values()):
+                        worker.halt(str(error))
+        for reason in self.board.dead_letters:
+            self.log.warning("report_dead_letter", reason=reason)
+            self.metrics.report_dead_letters += 1
+        self.board.dead_letters.clear()
+        # as far as the board allows, but back to the loop now and then: it also fetches, probes and checkpoints
+        deadline, moved = time.monotonic() + EXCHANGE_SECONDS, True
+        while moved and time.monotonic() < deadline:
+            moved = False
+            for worker in list(self.workers.values()):
+                while worker.advance(self.board) and time.monotonic() < deadline:
+                    moved = True
+        now = time.monotonic()
+        for partition, worker in list(self.workers.items()):
+            status = worker.status
+            status.fund_stage_seconds = 0.0 if worker.waiting_since is None else now - worker.waiting_since
+            status.fund_stage_barrier = worker.reduction.projection.barriers
+            tp = TopicPartition(self.topic, partition)
+            if worker.waiting and len(worker.backlog) >= BACKLOG_PAUSE and tp not in self.consumer.paused():
+                self.consumer.pause(tp)
+            elif not worker.waiting and tp in self.consumer.paused() and worker.halted is None:
+                self.consumer.resume(tp)
+        if self.workers:
+            self.board.forget_before(min(w.reduction.projection.barriers for w in self.workers.values()))
+
+    def _step(self) -> None:
+        waiting = self.board is not None and any(worker.waiting for worker in self.workers.values())
+        try:
+            batches = self.consumer.poll(timeout_ms=0 if waiting else 100)
         except OffsetOutOfRangeError as error:  # auto_offset_reset="none": never skip, never rewind
             batches = {}
             self._out_of_range(error.args[0] if error.args and isinstance(error.args[0], dict) else {})
@@ -461,6 +725,8 @@ class Service:
             worker = self.workers.get(tp.partition)
             if worker is not None:  # else: fetched before this instance lost the partition
                 self.metrics.events_total += worker.apply(records)
+        if self.board is not None:
+            self._exchange()
         now = time.monotonic()
         checkpointed = []
         for partition, worker in list(self.workers.items()):
@@ -565,7 +831,7 @@ class Service:
         except Exception as error:  # noqa: BLE001 (the state is safe: what was not checkpointed is replayed)
             self.log.error("release_failed", error=f"{type(error).__name__}: {error}")
         finally:
-            for client in (self.consumer, self.producer):
+            for client in (self.consumer, self.reports_consumer, self.producer):
                 if client is not None:
                     try:
                         client.close()

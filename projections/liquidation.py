@@ -116,8 +116,12 @@ class LiquidationProjection:
         self.cut_legs: list[CutLeg] = []  # ADL legs cut since the last barrier (the stage cancels their commands)
         self.owns = owns
         self.pending: tuple[Report, Trigger] | None = None  # a barrier's report, when a coordinator decides
-        # with several partitions: market -> its open positions in the other partitions (the coordinator's)
+        self.barriers = 0  # applied barrier events so far: the number every partition gives the same barrier
+        # with several partitions: a market config -> its market's open positions in the other partitions
         self.open_elsewhere = None
+        # with several partitions, a replay of one of them: (report, projection, state) -> the barrier's decisions,
+        # from what the others recorded (ops.fund_board); without it a barrier waits in ``pending``
+        self.coordinator = None
         # event type -> handler(state, offset, event) for an applied event (the worker calls them directly)
         self.handlers = {
             MarkPrice: self._on_mark, Fill: self._on_trade, MarginTransfer: self._on_trade,
@@ -142,7 +146,7 @@ class LiquidationProjection:
         market config that moves a market to another fund while other partitions hold its positions."""
         if type(event) is not MarketConfig:
             return self.book.check_answer(state, event)
-        count = 0 if self.open_elsewhere is None else self.open_elsewhere(event.market)
+        count = 0 if self.open_elsewhere is None else self.open_elsewhere(event)
         if not count:
             return None
         return Verdict("deadletter", r.FUND_DOMAIN_CHANGE_WITH_POSITIONS,
@@ -182,6 +186,7 @@ class LiquidationProjection:
 
     def _on_market_change(self, state: State, offset: int, event: Funding | MarketConfig) -> list:
         """Funding moves every margin of the market, a new config every requirement: judge them all again."""
+        self.barriers += 1
         self.adl_rankings.invalidate(event.market)
         outputs: list = []
         trigger = Trigger(offset, event)
@@ -196,6 +201,7 @@ class LiquidationProjection:
         return outputs
 
     def _on_mark(self, state: State, offset: int, event: MarkPrice) -> list | tuple:
+        self.barriers += 1
         self.adl_rankings.invalidate(event.market)
         outputs: list = []
         trigger = Trigger(offset, event)
@@ -357,6 +363,9 @@ class LiquidationProjection:
     def barrier(self, state: State, trigger: Trigger, outputs: list) -> None:
         """This partition's part of a barrier: report, and with the stage in process, apply its decisions."""
         report = self.report(state, trigger)
+        if self.owns is not None and self.coordinator is not None:
+            self.apply(state, self.coordinator(report, self, state), trigger, outputs)
+            return
         if self.owns is not None:
             self.pending = (report, trigger)  # the coordinator decides, then calls apply
             return
@@ -525,7 +534,7 @@ class LiquidationProjection:
 
     def head(self) -> list:
         """The small part of the state, stored whole at every checkpoint."""
-        return [[VERSION, self.sequence], sorted(self.paused.items()), sorted(self.last_marks.items()),
+        return [[VERSION, self.sequence, self.barriers], sorted(self.paused.items()), sorted(self.last_marks.items()),
                 sorted(self.awaiting), sorted(self.bankrupt_legs), list(self.cut_legs)]  # fmt: skip
 
     def sections(self) -> list:
@@ -551,7 +560,7 @@ class LiquidationProjection:
         if head[0] != VERSION:
             raise ValueError(f"liquidation projection state {head[0]!r} is not {VERSION}: replay from offset 0")
         awaiting, bankrupt_legs, cut_legs, *book = rest
-        self.sequence = head[1]
+        self.sequence, self.barriers = head[1], head[2]
         self.paused = dict(paused)
         self.last_marks = dict(last_marks)
         self.awaiting = {tuple(key) for key in awaiting}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 
+from ringfence.core.check import check
 from ringfence.core.fixed import INT64_MAX
 from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS
 from ringfence.core.model import InvalidInput, Verdict
@@ -78,6 +79,9 @@ def reduce_records(
     chain: DigestChain | None = None,
     stop_at_link: bool = False,
     on_step: Callable[[int, object, Verdict | None, list], None] | None = None,
+    stop_at_barrier: bool = False,
+    stop_before: Callable[[int, object], bool] | None = None,
+    held: list | None = None,
 ) -> int:
     """Apply (offset, payload) records to ``state`` (and the projection) in memory; return how many.
 
@@ -89,6 +93,13 @@ def reduce_records(
     ``on_step(offset, event, verdict, decisions)`` sees each event once it is
     applied and decided on (history, projections). A ``ProjectionWorker``
     is fed instead: its outputs are collected when it is synced.
+
+    With several partitions coordinated by the fund stage (ops.serve):
+    ``stop_at_barrier`` returns right after a barrier whose decision the
+    other partitions' reports make (the projection's ``pending``; its chain
+    link, if any, is taken by ``Reduction.finish_barrier``), and
+    ``stop_before(offset, event)`` returns before an event that needs the
+    other partitions first, appending ``(offset, payload)`` to ``held``.
     """
     count = 0
     last = INT64_MAX if until is None else until
@@ -104,9 +115,12 @@ def reduce_records(
     for offset, payload in records:
         if offset > last:
             break
+        record = decode(payload)
+        if stop_before is not None and stop_before(offset, record):
+            held.append((offset, payload))
+            break
         if fingerprints is not None:  # chain.fingerprint, inline: this loop is the hot path
             fingerprints += blake2b(payload or b"", digest_size=FINGERPRINT_BYTES).digest()
-        record = decode(payload)
         verdict = apply(state, offset, record, check_answer)  # apply the fact first, decide what to emit second
         count += 1
         if verdict is not None and on_verdict is not None:
@@ -120,6 +134,8 @@ def reduce_records(
             outputs = decide(state, offset, record, verdict is None)
             if outputs and on_outputs is not None:
                 on_outputs(outputs, sequence)
+            if stop_at_barrier and projection.pending is not None:
+                break  # the other partitions' reports decide it; its link waits for that (Reduction.finish_barrier)
         if on_step is not None:
             on_step(offset, record, verdict, outputs)
         if offset == next_link:
@@ -169,20 +185,48 @@ class Reduction:
         self.at_link = False  # the last apply stopped at a chain link: checkpoint, then snapshot()
 
     def apply(self, records: Iterable[tuple[int, object]], *, until: int | None = None,
-              decode: Callable[[object], object] = decode_logged) -> int:
-        """Apply records; with snapshots on, stop right after a chain link (pass an iterator to go on after it)."""
+              decode: Callable[[object], object] = decode_logged, coordinated: bool = False,
+              stop_before: Callable[[int, object], bool] | None = None, held: list | None = None) -> int:  # fmt: skip
+        """Apply records; with snapshots on, stop right after a chain link (pass an iterator to go on after it).
+
+        ``coordinated``: also stop at a barrier the fund stage decides across partitions (``parked``), and
+        before an event ``stop_before`` names (reduce_records).
+        """
         applied = reduce_records(
             self.state, records, until=until, on_verdict=self._collect, projection=self.projection,
             on_outputs=self._collect_decisions, decode=decode, chain=self.chain, stop_at_link=self.snapshots,
+            stop_at_barrier=coordinated, stop_before=stop_before, held=held,
         )  # fmt: skip
-        self.at_link = self.snapshots and applied > 0 and self.chain.last_offset == self.state.offset
+        self.at_link = (self.snapshots and applied > 0 and self.chain.last_offset == self.state.offset
+                        and not self.parked)  # fmt: skip
         self.report.events += applied
         self.report.offset = self.state.offset
         self.unsaved += applied
         return applied
 
+    @property
+    def parked(self) -> bool:
+        """Stopped at a barrier that the fund stage has not decided yet: nothing may be checkpointed."""
+        return getattr(self.projection, "pending", None) is not None
+
+    def finish_barrier(self, decisions) -> None:
+        """Apply the fund stage's decisions for the barrier ``apply`` stopped at, then take its chain link."""
+        projection, state = self.projection, self.state
+        _, trigger = projection.pending
+        projection.pending = None
+        sequence = projection.sequence
+        outputs: list = []
+        projection.apply(state, decisions, trigger, outputs)
+        if outputs:
+            self._collect_decisions(outputs, sequence)
+        chain = self.chain
+        if chain is not None and state.offset == chain.next_link:
+            chain.link(state.offset, state, projection)
+            self.at_link = self.snapshots
+
     def checkpoint(self) -> bool:
         """Make everything applied so far durable; False if there was nothing to write."""
+        check(not self.parked, "no checkpoint inside a barrier: the other partitions decide it")
         if not self.unsaved:
             return False
         worker = self.projection if type(self.projection) is ProjectionWorker else None

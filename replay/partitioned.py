@@ -44,14 +44,19 @@ def default_split(partitions: int) -> Callable[[str], int]:
 
 
 def run_partitioned(events: Iterable, partitions: int, split: Callable[[str], int] | None = None,
-                    report_order: Callable[[list], list] | None = None) -> list[Partition]:  # fmt: skip
-    """Reduce and project ``events`` (domain events or InvalidInput) on ``partitions`` partitions."""
+                    report_order: Callable[[list], list] | None = None,
+                    targets: Iterable | None = None) -> list[Partition]:  # fmt: skip
+    """Reduce and project ``events`` (domain events or InvalidInput) on ``partitions`` partitions.
+
+    ``targets``: the partitions of each event, as `publish` routed its line (ops.partitioning.route); by
+    default an account's events go to ``split(account)``, market-wide ones everywhere, the rest to 0.
+    """
     split = split or default_split(partitions)
     parts = [Partition(p) for p in range(partitions)]
     for part in parts:
         part.projection = LiquidationProjection(lambda account, p=part.number: split(account) == p, part.number)
         part.projection.open_elsewhere = _open_elsewhere(parts, part.number)
-    for event in events:
+    for event, where in zip(events, targets if targets is not None else _targets(split, partitions)):
         if type(event) in BROADCAST:
             applied = [_apply(part, event) for part in parts]
             if len(set(applied)) != 1:
@@ -59,9 +64,18 @@ def run_partitioned(events: Iterable, partitions: int, split: Callable[[str], in
             if applied[0]:
                 _barrier(parts, report_order)
             continue
-        account = getattr(event, "account", None)
-        _apply(parts[split(account) if isinstance(account, str) else 0], event)
+        for p in where(event) if callable(where) else where:
+            _apply(parts[p], event)
     return parts
+
+
+def _targets(split, partitions: int):
+    def where(event):
+        account = getattr(event, "account", None)
+        return (split(account) if isinstance(account, str) else 0,)
+
+    while True:
+        yield where
 
 
 def run_embedded(events: Iterable) -> list[Partition]:
@@ -73,7 +87,7 @@ def run_embedded(events: Iterable) -> list[Partition]:
 
 
 def _open_elsewhere(parts: list[Partition], number: int):
-    return lambda market: sum(len(p.state.by_market.get(market, ())) for p in parts if p.number != number)
+    return lambda event: sum(len(p.state.by_market.get(event.market, ())) for p in parts if p.number != number)
 
 
 def _apply(part: Partition, event) -> bool:

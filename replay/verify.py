@@ -92,8 +92,12 @@ def _first_link_mismatch(links: list[ChainLink], stored: dict[int, ChainLink], p
     return None
 
 
-def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection, DigestChain] | None = None) -> Verification:
-    """Replay ``log`` against the chain and fingerprints in ``store``; stop at the first divergence."""
+def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection, DigestChain] | None = None,
+           projection: LiquidationProjection | None = None) -> Verification:  # fmt: skip
+    """Replay ``log`` against the chain and fingerprints in ``store``; stop at the first divergence.
+
+    ``projection``: a fresh one set up as one partition of several (ops.fund_board.BoardCoordinator).
+    """
     every = store.chain_every()
     if every is None:
         raise NoChain(f"{store.path} holds no digest chain (run `ringfence run` first)")
@@ -101,7 +105,7 @@ def verify(log, store: StateStore, *, start: tuple[State, LiquidationProjection,
     applied_to = store.stored_offset()
     stored_links = _stored_links(store)
     if start is None:
-        state, projection, chain = State(), LiquidationProjection(), DigestChain(every)
+        state, projection, chain = State(), projection or LiquidationProjection(), DigestChain(every)
     else:
         state, projection, chain = start
     first_offset = state.offset + 1

@@ -66,8 +66,10 @@ def test_health_is_degraded_with_a_reason_for_each_halted_partition_and_a_silent
     health = metrics.health()
     assert health["status"] == "degraded" and health["broker_up"] is True
     assert health["reasons"] == ["partition 1 halted: ringfence.events partition 1: the record at offset 8 fails"]
-    assert health["partitions"] == {"0": {"offset": 5, "lag": None, "halted": None},
-                                    "1": {"offset": 7, "lag": None, "halted": health["partitions"]["1"]["halted"]}}
+    idle = {"barrier": 0, "waiting_for": [], "seconds": 0.0}
+    assert health["partitions"] == {"0": {"offset": 5, "lag": None, "halted": None, "fund_stage": idle},
+                                    "1": {"offset": 7, "lag": None, "halted": health["partitions"]["1"]["halted"],
+                                          "fund_stage": idle}}  # fmt: skip
     found = samples(metrics.render())
     assert found['ringfence_partition_halted{partition="0"}'] == "0"
     assert found['ringfence_partition_halted{partition="1"}'] == "1"
@@ -183,3 +185,18 @@ def test_a_client_reset_is_no_traceback(capsys):
         server.shutdown()
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.splitlines()) <= 1, err
+
+
+def test_a_partition_waiting_at_a_barrier_longer_than_the_broker_timeout_degrades_health():
+    metrics = Metrics()
+    metrics.status, metrics.broker_timeout = "ok", 2.0
+    metrics.broker_contact = time.monotonic()
+    metrics.partitions[0] = PartitionStatus(offset=5, fund_stage_seconds=1.5, fund_stage_waiting=[1], fund_stage_barrier=9)
+    assert metrics.health()["status"] == "ok"  # waiting for a moment is the normal barrier
+    assert samples(metrics.render())['ringfence_fund_stage_lag{partition="0"}'] == "1.5"
+    metrics.partitions[0].fund_stage_seconds = 4.0
+    health = metrics.health()
+    assert health["status"] == "degraded" and health["reasons"] == [
+        "partition 0 has waited 4 s at barrier 9 for the fund-stage reports of partitions [1]"]  # fmt: skip
+    assert health["partitions"]["0"]["fund_stage"] == {"barrier": 9, "waiting_for": [1], "seconds": 4.0}
+    assert samples(metrics.render())["ringfence_up"] == "0"
