@@ -39,10 +39,15 @@ U = 10**8
 
 def hostile_log(path, seed: int, count: int) -> None:
     """Adversarial trading plus what else the projection reacts to: a mark band, jumps beyond it, a new config."""
-    events = [event for event, _ in adversarial_stream(seed, count)]
-    banded = [msgspec.structs.replace(config, id=f"band-{config.market}", mark_band=U // 100)
+    events, funds = [], {}
+    for event, state in adversarial_stream(seed, count):
+        events.append(event)
+        if len(events) == count // 3:  # the insurance fund each market is in there: a band keeps it
+            funds = {name: market.config.insurance_fund for name, market in state.markets.items()}
+    banded = [msgspec.structs.replace(config, id=f"band-{config.market}", mark_band=U // 100,
+                                      insurance_fund=funds.get(config.market, ""))
               for config in market_events(0)]  # fmt: skip
-    at = len(events) // 3
+    at = count // 3
     events[at:at] = banded
     for n, position in enumerate(range(at + 40, len(events), max(1, len(events) // 7))):
         market = sorted(MARKETS)[n % 2]
