@@ -484,10 +484,12 @@ def _partition_projection(args):
 def _replay_as_partitions(log, partitions: int) -> int:
     """The log as ``partitions`` Kafka partitions would hold it, with the fund stage between them, against one."""
     from ringfence.core.fixed import format_decimal
+    from ringfence.ops.partitioning import account_partition
     from ringfence.replay.partitioned import differences, outcome, run_embedded, run_partitioned
 
     events = [log.decode(payload) for _, payload in log.read(0)]
-    one, many = outcome(run_embedded(events)), outcome(run_partitioned(events, partitions))
+    split = lambda account: account_partition(account, partitions)  # noqa: E731 (publish's routing)
+    one, many = outcome(run_embedded(events)), outcome(run_partitioned(events, partitions, split))
     found = differences(one, many)
     if found:
         print(f"ringfence: on {partitions} partitions the answers differ from the embedded replay: "

@@ -22,7 +22,6 @@ from ringfence.core import model as m
 from ringfence.core.check import InvariantError
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
-from ringfence.ops.partitioning import account_partition
 from ringfence.projections import fund_stage
 from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.outputs import Alert
@@ -39,19 +38,15 @@ class Partition:
     verdicts: list = field(default_factory=list)  # (offset, event id, verdict)
 
 
-def default_split(partitions: int) -> Callable[[str], int]:
-    return lambda account: account_partition(account, partitions)
-
-
-def run_partitioned(events: Iterable, partitions: int, split: Callable[[str], int] | None = None,
+def run_partitioned(events: Iterable, partitions: int, split: Callable[[str], int],
                     report_order: Callable[[list], list] | None = None,
                     targets: Iterable | None = None) -> list[Partition]:  # fmt: skip
     """Reduce and project ``events`` (domain events or InvalidInput) on ``partitions`` partitions.
 
+    ``split(account)`` is an account's partition (`publish`'s: ops.partitioning.account_partition).
     ``targets``: the partitions of each event, as `publish` routed its line (ops.partitioning.route); by
     default an account's events go to ``split(account)``, market-wide ones everywhere, the rest to 0.
     """
-    split = split or default_split(partitions)
     parts = [Partition(p) for p in range(partitions)]
     for part in parts:
         part.projection = LiquidationProjection(lambda account, p=part.number: split(account) == p, part.number)

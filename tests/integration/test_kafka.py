@@ -14,7 +14,7 @@ from ringfence.core.limits import DEADLETTER_RAW_BYTES
 from ringfence.events.json_codec import decode_line, encode_line
 from ringfence.ops.kafka_log import DEFAULT_API_VERSION, KafkaLog, KafkaSettings, ensure_topics
 from ringfence.ops.metrics import Metrics
-from ringfence.ops.partitioning import route
+from ringfence.ops.partitioning import account_partition, route
 from ringfence.ops.serve import Service, partition_dir
 from ringfence.ops.simulate import generate
 from ringfence.projections.outputs import Alert
@@ -47,7 +47,8 @@ def expected_partitions(lines: list[bytes], partitions: int = PARTITIONS) -> dic
     """What serve must hold per partition: the lines routed as `publish` routes them, each partition reduced in
     process with the fund stage between them (replay.partitioned), without Kafka."""
     events = [decode_line(line, "session") for line in lines]
-    parts = run_partitioned(events, partitions, targets=[route(line, partitions)[1] for line in lines])
+    parts = run_partitioned(events, partitions, lambda account: account_partition(account, partitions),
+                            targets=[route(line, partitions)[1] for line in lines])  # fmt: skip
     return {part.number: {
         "offset": part.state.offset, "digest": compute_digest(part.state, part.projection.canonical_sections()),
         "commands": [output.command_id for _, output in part.outputs if type(output) is not Alert],
