@@ -75,20 +75,18 @@ def apply_event(state: State, offset: int, event, check_answer=None) -> Verdict 
     if offset <= state.offset:
         raise InvariantError(f"offset {offset} after {state.offset}: offsets only move forward")
     state.offset = offset
-    handler = _HANDLERS.get(type(event))
-    if handler is None:
+    entry = _HANDLERS.get(type(event))
+    if entry is None:
         check(type(event) is InvalidInput, "every log record type has a handler")
         return _dead(event.reason, event.detail)
+    handler, per_account, judged = entry
     generation = offset // DEDUP_GENERATION_EVENTS
     if generation != state.id_generation:
         _rotate_ids(state, generation)
     event_id = event.id
     # An account's event is a duplicate of an earlier one of the same account; a mark, funding or market event
     # of an earlier one of those: what one partition of the events topic can tell (they are all in it).
-    if handler is _apply_mark or handler is _apply_funding or handler is _apply_market:
-        remembered = event_id
-    else:
-        remembered = event.account + "\0" + event_id
+    remembered = event.account + "\0" + event_id if per_account else event_id
     if remembered in state.older_ids:
         return _dead(r.DUPLICATE_ID, f"id {event_id!r} was already accepted at offset {state.older_ids[remembered]}")
     recent = state.recent_ids
@@ -97,10 +95,7 @@ def apply_event(state: State, offset: int, event, check_answer=None) -> Verdict 
     first_offset = recent.setdefault(remembered, offset)
     if first_offset != offset:
         return _dead(r.DUPLICATE_ID, f"id {event_id!r} was already accepted at offset {first_offset}")
-    if handler is _apply_answer or handler is _apply_market:
-        verdict = handler(state, event, check_answer)
-    else:
-        verdict = handler(state, event)
+    verdict = handler(state, event, check_answer) if judged else handler(state, event)
     if verdict is not None and verdict.kind == "deadletter":
         del recent[remembered]
     return verdict
@@ -548,15 +543,16 @@ def _apply_funding(state: State, event: Funding) -> Verdict | None:
     return None
 
 
+# event type -> (handler, is it an account's event (duplicate ids are per account), does check_answer judge it)
 _HANDLERS = {
-    MarketConfig: _apply_market,
-    Deposit: _apply_deposit,
-    Withdrawal: _apply_withdrawal,
-    SetLeverage: _apply_leverage,
-    MarginTransfer: _apply_margin_transfer,
-    Fill: _apply_fill,
-    MarkPrice: _apply_mark,
-    Funding: _apply_funding,
-    LiquidationFill: _apply_answer,
-    AdlFill: _apply_answer,
+    MarketConfig: (_apply_market, False, True),
+    Deposit: (_apply_deposit, True, False),
+    Withdrawal: (_apply_withdrawal, True, False),
+    SetLeverage: (_apply_leverage, True, False),
+    MarginTransfer: (_apply_margin_transfer, True, False),
+    Fill: (_apply_fill, True, False),
+    MarkPrice: (_apply_mark, False, False),
+    Funding: (_apply_funding, False, False),
+    LiquidationFill: (_apply_answer, True, True),
+    AdlFill: (_apply_answer, True, True),
 }

@@ -98,30 +98,6 @@ class ReportsUnusable(Exception):
     """A replay of one partition cannot take a barrier's decision from the reports topic: one line saying why."""
 
 
-def barrier_demand(reports: list[Report]) -> tuple[fund_stage.Plan | None, dict]:
-    """(plan, what each market side must deleverage) of one barrier's reports (None, {} for the usual barrier)."""
-    if not any(report.cut or report.needs for report in reports):
-        return None, {}
-    barrier = fund_stage.plan(reports)
-    return barrier, fund_stage.demand(barrier)
-
-
-def own_candidates(projection, state, barrier: fund_stage.Plan, wanted: dict) -> tuple:
-    """This partition's phase-2 record: the prefix of its ranking each side the barrier deleverages may need."""
-    return tuple((market, long, tuple(fund_stage.candidate_prefix(projection.candidates(state, market, long), qty,
-                                                                  barrier)))  # fmt: skip
-                 for (market, long), qty in sorted(wanted.items()))
-
-
-def board_decisions(reports: list[Report], candidate_records: list[ReportRecord] | None) -> fund_stage.Decisions:
-    """The barrier's decisions from every partition's reports and (if it deleverages) candidate prefixes."""
-    lists: dict = {}
-    for record in candidate_records or ():
-        for market, long, prefix in record.candidates:
-            lists.setdefault((market, long), []).append(prefix)
-    return fund_stage.decide(reports, lambda market, long: lists.get((market, long), []))
-
-
 class BoardCoordinator:
     """The fund stage for a replay of one partition: the other partitions' parts come from the reports topic.
 
@@ -147,14 +123,15 @@ class BoardCoordinator:
             raise ReportsUnusable(f"partition {self.partition}'s report at barrier {number} is not the one on the "
                                   f"reports topic: the topic or the reducer is another")  # fmt: skip
         reports = [record.report for record in records]
-        barrier, wanted = barrier_demand(reports)
-        candidates = None
+        barrier, wanted = fund_stage.barrier_demand(reports)
+        prefixes = []
         if wanted:
             candidates = self._complete(number, PHASE_CANDIDATES)
-            if candidates[self.partition].candidates != own_candidates(projection, state, barrier, wanted):
+            if candidates[self.partition].candidates != fund_stage.own_prefixes(projection, state, barrier, wanted):
                 raise ReportsUnusable(f"partition {self.partition}'s ADL candidates at barrier {number} are not "
                                       f"the ones on the reports topic")  # fmt: skip
-        return board_decisions(reports, candidates)
+            prefixes = [record.candidates for record in candidates]
+        return fund_stage.decide_with_prefixes(reports, prefixes)
 
     def open_elsewhere(self, event) -> int:
         """A market config's market: its open positions in the other partitions, as they recorded them."""

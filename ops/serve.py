@@ -53,17 +53,19 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
 
+from ringfence.core.check import InvariantError
 from ringfence.core.digest import compute_digest
 from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS
 from ringfence.core.model import MarketConfig
 from ringfence.ops.fund_board import PHASE_CANDIDATES, PHASE_MARKET, PHASE_REPORT, Board, BoardConflict, BoardCoordinator
 from ringfence.ops.fund_board import ReportRecord, ReportsUnusable
-from ringfence.ops.fund_board import barrier_demand, board_decisions, encode_record, own_candidates
+from ringfence.ops.fund_board import encode_record
 from ringfence.ops.kafka_log import OUTPUT_KINDS, REPORTS, KafkaLog, KafkaSettings, KafkaSetupError, TopicError
 from ringfence.ops.kafka_log import check_output_topics, consumer_settings, new_consumer, new_producer
 from ringfence.ops.logging import get_logger
 from ringfence.ops.metrics import Metrics, PartitionStatus
 from ringfence.ops.partitioning import account_partition
+from ringfence.projections import fund_stage
 from ringfence.projections.chain import fingerprint
 from ringfence.projections.liquidation import stuck_positions
 from ringfence.projections.outbox import publish_pending
@@ -159,6 +161,7 @@ class PartitionWorker:
             projection.partition = self.partition
             projection.owns = lambda account: account_partition(account, self.partitions) == self.partition
             projection.open_elsewhere = lambda event: self._elsewhere[event.market]
+            projection.coordinator = None  # a barrier waits for the other partitions' reports (advance)
         return reduction
 
     @property
@@ -306,26 +309,26 @@ class PartitionWorker:
             self.status.fund_stage_waiting = board.missing(number, PHASE_REPORT)
             return False
         reports = [record.report for record in reports]
-        named = {(report.barrier_id, report.barrier_ts) for report in reports}
-        if len(named) != 1:  # not one log: market-wide events must reach every partition (ops.partitioning)
-            self.halt(f"{self.topic} partition {self.partition}: the partitions' barrier {number} is not the same "
-                      f"event ({sorted(named)}): every partition must hold the same mark, funding and market "
-                      f"events", barrier=number)  # fmt: skip
+        try:
+            fund_stage.check_reports(reports, self.partitions)
+        except InvariantError as error:  # not one log: market-wide events must reach every partition
+            self.halt(f"{self.topic} partition {self.partition}: barrier {number}: {error}", barrier=number)
             return False
-        barrier, wanted = barrier_demand(reports)
-        candidates = None
+        barrier, wanted = fund_stage.barrier_demand(reports)
+        prefixes = []
         if wanted:
             if self.phase == PHASE_REPORT:
-                prefixes = own_candidates(self.reduction.projection, self.reduction.state, barrier, wanted)
-                self._wait(ReportRecord(self.partitions, self.partition, number, PHASE_CANDIDATES,
-                                        candidates=prefixes), PHASE_CANDIDATES)  # fmt: skip
+                own = fund_stage.own_prefixes(self.reduction.projection, self.reduction.state, barrier, wanted)
+                self._wait(ReportRecord(self.partitions, self.partition, number, PHASE_CANDIDATES, candidates=own),
+                           PHASE_CANDIDATES)  # fmt: skip
                 if self.unsent is not None:
                     return False
-            candidates = board.complete(number, PHASE_CANDIDATES)
-            if candidates is None:
+            records = board.complete(number, PHASE_CANDIDATES)
+            if records is None:
                 self.status.fund_stage_waiting = board.missing(number, PHASE_CANDIDATES)
                 return False
-        decisions = board_decisions(reports, candidates)
+            prefixes = [record.candidates for record in records]
+        decisions = fund_stage.decide_with_prefixes(reports, prefixes)
         self.reduction.finish_barrier(decisions)
         self._done_waiting()
         self._update_status()
@@ -429,7 +432,6 @@ class PartitionWorker:
             self.log.warning("failure_not_repeated", error=f"{type(error).__name__}: {error}",
                              offset=self.reduction.state.offset)  # fmt: skip
             self.reduction = self._coordinate(self.reduction)  # barriers wait for the others again
-            self.reduction.projection.coordinator = None
         self.publish()
         self._update_status()
 

@@ -20,19 +20,10 @@ from ringfence.core.fixed import SCALE
 from ringfence.core.state import PositionKey, State
 
 
-class Ranking:
-    """One side of one market in ADL order, built once per event; ``cursor`` skips what is used up."""
-
-    __slots__ = ("offset", "keys", "cursor")
-
-    def __init__(self, offset: int, keys: "list[PositionKey] | RankedKeys") -> None:
-        self.offset, self.keys, self.cursor = offset, keys, 0
-
-
-def rank(state: State, market_name: str, long: bool, offset: int) -> Ranking:
-    """The positions of one side of a market that are in profit at the mark, by ADL rank."""
-    ranked = _ordered(state.by_market.get(market_name, {}), state.markets[market_name].mark, long)
-    return Ranking(offset, [entry[2] for entry in ranked])
+def rank(state: State, market_name: str, long: bool) -> list[PositionKey]:
+    """The positions of one side of a market that are in profit at the mark, by ADL rank: the full sort
+    (AdlRankings keeps the same order across events; the tests compare the two)."""
+    return [entry[2] for entry in _ordered(state.by_market.get(market_name, {}), state.markets[market_name].mark, long)]
 
 
 def _ordered(positions: dict, mark: int, long: bool) -> list:

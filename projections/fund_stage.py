@@ -218,6 +218,30 @@ def candidate_prefix(candidates: Iterable[Candidate], wanted: int, barrier: Plan
     return prefix
 
 
+def barrier_demand(reports: list[Report]) -> tuple[Plan | None, dict]:
+    """(plan, what each market side must deleverage) of one barrier's reports ((None, {}) for the usual barrier)."""
+    if not any(report.cut or report.needs for report in reports):
+        return None, {}
+    barrier = plan(reports)
+    return barrier, demand(barrier)
+
+
+def own_prefixes(projection, state, barrier: Plan, wanted: dict) -> tuple:
+    """A partition's phase-2 part: for each market side the barrier deleverages, the prefix of its ranking it may
+    need, as ``((market, long, (candidate, ...)), ...)``."""
+    return tuple((market, long, tuple(candidate_prefix(projection.candidates(state, market, long), qty, barrier)))
+                 for (market, long), qty in sorted(wanted.items()))  # fmt: skip
+
+
+def decide_with_prefixes(reports: list[Report], prefixes: Iterable[tuple]) -> Decisions:
+    """``decide`` from every partition's reports and phase-2 parts (``own_prefixes``), in any order."""
+    lists: dict = {}
+    for part in prefixes:
+        for market, long, prefix in part:
+            lists.setdefault((market, long), []).append(prefix)
+    return decide(reports, lambda market, long: lists.get((market, long), []))
+
+
 def decide(reports: list[Report], candidates: CandidateSource) -> Decisions:
     """The decisions of one barrier (module doc); ``reports`` in any order, one per partition."""
     if not any(report.cut or report.needs for report in reports):

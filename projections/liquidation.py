@@ -119,9 +119,9 @@ class LiquidationProjection:
         self.barriers = 0  # applied barrier events so far: the number every partition gives the same barrier
         # with several partitions: a market config -> its market's open positions in the other partitions
         self.open_elsewhere = None
-        # with several partitions, a replay of one of them: (report, projection, state) -> the barrier's decisions,
-        # from what the others recorded (ops.fund_board); without it a barrier waits in ``pending``
-        self.coordinator = None
+        # (report, projection, state) -> the barrier's decisions: this one alone (``alone``), or a replay of one of
+        # several partitions from what the others recorded (ops.fund_board); None: a barrier waits in ``pending``
+        self.coordinator = self.alone if owns is None else None
         # event type -> handler(state, offset, event) for an applied event (the worker calls them directly)
         self.handlers = {
             MarkPrice: self._on_mark, Fill: self._on_trade, MarginTransfer: self._on_trade,
@@ -315,6 +315,16 @@ class LiquidationProjection:
         else:
             self._cancel(command, reason, trigger, outputs)
 
+    def _end_here(self, command: Command, reason: str, trigger: Trigger, outputs: list) -> tuple:
+        """A live command ends for a market-wide reason: a liquidate is cancelled, an ADL command's legs here are cut
+        (every partition sees the same reason); the positions it closed, to look at again."""
+        if command.kind == ADL:
+            self._cut(command, POSITION_LEG, reason, trigger)
+            self._cut(command, TARGET_LEG, reason, trigger)
+            return (command.key, command.target)
+        self._cancel(command, reason, trigger, outputs)
+        return (command.key,)
+
     def _cut(self, command: Command, leg: int, reason: str, trigger: Trigger) -> None:
         if leg == POSITION_LEG and not command.position_leg_open():
             return
@@ -363,14 +373,15 @@ class LiquidationProjection:
     def barrier(self, state: State, trigger: Trigger, outputs: list) -> None:
         """This partition's part of a barrier: report, and with the stage in process, apply its decisions."""
         report = self.report(state, trigger)
-        if self.owns is not None and self.coordinator is not None:
-            self.apply(state, self.coordinator(report, self, state), trigger, outputs)
+        if self.coordinator is None:
+            self.pending = (report, trigger)  # the other partitions' reports decide it; then ``apply``
             return
-        if self.owns is not None:
-            self.pending = (report, trigger)  # the coordinator decides, then calls apply
-            return
-        decisions = fund_stage.decide([report], lambda market, long: [self.candidates(state, market, long)])
-        self.apply(state, decisions, trigger, outputs)
+        self.apply(state, self.coordinator(report, self, state), trigger, outputs)
+
+    @staticmethod
+    def alone(report: Report, projection: "LiquidationProjection", state: State) -> Decisions:
+        """The coordinator of the only partition: the fund stage on its one report, in process."""
+        return fund_stage.decide([report], lambda market, long: [projection.candidates(state, market, long)])
 
     def report(self, state: State, trigger: Trigger) -> Report:
         """What the fund stage needs of this partition at a barrier (fund_stage.Report)."""
@@ -475,15 +486,8 @@ class LiquidationProjection:
         """A paused market liquidates nothing: cancel its live commands (cut their ADL legs)."""
         keys = []
         for command in self.book.live():
-            if command.market != market:
-                continue
-            if command.kind == ADL:
-                self._cut(command, POSITION_LEG, MARKET_PAUSED, trigger)
-                self._cut(command, TARGET_LEG, MARKET_PAUSED, trigger)
-                keys.extend((command.key, command.target))
-            elif command.open_qty() > 0:
-                self._cancel(command, MARKET_PAUSED, trigger, outputs)
-                keys.append(command.key)
+            if command.market == market:
+                keys.extend(self._end_here(command, MARKET_PAUSED, trigger, outputs))
         for key in dict.fromkeys(keys):
             if key in state.positions:
                 self.awaiting.discard(key)
@@ -491,16 +495,9 @@ class LiquidationProjection:
 
     def _expire(self, state: State, market: str, trigger: Trigger, outputs: list) -> None:
         """Commands unanswered past the market's time-out are cancelled (ADL legs cut), then their positions judged."""
-        expired = self.book.expired(market, trigger.ts)
         keys = []
-        for command in expired:
-            if command.kind == ADL:
-                self._cut(command, POSITION_LEG, TIMED_OUT, trigger)
-                self._cut(command, TARGET_LEG, TIMED_OUT, trigger)
-                keys.extend((command.key, command.target))
-            else:
-                self._cancel(command, TIMED_OUT, trigger, outputs)
-                keys.append(command.key)
+        for command in self.book.expired(market, trigger.ts):
+            keys.extend(self._end_here(command, TIMED_OUT, trigger, outputs))
         for key in dict.fromkeys(keys):
             if key in state.positions and self._mine(key[0]):
                 self._judge(state, key, trigger, outputs)

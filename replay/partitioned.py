@@ -103,11 +103,9 @@ def _barrier(parts: list[Partition], report_order) -> None:
     ordered = report_order(reports) if report_order is not None else reports
 
     # as over Kafka: each partition sends only the prefix of its ranking the barrier may need (phase 2)
-    barrier = fund_stage.plan(reports) if any(report.cut or report.needs for report in reports) else None
-    wanted = fund_stage.demand(barrier) if barrier is not None else {}
-    prefixes = {side: [fund_stage.candidate_prefix(part.projection.candidates(part.state, *side), qty, barrier)
-                       for part in parts] for side, qty in wanted.items()}  # fmt: skip
-    decisions = fund_stage.decide(ordered, lambda market, long: prefixes.get((market, long), []))
+    barrier, wanted = fund_stage.barrier_demand(reports)
+    prefixes = [fund_stage.own_prefixes(part.projection, part.state, barrier, wanted) for part in parts] if wanted else []
+    decisions = fund_stage.decide_with_prefixes(ordered, report_order(prefixes) if report_order else prefixes)
     for part, (_, trigger) in zip(parts, pending):
         part.projection.pending = None
         outputs: list = []

@@ -27,7 +27,7 @@ from tests.property.streams import adversarial_stream
 
 def reference_rank(state, market_name: str, long: bool) -> list:
     """The full sort: adl.rank, as the projection called it per event before issue 14."""
-    return rank(state, market_name, long, state.offset).keys
+    return rank(state, market_name, long)
 
 
 def reference_quantile(state, key) -> int | None:
