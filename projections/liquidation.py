@@ -372,6 +372,12 @@ class LiquidationProjection:
 
     def barrier(self, state: State, trigger: Trigger, outputs: list) -> None:
         """This partition's part of a barrier: report, and with the stage in process, apply its decisions."""
+        if self.owns is None and not self.awaiting and not self.cut_legs:
+            # alone, with nothing awaiting and no leg cut, the decision is empty: every bankrupt position the report
+            # would name is fully commanded (_judge leaves none open outside ``awaiting``) and no leg is cancelled.
+            # The usual barrier of an ADL-heavy replay; tests/property/test_fund_stage.py compares it with k partitions.
+            self.apply(state, fund_stage.NO_DECISIONS, trigger, outputs)
+            return
         report = self.report(state, trigger)
         if self.coordinator is None:
             self.pending = (report, trigger)  # the other partitions' reports decide it; then ``apply``
