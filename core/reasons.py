@@ -58,6 +58,8 @@ FUND_DOMAIN_CHANGE_WITH_POSITIONS = "fund_domain_change_with_positions"  # a mar
 
 # Dead letters of the fund stage's board (ops.fund_board): a report record no partition of the topic sent.
 UNKNOWN_PARTITION = "unknown_partition"
+# ... and of the events topic: an account's event on another partition than its account key's (ops.kafka_log).
+WRONG_PARTITION = "wrong_partition"
 
 ORDER = (
     MALFORMED_JSON,
@@ -100,5 +102,6 @@ ORDER = (
     FUND_DOMAIN_OTHER_ASSET,
     FUND_DOMAIN_CHANGE_WITH_POSITIONS,
     UNKNOWN_PARTITION,
+    WRONG_PARTITION,
 )
 NUMBER = {code: number for number, code in enumerate(ORDER, start=1)}

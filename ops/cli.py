@@ -351,8 +351,19 @@ def _source_log(args, group: str | None = None):
     from ringfence.ops.serve import partition_dir
 
     settings = _kafka_settings(args)
-    log = KafkaLog(settings, settings.topic("events"), args.partition, group=group)
+    log = KafkaLog(settings, settings.topic("events"), args.partition, group=group, partitions=_events_partitions(settings))
     return log, partition_dir(args.data, settings, args.partition)
+
+
+def _events_partitions(settings) -> int:
+    """The events topic's partition count (one clear line if the topic does not exist)."""
+    from ringfence.ops.kafka_log import new_consumer, partition_count
+
+    consumer = new_consumer(settings)
+    try:
+        return partition_count(consumer, settings, settings.topic("events"))
+    finally:
+        consumer.close()
 
 
 def _load_state(args):
@@ -457,23 +468,19 @@ def _partition_projection(args):
     if args.partition is None:
         return None
     from ringfence.ops.fund_board import Board, BoardCoordinator
-    from ringfence.ops.kafka_log import REPORTS, KafkaLog, new_consumer, partition_count
+    from ringfence.ops.kafka_log import REPORTS, KafkaLog
     from ringfence.ops.partitioning import account_partition
     from ringfence.projections.liquidation import LiquidationProjection
 
     settings = _kafka_settings(args)
-    consumer = new_consumer(settings)
-    try:
-        count = partition_count(consumer, settings, settings.topic("events"))
-    finally:
-        consumer.close()
+    count = _events_partitions(settings)
     if count == 1:
         return None
     board = Board(count)
     for p in range(count):
         with KafkaLog(settings, settings.topic(REPORTS), p) as reports:
-            for _, payload in reports.read(0):
-                board.add(payload)
+            for offset, payload in reports.read(0):
+                board.add(payload, reports.source, p, offset)  # a record it does not use changes no decision
     projection = LiquidationProjection(lambda account: account_partition(account, count) == args.partition,
                                        args.partition)  # fmt: skip
     coordinator = BoardCoordinator(board, args.partition, projection)

@@ -14,12 +14,15 @@ partition sends its reports again, from its checkpoint on): the board keeps
 the first of each (barrier, phase, partition) and refuses a different second
 one loudly (``BoardConflict``: two logs, or a bug, never a silent choice).
 A record naming a partition outside the topic's count, or the wrong count,
-is a dead letter of the board: logged with its reason, never used.
+or one that does not decode, is a dead letter of the board, never used: the
+service logs it and publishes it on the dead-letters topic (``dead_letters``).
 """
 
 import msgspec
 
 from ringfence.core import reasons as r
+from ringfence.core.model import InvalidInput
+from ringfence.events.json_codec import invalid
 from ringfence.projections import fund_stage
 from ringfence.projections.fund_stage import Candidate, Report
 
@@ -54,21 +57,27 @@ class Board:
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self.entries: dict[tuple[int, int, str], dict[int, ReportRecord]] = {}
-        self.dead_letters: list[str] = []  # reasons of records that were not used (the service logs them)
+        # records that were not used, as (partition, offset, dead letter) of the reports topic: the service
+        # publishes them
+        self.dead_letters: list[tuple[int, int, InvalidInput]] = []
 
-    def add(self, payload: bytes) -> None:
-        """Take one record of the reports topic; BoardConflict if it contradicts one already taken."""
+    def add(self, payload: bytes | None, source: str = "", partition: int = -1, offset: int = -1) -> None:
+        """Take one record of the reports topic (``source``, ``partition``, ``offset``: where it was read, for its
+        dead letter); BoardConflict if it contradicts one already taken."""
+        where = (source, partition, offset)
+        payload = payload or b""  # a tombstone is a record too
         try:
             record = _decode_record(payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
-            self.dead_letters.append(f"undecodable report record: {error}")
+            self._refuse(r.UNDECODABLE_RECORD, f"not a fund-stage report record: {error}", payload, *where)
             return
         if record.partitions != self.partitions or not 0 <= record.partition < self.partitions:
-            self.dead_letters.append(f"{r.UNKNOWN_PARTITION}: a report of partition {record.partition} of "
-                                     f"{record.partitions}; this topic has {self.partitions} partitions")  # fmt: skip
+            self._refuse(r.UNKNOWN_PARTITION, f"a report of partition {record.partition} of {record.partitions}; "
+                         f"this topic has {self.partitions} partitions", payload, *where)  # fmt: skip
             return
         if (record.phase == PHASE_REPORT) != (record.report is not None) or record.phase not in (0, 1, 2):
-            self.dead_letters.append(f"report record of phase {record.phase} with the wrong contents")
+            self._refuse(r.INVALID_VALUE, f"a report record of phase {record.phase} with the wrong contents",
+                         payload, *where)  # fmt: skip
             return
         found = self.entries.setdefault((record.number, record.phase, record.tag), {})
         known = found.get(record.partition)
@@ -77,6 +86,9 @@ class Board:
         elif known != record:
             raise BoardConflict(f"partition {record.partition} sent two different records for barrier "
                                 f"{record.number} phase {record.phase}: the reports topic mixes two logs")  # fmt: skip
+
+    def _refuse(self, reason: str, detail: str, payload: bytes, source: str, partition: int, offset: int) -> None:
+        self.dead_letters.append((partition, offset, invalid(reason, detail, payload, source)))
 
     def complete(self, number: int, phase: int, tag: str = "") -> list[ReportRecord] | None:
         """Every partition's record of one barrier phase, by partition, once all are in."""

@@ -27,10 +27,12 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
+from ringfence.core import reasons as r
 from ringfence.core.limits import MAX_LINE_BYTES
-from ringfence.events.json_codec import decode_line
+from ringfence.events.json_codec import decode_line, invalid
 from ringfence.ops.kafka_security import KafkaSecurity, handshake_problem
 from ringfence.ops.logging import get_logger
+from ringfence.ops.partitioning import account_partition
 
 # The protocol level we speak, pinned so that clients start without probing
 # the broker; Kafka 2.8 requests are understood by every broker since 2.8,
@@ -230,13 +232,18 @@ class KafkaLog:
     time ran out; either way the sends are forgotten, so the caller appends
     them again (at least once). ``read`` fetches from an offset up to the high watermark the
     fetch responses report at that time. Payloads are JSON lines: ``decode``
-    turns one into a domain event, or into an InvalidInput to dead-letter.
+    turns one into a domain event, or into an InvalidInput to dead-letter;
+    given the events topic's partition count, an account's event on another
+    partition than the one its account key routes to (partitioning.py) is a
+    dead letter ``wrong_partition``: applied here it would split the
+    account's state between two partitions without a word.
     """
 
     def __init__(self, settings: KafkaSettings, topic: str, partition: int, *, producer: KafkaProducer | None = None,
                  read_timeout: float = 30.0, group: str | None = None,
-                 commit_timeout: float | None = None):  # fmt: skip
+                 commit_timeout: float | None = None, partitions: int | None = None):  # fmt: skip
         self.settings, self.topic, self.partition = settings, topic, partition
+        self.partitions = partitions  # the events topic's partition count (decode checks the accounts' routing)
         self.group = group  # readers in a group commit how far they read: a progress hint for lag tools
         self.source = f"{topic}/{partition}"
         self._producer, self._own_producer = producer, producer is None
@@ -246,7 +253,14 @@ class KafkaLog:
 
     def decode(self, payload):
         line = b"" if payload is None else bytes(payload)
-        return decode_line(line, self.source)
+        event = decode_line(line, self.source)
+        account = getattr(event, "account", None)
+        if account is not None and self.partitions is not None:
+            home = account_partition(account, self.partitions)
+            if home != self.partition:
+                return invalid(r.WRONG_PARTITION, f"account {account!r} belongs to partition {home} of "
+                               f"{self.partitions} (the account key's partition), not {self.partition}", line, self.source)  # fmt: skip
+        return event
 
     # -- writing -------------------------------------------------------------------------
 

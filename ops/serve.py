@@ -56,7 +56,7 @@ from kafka.structs import OffsetAndMetadata
 from ringfence.core.check import InvariantError
 from ringfence.core.digest import compute_digest
 from ringfence.core.limits import CHECKPOINT_EVERY_EVENTS
-from ringfence.core.model import MarketConfig
+from ringfence.core.model import MarketConfig, Verdict
 from ringfence.ops.fund_board import PHASE_CANDIDATES, PHASE_MARKET, PHASE_REPORT, Board, BoardConflict, BoardCoordinator
 from ringfence.ops.fund_board import ReportRecord, ReportsUnusable
 from ringfence.ops.fund_board import encode_record
@@ -69,7 +69,7 @@ from ringfence.projections import fund_stage
 from ringfence.projections.chain import fingerprint
 from ringfence.projections.liquidation import stuck_positions
 from ringfence.projections.outbox import publish_pending
-from ringfence.projections.runner import Reduction
+from ringfence.projections.runner import Reduction, output_record
 from ringfence.projections.store import DEADLETTER, StateStore, StoreCorrupt
 from ringfence.projections.views import adl_quantile_counts
 
@@ -135,7 +135,7 @@ class PartitionWorker:
         self.reduction = self._coordinate(Reduction(self.store, chain_every=chain_every))
         self.reports = KafkaLog(settings, settings.topic(REPORTS), partition, producer=producer,
                                 commit_timeout=commit_timeout) if self.coordinated else None  # fmt: skip
-        self.events = KafkaLog(settings, self.topic, partition)  # decodes this partition's records
+        self.events = KafkaLog(settings, self.topic, partition, partitions=partitions)  # decodes this partition's records
         self.decode = with_poison_fault(self.events.decode)
         self.sinks = {kind: KafkaLog(settings, settings.topic(kind), partition, producer=producer,
                                      commit_timeout=commit_timeout) for kind in OUTPUT_KINDS}  # fmt: skip
@@ -566,6 +566,9 @@ class Service:
         self.partition_count = 1  # of the events topic, known once it is described
         self.board: Board | None = None  # with several partitions: every partition's barrier reports
         self.reports_consumer = None
+        self.report_dead_letters: list[tuple[tuple[int, int], bytes]] = []  # ((partition, offset), record) to send
+        self.report_dead_letters_seen: set[tuple[int, int]] = set()  # (partition, offset) of the reports topic
+        self.report_dead_letters_sent: set[tuple[int, int]] = set()  # ... handed to the dead-letters topic
         self.stopping = False
         self.failure: Exception | None = None
         self.log = get_logger()
@@ -681,17 +684,14 @@ class Service:
         except KafkaError as error:  # the broker's liveness is judged by the events consumer
             self.log.info("reports_poll_failed", error=type(error).__name__)
             batches = {}
-        for records in batches.values():
+        for tp, records in batches.items():
             for record in records:
                 try:
-                    self.board.add(record.value)
+                    self.board.add(record.value, f"{tp.topic}/{tp.partition}", tp.partition, record.offset)
                 except BoardConflict as error:
                     for worker in list(self.workers.values()):
                         worker.halt(str(error))
-        for reason in self.board.dead_letters:
-            self.log.warning("report_dead_letter", reason=reason)
-            self.metrics.report_dead_letters += 1
-        self.board.dead_letters.clear()
+        self._publish_report_dead_letters()
         # as far as the board allows, but back to the loop now and then: it also fetches, probes and checkpoints
         deadline, moved = time.monotonic() + EXCHANGE_SECONDS, True
         while moved and time.monotonic() < deadline:
@@ -711,6 +711,38 @@ class Service:
                 self.consumer.resume(tp)
         if self.workers:
             self.board.forget_before(min(w.reduction.projection.barriers for w in self.workers.values()))
+
+    def _publish_report_dead_letters(self) -> None:
+        """Report records the board did not use: logged, counted, and published on the dead-letters topic by the
+        owner of the reports partition they were read from (its partition of that topic); kept while the broker
+        fails. An owner that reads the reports topic again after a restart publishes them again (their source and
+        offset are their identity, as for every output: at least once)."""
+        for partition, offset, bad in self.board.dead_letters:
+            where = (partition, offset)  # the topic is read again from its start on every acquisition
+            if where not in self.report_dead_letters_seen:
+                self.report_dead_letters_seen.add(where)
+                self.log.warning("report_dead_letter", source=bad.source, offset=offset, reason=bad.reason,
+                                 detail=bad.detail)  # fmt: skip
+                self.metrics.report_dead_letters += 1
+            if partition in self.workers and where not in self.report_dead_letters_sent:
+                self.report_dead_letters_sent.add(where)
+                body = output_record(offset, bad, Verdict("deadletter", bad.reason, bad.detail))[1]
+                self.report_dead_letters.append((where, body))
+        self.board.dead_letters.clear()
+        unsent = []
+        for where, body in self.report_dead_letters:
+            worker = self.workers.get(where[0])
+            if worker is None:  # released: its next owner (this instance too) reads the topic again and sends it
+                self.report_dead_letters_sent.discard(where)
+                continue
+            try:
+                sink = worker.sinks["deadletters"]
+                sink.append(body)
+                sink.commit()
+            except KafkaError as error:
+                self.log.info("report_dead_letter_deferred", error=type(error).__name__)
+                unsent.append((where, body))
+        self.report_dead_letters = unsent
 
     def _step(self) -> None:
         waiting = self.board is not None and any(worker.waiting for worker in self.workers.values())

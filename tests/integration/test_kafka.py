@@ -169,6 +169,40 @@ def test_a_poison_record_becomes_a_dead_letter_and_the_service_goes_on(tmp_path,
         cli("positions", "--json", data=data)[1]  # fmt: skip
 
 
+def test_an_account_event_on_another_partition_than_its_key_is_a_dead_letter_in_serve_and_its_replay(
+        tmp_path, broker, cli):  # fmt: skip
+    prefix = unique_prefix("misrouted")
+    settings = KafkaSettings(broker, prefix=prefix)
+    ensure_topics(settings, 2)
+    home = {account_partition(name, 2): name for name in ("alice", "bob", "carol", "dave")}
+    deposit = lambda n, account, amount: (b'{"type":"deposit","id":"d%d","ts":%d,"account":"%s","asset":"USDT",'  # noqa: E731
+                                          b'"amount":"%s"}' % (n, n, account.encode(), amount))  # fmt: skip
+    by_partition = {0: [deposit(1, home[0], b"100"), deposit(2, home[1], b"50"), deposit(3, home[0], b"1")],
+                    1: [deposit(4, home[1], b"7")]}  # fmt: skip
+    producer = KafkaProducer(bootstrap_servers=broker, api_version=DEFAULT_API_VERSION)
+    for partition, values in by_partition.items():
+        for value in values:  # as a producer with its own partitioner would: d2 lands on partition 0
+            producer.send(settings.topic("events"), value=value, key=b"any", partition=partition)
+    producer.flush()
+    producer.close()
+
+    serve = Serve(broker, prefix, tmp_path / "svc", "--partitions", "0,1")
+    serve.wait_for({0: 2, 1: 0})
+    assert serve.stop() == 0, serve.log_tail()
+    [letter] = [json.loads(r.value) for r in topic_records(broker, settings.topic("deadletters"), 2)[0]]
+    assert (letter["offset"], letter["reason"], letter["source"]) == (1, "wrong_partition", f"{prefix}.events/0")
+    assert "belongs to partition 1 of 2" in letter["detail"] and '"d2"' in letter["raw"]
+    wallets = {p: [json.loads(line) for line in
+                   cli("wallets", "--json", data=partition_dir(tmp_path / "svc", settings, p))[1].splitlines()]
+               for p in (0, 1)}  # fmt: skip
+    assert [(w["account"], w["balance"]) for w in wallets[0]] == [(home[0], "101")], wallets  # nothing of d2
+    assert [(w["account"], w["balance"]) for w in wallets[1]] == [(home[1], "7")], wallets
+    # an audit replay of the partition judges the record as the service did
+    rc, out, err = cli("replay", "--verify", "--partition", "0", *kafka_args(broker, prefix),
+                       data=tmp_path / "svc", check_rc=None)  # fmt: skip
+    assert rc == 0, err
+
+
 def test_restart_after_a_clean_stop_and_after_kill_9_resumes_from_the_stored_offsets(tmp_path, broker, cli):
     prefix = unique_prefix("restart")
     lines = session(tmp_path, seed=23, count=24_000, traders=150)

@@ -7,7 +7,10 @@ and 4 partitions for `serve`. The commands and cancels (ids, accounts,
 quantities, prices), the fund balances and the positions must be the
 embedded log's on every partition count; and again after a `serve` instance
 is killed with -9 in the middle of the ADL storm and its partitions are
-rebalanced between its restart and a second instance.
+rebalanced between its restart and a second instance. On 2 partitions the
+reports topic also holds records no partition of it sent (another partition
+count, an unknown partition, not a record): each is a dead letter on the
+dead-letters topic and none changes an answer.
 """
 
 import json
@@ -16,9 +19,11 @@ from collections import defaultdict
 from decimal import Decimal
 
 from ringfence.events.json_codec import encode_line
-from ringfence.ops.kafka_log import KafkaSettings
+from ringfence.ops.fund_board import PHASE_REPORT, ReportRecord, encode_record
+from ringfence.ops.kafka_log import REPORTS, KafkaLog, KafkaSettings
 from ringfence.ops.partitioning import route
 from ringfence.ops.serve import partition_dir
+from ringfence.projections.fund_stage import Report
 from tests.integration.kafka_harness import Serve, topic_records, unique_prefix, wait_until
 from tests.integration.test_kafka import kafka_args, write
 from tests.property.streams import adversarial_stream
@@ -72,6 +77,24 @@ def _embedded(tmp_path, cli, source) -> dict:
     return expected
 
 
+def _strangers(settings: KafkaSettings) -> list[tuple[str, int, str]]:
+    """Report records no partition of this 2-partition topic sent, written before `serve` reads the topic:
+    (source, offset, reason) of the dead letter each must become."""
+    bad = [  # (reports partition, payload, reason)
+        (0, encode_record(ReportRecord(2, 5, 1, PHASE_REPORT, Report(5, "m", 1, (), (), ()))), "unknown_partition"),
+        (1, encode_record(ReportRecord(4, 1, 1, PHASE_REPORT, Report(1, "m", 1, (), (), ()))), "unknown_partition"),
+        (1, b"{not a report", "undecodable_record"),
+    ]  # fmt: skip
+    expected = []
+    for partition in (0, 1):
+        with KafkaLog(settings, settings.topic(REPORTS), partition) as log:
+            for offset, (_, payload, reason) in enumerate(b for b in bad if b[0] == partition):
+                log.append(payload)
+                expected.append((f"{settings.topic(REPORTS)}/{partition}", offset, reason))
+            log.commit()
+    return sorted(expected)
+
+
 def test_an_adl_heavy_session_gives_the_embedded_answers_on_1_2_and_4_partitions(tmp_path, broker, cli):
     lines, source = _session(tmp_path)
     expected = _embedded(tmp_path, cli, source)
@@ -79,11 +102,18 @@ def test_an_adl_heavy_session_gives_the_embedded_answers_on_1_2_and_4_partitions
         prefix = unique_prefix(f"fund{partitions}")
         cli("topics", *kafka_args(broker, prefix), "--partitions", str(partitions), data=tmp_path)
         cli("publish", str(source), *kafka_args(broker, prefix), data=tmp_path)
+        settings = KafkaSettings(broker, prefix=prefix)
+        strangers = _strangers(settings) if partitions == 2 else []
         serve = Serve(broker, prefix, tmp_path / f"svc-{partitions}")
         serve.wait_for(_ends(lines, partitions))
         lag = serve.metrics()
         assert serve.stop() == 0, serve.log_tail()
-        settings = KafkaSettings(broker, prefix=prefix)
+        if strangers:  # used by no barrier (the answers below are the embedded log's), each a dead letter
+            dead = [letter for records in topic_records(broker, f"{prefix}.deadletter", partitions) for r in records
+                    if (letter := json.loads(r.value))["source"].startswith(f"{prefix}.reports/")]  # fmt: skip
+            assert sorted((d["source"], d["offset"], d["reason"]) for d in dead) == strangers, dead
+            assert f"ringfence_report_dead_letters_total {len(strangers)}\n" in lag, [
+                line for line in lag.splitlines() if "report_dead" in line]
         dirs = [partition_dir(tmp_path / f"svc-{partitions}", settings, p) for p in range(partitions)]
         got = outcome(cli, dirs)
         for name in expected:

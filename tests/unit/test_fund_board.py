@@ -31,16 +31,22 @@ def test_a_second_different_record_for_the_same_barrier_is_refused_loudly():
 @pytest.mark.parametrize("payload, reason", [
     (encode_record(ReportRecord(2, 5, 7, PHASE_REPORT, Report(5, "m", 1, (), (), ()))), "unknown_partition"),
     (encode_record(ReportRecord(3, 1, 7, PHASE_REPORT, Report(1, "m", 1, (), (), ()))), "unknown_partition"),
-    (encode_record(ReportRecord(2, 1, 7, PHASE_REPORT)), "wrong contents"),
-    (encode_record(ReportRecord(2, 1, 7, 9)), "wrong contents"),
-    (b"{not json", "undecodable"),
-    (b"", "undecodable"),
+    (encode_record(ReportRecord(2, -1, 7, PHASE_REPORT, Report(1, "m", 1, (), (), ()))), "unknown_partition"),
+    (encode_record(ReportRecord(2, 1, 7, PHASE_REPORT)), "invalid_value"),
+    (encode_record(ReportRecord(2, 1, 7, 9)), "invalid_value"),
+    (b"{not json", "undecodable_record"),
+    (b"", "undecodable_record"),
+    (None, "undecodable_record"),
+    (b'[2, 1, 7, 1, [1, "m", 1, [], [], [["not a key"]]]]', "undecodable_record"),
+    (b"[" * 10_000, "undecodable_record"),
 ])  # fmt: skip
 def test_a_record_from_an_unknown_partition_or_malformed_is_a_dead_letter_and_never_used(payload, reason):
     board = Board(2)
-    board.add(payload)
-    assert len(board.dead_letters) == 1 and reason in board.dead_letters[0]
+    board.add(payload, "rf.reports/1", 1, 42)
     assert board.entries == {}
+    [(partition, offset, dead)] = board.dead_letters
+    assert (partition, offset, dead.reason, dead.source) == (1, 42, reason, "rf.reports/1")
+    assert dead.detail and len(dead.raw) <= 4096 and (payload or b"").startswith(dead.raw[:100])
 
 
 def test_market_counts_are_kept_apart_per_config():
