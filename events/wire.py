@@ -216,6 +216,15 @@ def _check_bracket(bracket: m.Bracket, previous: m.Bracket | None, field: str) -
         raise bad("mmr must be > 0")
     if bracket.notional_cap <= bracket.notional_floor:
         raise bad("notional_cap must exceed notional_floor")
+    # A position opened at the bracket's leverage L has B = IM = N/L at its own price; it is liquidatable on
+    # its own fill if N/L <= MM = N*mmr - maint_amount for some notional N of the bracket. Linear in N, so the
+    # largest N (a unit below the cap) decides: N*(L*mmr - 1) >= L*maint_amount, in units.
+    excess = bracket.max_leverage * bracket.mmr - SCALE
+    if excess >= 0 and (bracket.notional_cap - 1) * excess >= bracket.max_leverage * bracket.maint_amount * SCALE:
+        raise bad(f"max_leverage {bracket.max_leverage} with mmr {format_decimal(bracket.mmr)} and maint_amount "
+                  f"{format_decimal(bracket.maint_amount)}: the initial margin 1/{bracket.max_leverage} of a notional "
+                  f"below {format_decimal(bracket.notional_cap)} is not above its maintenance margin, so a position "
+                  f"at that leverage is liquidatable on its own fill")  # fmt: skip
     if previous is None:
         if bracket.notional_floor != 0 or bracket.maint_amount != 0:
             raise bad("the first bracket starts at notional 0 with maint_amount 0")

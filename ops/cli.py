@@ -443,7 +443,10 @@ def _outputs(args, kind: str) -> int:
 
 def cmd_digest(args) -> int:
     state, projection = _load_with_projection(args)
-    print(f"{state.offset} {compute_digest(state, projection.canonical_sections())}")
+    if args.fund_stage:  # the same on every partition at the same barrier, and on the embedded log
+        print(f"{projection.barriers} {projection.stage_decisions} {projection.stage_digest}")
+    else:
+        print(f"{state.offset} {compute_digest(state, projection.canonical_sections())}")
     return EXIT_OK
 
 
@@ -1037,6 +1040,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_generate)
 
     p = commands.add_parser("digest", parents=[common, at], help="print OFFSET DIGEST of the checkpointed state")
+    p.add_argument("--fund-stage", action="store_true", help="print BARRIERS DECISIONS HEAD of the fund stage's "
+                   "chain instead: the same on every partition after the same barrier, and on the embedded log")  # fmt: skip
     p.set_defaults(handler=cmd_digest)
 
     kafka = Parser(add_help=False)

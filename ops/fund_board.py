@@ -79,6 +79,12 @@ class Board:
             self._refuse(r.INVALID_VALUE, f"a report record of phase {record.phase} with the wrong contents",
                          payload, *where)  # fmt: skip
             return
+        report = record.report
+        if report is not None and (report.partition != record.partition or not all(
+                need.size > 0 and need.loss > 0 and need.lot > 0 for need in report.needs)):  # fmt: skip
+            self._refuse(r.INVALID_VALUE, f"a report of partition {record.partition} that no partition computes "
+                         "(another partition inside, or a need without size, loss or lot)", payload, *where)  # fmt: skip
+            return
         found = self.entries.setdefault((record.number, record.phase, record.tag), {})
         known = found.get(record.partition)
         if known is None:

@@ -56,6 +56,8 @@ class PartitionStatus:
     fund_stage_seconds: float = 0.0
     fund_stage_waiting: list = field(default_factory=list)
     fund_stage_barrier: int = 0
+    fund_stage_decisions: int = 0  # barriers that decided something, and the stage's chain head after them
+    fund_stage_digest: str = ""
 
     @property
     def lag(self) -> int | None:
@@ -114,7 +116,8 @@ class Metrics:
             "broker_up": self.broker_up,
             "partitions": {str(p): {"offset": s.offset, "lag": s.lag, "halted": s.halted,
                                     "fund_stage": {"barrier": s.fund_stage_barrier, "waiting_for": s.fund_stage_waiting,
-                                                   "seconds": round(s.fund_stage_seconds, 3)}}
+                                                   "seconds": round(s.fund_stage_seconds, 3),
+                                                   "decisions": s.fund_stage_decisions, "digest": s.fund_stage_digest}}
                            for p, s in sorted(partitions.items())},  # fmt: skip
         }
 
@@ -143,8 +146,8 @@ class Metrics:
         family("ringfence_fund_stage_lag", "gauge", "seconds the partition has waited at its current barrier for the "
                "other partitions' fund-stage reports (0: not waiting)",
                per_partition(lambda s: round(s.fund_stage_seconds, 3)))  # fmt: skip
-        family("ringfence_report_dead_letters_total", "counter", "fund-stage report records not used (unknown "
-               "partition, wrong partition count, undecodable)", [("", self.report_dead_letters)])  # fmt: skip
+        family("ringfence_report_dead_letters_total", "counter", "fund-stage report records not used, of the "
+               "partitions this instance owns (unknown partition, wrong partition count, undecodable, wrong contents)", [("", self.report_dead_letters)])  # fmt: skip
         family("ringfence_partition_lag", "gauge", "records on the partition not yet applied (fetch high watermark)",
                per_partition(lambda s: s.lag))  # fmt: skip
         family("ringfence_open_positions", "gauge", "open positions", per_partition(lambda s: s.open_positions))

@@ -148,6 +148,9 @@ class PartitionWorker:
         self.wrong_log = False  # the topic is not the log the store applied: publish nothing more
         self.publish_error: KafkaError | None = None  # the last publish failed; its outputs wait in the store
         self.producer_failed = False  # ... other than by a timeout: the service replaces the producer
+        # dead letters of report records read from this partition of the reports topic (Service), to publish:
+        # ((partition, offset) there, record)
+        self.report_dead_letters: list[tuple[tuple[int, int], bytes]] = []
         self.last_publish = 0.0
         self.paused = False  # set by the service once it stops fetching for a halted partition
         self.expect_log()  # stored outputs not yet published go once the topic is proven the same log
@@ -482,6 +485,12 @@ class PartitionWorker:
         self.last_publish = time.monotonic()
         try:
             publish_pending(self.store, self.sinks)
+            if self.report_dead_letters:  # not in the store: sent again after a failure, like the outbox
+                sink = self.sinks["deadletters"]
+                for _, body in self.report_dead_letters:
+                    sink.append(body)
+                sink.commit()
+                self.report_dead_letters = []
         except KafkaError as error:
             if self.publish_error is None:
                 self.log.warning("publish_deferred", error=f"{type(error).__name__}: {error}")
@@ -527,6 +536,9 @@ class PartitionWorker:
         status.events, status.commands, status.cancels = report.events, report.commands, report.cancels
         status.live_commands = self.reduction.projection.book.live_count()
         status.rejections, status.deadletters = report.rejections, report.deadletters
+        projection = self.reduction.projection
+        status.fund_stage_barrier = projection.barriers
+        status.fund_stage_decisions, status.fund_stage_digest = projection.stage_decisions, projection.stage_digest
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -566,9 +578,7 @@ class Service:
         self.partition_count = 1  # of the events topic, known once it is described
         self.board: Board | None = None  # with several partitions: every partition's barrier reports
         self.reports_consumer = None
-        self.report_dead_letters: list[tuple[tuple[int, int], bytes]] = []  # ((partition, offset), record) to send
-        self.report_dead_letters_seen: set[tuple[int, int]] = set()  # (partition, offset) of the reports topic
-        self.report_dead_letters_sent: set[tuple[int, int]] = set()  # ... handed to the dead-letters topic
+        self.report_dead_letters_sent: set[tuple[int, int]] = set()  # (partition, offset) of the reports topic
         self.stopping = False
         self.failure: Exception | None = None
         self.log = get_logger()
@@ -615,6 +625,7 @@ class Service:
             worker = self.workers.pop(partition, None)
             if worker is not None:
                 worker.close()
+                self.report_dead_letters_sent -= {where for where, _ in worker.report_dead_letters}  # not sent
                 self._commit_hint([worker])
                 self.metrics.partitions.pop(partition, None)
         self._owners_changed()
@@ -680,6 +691,7 @@ class Service:
         except OffsetOutOfRangeError:  # the topic lost what was read (a broker back as another log): from its start
             self.log.warning("reports_topic_reset")
             self.reports_consumer.seek_to_beginning()
+            self.report_dead_letters_sent.clear()  # another log: its offsets name other records
             batches = {}
         except KafkaError as error:  # the broker's liveness is judged by the events consumer
             self.log.info("reports_poll_failed", error=type(error).__name__)
@@ -691,7 +703,7 @@ class Service:
                 except BoardConflict as error:
                     for worker in list(self.workers.values()):
                         worker.halt(str(error))
-        self._publish_report_dead_letters()
+        self._take_report_dead_letters()
         # as far as the board allows, but back to the loop now and then: it also fetches, probes and checkpoints
         deadline, moved = time.monotonic() + EXCHANGE_SECONDS, True
         while moved and time.monotonic() < deadline:
@@ -712,37 +724,27 @@ class Service:
         if self.workers:
             self.board.forget_before(min(w.reduction.projection.barriers for w in self.workers.values()))
 
-    def _publish_report_dead_letters(self) -> None:
-        """Report records the board did not use: logged, counted, and published on the dead-letters topic by the
-        owner of the reports partition they were read from (its partition of that topic); kept while the broker
-        fails. An owner that reads the reports topic again after a restart publishes them again (their source and
-        offset are their identity, as for every output: at least once)."""
+    def _take_report_dead_letters(self) -> None:
+        """Report records the board did not use: the owner of the reports partition they were read from (its
+        partition of the dead-letters topic) logs, counts and publishes each, through the partition's publish
+        (its retries, its producer, nothing while the topic is not proven the log). Every instance reads the
+        whole reports topic on each acquisition: one that gets a partition again, or restarts, sends its records
+        again (their source and offset are their identity, as for every output: at least once)."""
+        touched = {}
         for partition, offset, bad in self.board.dead_letters:
-            where = (partition, offset)  # the topic is read again from its start on every acquisition
-            if where not in self.report_dead_letters_seen:
-                self.report_dead_letters_seen.add(where)
-                self.log.warning("report_dead_letter", source=bad.source, offset=offset, reason=bad.reason,
-                                 detail=bad.detail)  # fmt: skip
-                self.metrics.report_dead_letters += 1
-            if partition in self.workers and where not in self.report_dead_letters_sent:
-                self.report_dead_letters_sent.add(where)
-                body = output_record(offset, bad, Verdict("deadletter", bad.reason, bad.detail))[1]
-                self.report_dead_letters.append((where, body))
+            worker, where = self.workers.get(partition), (partition, offset)
+            if worker is None or where in self.report_dead_letters_sent:
+                continue  # another instance's, or done
+            self.report_dead_letters_sent.add(where)
+            self.log.warning("report_dead_letter", source=bad.source, offset=offset, reason=bad.reason, detail=bad.detail)
+            self.metrics.report_dead_letters += 1
+            body = output_record(offset, bad, Verdict("deadletter", bad.reason, bad.detail))[1]
+            worker.report_dead_letters.append((where, body))
+            touched[partition] = worker
         self.board.dead_letters.clear()
-        unsent = []
-        for where, body in self.report_dead_letters:
-            worker = self.workers.get(where[0])
-            if worker is None:  # released: its next owner (this instance too) reads the topic again and sends it
-                self.report_dead_letters_sent.discard(where)
-                continue
-            try:
-                sink = worker.sinks["deadletters"]
-                sink.append(body)
-                sink.commit()
-            except KafkaError as error:
-                self.log.info("report_dead_letter_deferred", error=type(error).__name__)
-                unsent.append((where, body))
-        self.report_dead_letters = unsent
+        for worker in touched.values():
+            if worker.publish_error is None:  # else the loop retries it
+                worker.publish()
 
     def _step(self) -> None:
         waiting = self.board is not None and any(worker.waiting for worker in self.workers.values())

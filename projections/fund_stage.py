@@ -24,11 +24,16 @@ the same decisions on 1, 2 or k partitions and on the embedded log, which is
 one partition with this very stage in process. docs/decisions.md ("The fund
 stage") has the argument.
 
-The stage keeps no state of its own between barriers: a fund's balance is
+The stage needs no state of its own between barriers: a fund's balance is
 the sum of the partitions' contributions, and everything else it needs is in
-the reports, so what the partitions store (and digest) is all there is.
+the reports. What it decided is its own record all the same: every partition
+chains the barriers' decisions (``stage_link``: the barrier's number, the
+domains' balances it saw, its cancels and issues), so the chain head is the
+same on every partition and on the embedded log, stored and digested with
+each partition's projection, and ``ringfence digest --fund-stage`` prints it.
 """
 
+import hashlib
 import heapq
 from collections.abc import Callable, Iterable
 
@@ -108,12 +113,24 @@ class Issue(msgspec.Struct, array_like=True, frozen=True, gc=False):
 class Decisions(msgspec.Struct, array_like=True, frozen=True, gc=False):
     cancels: tuple[Cancel, ...] = ()
     issues: tuple[Issue, ...] = ()
+    funds: tuple[tuple[str, int], ...] = ()  # (domain, balance: every partition's contribution), by domain
 
     def empty(self) -> bool:
         return not self.cancels and not self.issues
 
 
 NO_DECISIONS = Decisions()
+
+STAGE_CHAIN_VERSION = "ringfence-fund-stage-v1"
+STAGE_GENESIS = "0" * 64  # the chain head before any decision
+_encode_decisions = msgspec.json.Encoder().encode  # JSON: a balance sum is not bounded by 64 bits
+
+
+def stage_link(previous: str, barrier: int, decisions: Decisions) -> str:
+    """The fund stage's chain head after barrier number ``barrier`` decided ``decisions`` (not empty)."""
+    hasher = hashlib.blake2b(f"{STAGE_CHAIN_VERSION}\n{previous}\n{barrier}\n".encode(), digest_size=32)
+    hasher.update(_encode_decisions(decisions))
+    return hasher.hexdigest()
 
 # candidates(market, long) -> one iterable per partition, each in that partition's exact ADL rank order
 CandidateSource = Callable[[str, bool], list[Iterable[Candidate]]]
@@ -155,6 +172,7 @@ class Plan(msgspec.Struct, gc=False):
     barrier_ts: int
     cut: dict  # command id -> {leg: CutLeg}
     cancels: list
+    funds: tuple  # (domain, balance), by domain
     needs: list  # (need, open qty, qty its fund covers), in position key order
     bankrupt: set  # the needs' keys: never ADL counterparties (one in profit with a negative margin could be)
 
@@ -185,7 +203,8 @@ def plan(reports: list[Report]) -> Plan:
         coverable = min(open_qty, fund * need.size // need.loss // need.lot * need.lot)
         available[need.fund] = fund - mul_div_ceil(need.loss, coverable, need.size)
         needs.append((need, open_qty, coverable))
-    return Plan(reports[0].barrier_id, reports[0].barrier_ts, cut, cancels, needs,
+    return Plan(reports[0].barrier_id, reports[0].barrier_ts, cut, cancels,
+                tuple(sorted((domain, balance) for domain, balance in funds.items() if balance)), needs,
                 {need.key for report in reports for need in report.needs})  # fmt: skip
 
 
@@ -270,7 +289,7 @@ def decide(reports: list[Report], candidates: CandidateSource) -> Decisions:
         if rest:
             parts = (LIQUIDATE, *need.key, barrier.barrier_id, barrier.barrier_ts, "fund")
             issues.append(Issue(named("liq", *parts), LIQUIDATE, need.key, need.closing_side, rest, need.bankruptcy_price))
-    return Decisions(tuple(barrier.cancels), tuple(issues))
+    return Decisions(tuple(barrier.cancels), tuple(issues), barrier.funds)
 
 
 def _choose(ranking: _Ranking, need: Need, wanted: int, assigned: dict[PositionKey, int],

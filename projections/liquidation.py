@@ -89,7 +89,7 @@ from ringfence.projections.outputs import (
 )
 
 NOTHING = ()  # the outputs of most events: shared, never appended to
-VERSION = "liquidation-v3"  # v3: awaiting positions and cut legs (the fund stage)
+VERSION = "liquidation-v4"  # v3: awaiting positions and cut legs (the fund stage); v4: the stage's chain
 
 
 class Trigger:
@@ -117,6 +117,8 @@ class LiquidationProjection:
         self.owns = owns
         self.pending: tuple[Report, Trigger] | None = None  # a barrier's report, when a coordinator decides
         self.barriers = 0  # applied barrier events so far: the number every partition gives the same barrier
+        # the fund stage's record (fund_stage.stage_link): barriers that decided something, and the chain head
+        self.stage_decisions, self.stage_digest = 0, fund_stage.STAGE_GENESIS
         # with several partitions: a market config -> its market's open positions in the other partitions
         self.open_elsewhere = None
         # (report, projection, state) -> the barrier's decisions: this one alone (``alone``), or a replay of one of
@@ -434,6 +436,9 @@ class LiquidationProjection:
     def apply(self, state: State, decisions: Decisions, trigger: Trigger, outputs: list) -> None:
         """Carry out a barrier's decisions for this partition's legs; then judge the positions they released."""
         book = self.book
+        if not decisions.empty():  # the same decisions in every partition: the same chain
+            self.stage_decisions += 1
+            self.stage_digest = fund_stage.stage_link(self.stage_digest, self.barriers, decisions)
         released: list[PositionKey] = []
         for cancel in decisions.cancels:
             command = book.commands.get(cancel.command_id)
@@ -537,7 +542,8 @@ class LiquidationProjection:
 
     def head(self) -> list:
         """The small part of the state, stored whole at every checkpoint."""
-        return [[VERSION, self.sequence, self.barriers], sorted(self.paused.items()), sorted(self.last_marks.items()),
+        return [[VERSION, self.sequence, self.barriers, self.stage_decisions, self.stage_digest],
+                sorted(self.paused.items()), sorted(self.last_marks.items()),
                 sorted(self.awaiting), sorted(self.bankrupt_legs), list(self.cut_legs)]  # fmt: skip
 
     def sections(self) -> list:
@@ -563,7 +569,7 @@ class LiquidationProjection:
         if head[0] != VERSION:
             raise ValueError(f"liquidation projection state {head[0]!r} is not {VERSION}: replay from offset 0")
         awaiting, bankrupt_legs, cut_legs, *book = rest
-        self.sequence, self.barriers = head[1], head[2]
+        self.sequence, self.barriers, self.stage_decisions, self.stage_digest = head[1:5]
         self.paused = dict(paused)
         self.last_marks = dict(last_marks)
         self.awaiting = {tuple(key) for key in awaiting}

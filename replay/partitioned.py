@@ -124,7 +124,7 @@ def _answer(output) -> tuple:
 
 def outcome(parts: list[Partition]) -> dict:
     """What must not depend on the partitioning: every command and cancel, alerts (one per id: every partition
-    sees a mark jump), positions, wallets, fund balances, and the verdict on every event id."""
+    sees a mark jump), positions, wallets, fund balances, the verdict on every event id, and the fund stage's chain."""
     verdicts: dict = {}
     for part in parts:
         for _, event_id, verdict in part.verdicts:
@@ -141,6 +141,8 @@ def outcome(parts: list[Partition]) -> dict:
         "wallets": sorted((k, w.balance) for part in parts for k, w in part.state.wallets.items() if w.balance),
         "funds": sorted((domain, balance) for domain, balance in funds.items() if balance),
         "verdicts": verdicts,
+        # every partition's record of the fund stage: one (decisions, chain head) for all, the embedded one's
+        "fund stage": sorted({(part.projection.stage_decisions, part.projection.stage_digest) for part in parts}),
     }
 
 

@@ -52,6 +52,8 @@ def outcome(cli, dirs: list) -> dict:
         # adl_quantile ranks a position among its partition's own positions (docs/decisions.md): left out here
         "positions": sorted(json.dumps({k: v for k, v in r.items() if k != "adl_quantile"}, sort_keys=True)
                             for data in dirs for r in _rows(cli, "positions", data)),
+        # BARRIERS DECISIONS DIGEST of the fund stage's chain: one line for all partitions, the embedded log's
+        "fund stage": sorted({cli("digest", "--fund-stage", data=data)[1] for data in dirs}),
     }
 
 
@@ -74,6 +76,7 @@ def _embedded(tmp_path, cli, source) -> dict:
     expected = outcome(cli, [tmp_path / "embedded"])
     adl = sum(json.loads(c)["type"] == "adl" for c in expected["commands"])
     assert adl >= 100 and len(expected["funds"]) == 2, (adl, expected["funds"])  # an ADL storm, two funds
+    assert int(expected["fund stage"][0].split()[1]) >= 50, expected["fund stage"]  # barriers that decided
     return expected
 
 
@@ -152,6 +155,7 @@ def test_kill_9_in_the_adl_storm_and_a_rebalance_change_no_answer(tmp_path, brok
         assert serve.stop() == 0, serve.log_tail()
     got = outcome(cli, [partition_dir(data, settings, p) for p, (_, data) in sorted(owned.items())])
     assert got["funds"] == expected["funds"] and got["positions"] == expected["positions"]
+    assert got["fund stage"] == expected["fund stage"]
     # the outbox publishes at least once: what the killed instance had sent may come again, the same each time
     published = [json.loads(r.value) for records in topic_records(broker, f"{prefix}.commands", partitions)
                  for r in records]  # fmt: skip

@@ -27,10 +27,11 @@ CAP = parse_decimal("0.9")  # a rate stays below 1
 
 
 def stricter(config: dict, factor: int = 2) -> dict:
-    """Every bracket's maintenance rate times ``factor`` (capped below 1), maint_amount kept continuous."""
+    """Every bracket's maintenance rate times ``factor``, maint_amount kept continuous; capped below 1 and below
+    1/max_leverage (the edge refuses a bracket whose positions are liquidatable on their own fills)."""
     brackets, previous = [], None
     for bracket in config["brackets"]:
-        mmr = min(parse_decimal(bracket["mmr"]) * factor, CAP)
+        mmr = min(parse_decimal(bracket["mmr"]) * factor, CAP, 10**8 // bracket["max_leverage"] - 1)
         floor = parse_decimal(bracket["notional_floor"])
         cum = 0 if previous is None else previous[1] + floor * (mmr - previous[0]) // 10**8
         brackets.append({**bracket, "mmr": format_decimal(mmr), "maint_amount": format_decimal(cum)})

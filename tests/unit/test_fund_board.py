@@ -3,7 +3,7 @@
 import pytest
 
 from ringfence.ops.fund_board import PHASE_MARKET, PHASE_REPORT, Board, BoardConflict, ReportRecord, encode_record
-from ringfence.projections.fund_stage import Report
+from ringfence.projections.fund_stage import Need, Report
 
 
 def report(partition: int, funds=()) -> bytes:
@@ -34,6 +34,9 @@ def test_a_second_different_record_for_the_same_barrier_is_refused_loudly():
     (encode_record(ReportRecord(2, -1, 7, PHASE_REPORT, Report(1, "m", 1, (), (), ()))), "unknown_partition"),
     (encode_record(ReportRecord(2, 1, 7, PHASE_REPORT)), "invalid_value"),
     (encode_record(ReportRecord(2, 1, 7, 9)), "invalid_value"),
+    (encode_record(ReportRecord(2, 1, 7, PHASE_REPORT, Report(0, "m", 1, (), (), ()))), "invalid_value"),
+    (encode_record(ReportRecord(2, 1, 7, PHASE_REPORT, Report(1, "m", 1, (), (), (
+        Need(("a", "BTCUSDT", "LONG"), "", 10, 0, (), 0, "sell", 1, 1),)))), "invalid_value"),  # loss 0
     (b"{not json", "undecodable_record"),
     (b"", "undecodable_record"),
     (None, "undecodable_record"),

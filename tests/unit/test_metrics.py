@@ -66,7 +66,7 @@ def test_health_is_degraded_with_a_reason_for_each_halted_partition_and_a_silent
     health = metrics.health()
     assert health["status"] == "degraded" and health["broker_up"] is True
     assert health["reasons"] == ["partition 1 halted: ringfence.events partition 1: the record at offset 8 fails"]
-    idle = {"barrier": 0, "waiting_for": [], "seconds": 0.0}
+    idle = {"barrier": 0, "waiting_for": [], "seconds": 0.0, "decisions": 0, "digest": ""}
     assert health["partitions"] == {"0": {"offset": 5, "lag": None, "halted": None, "fund_stage": idle},
                                     "1": {"offset": 7, "lag": None, "halted": health["partitions"]["1"]["halted"],
                                           "fund_stage": idle}}  # fmt: skip
@@ -198,5 +198,6 @@ def test_a_partition_waiting_at_a_barrier_longer_than_the_broker_timeout_degrade
     health = metrics.health()
     assert health["status"] == "degraded" and health["reasons"] == [
         "partition 0 has waited 4 s at barrier 9 for the fund-stage reports of partitions [1]"]  # fmt: skip
-    assert health["partitions"]["0"]["fund_stage"] == {"barrier": 9, "waiting_for": [1], "seconds": 4.0}
+    assert health["partitions"]["0"]["fund_stage"] == {"barrier": 9, "waiting_for": [1], "seconds": 4.0,
+                                                   "decisions": 0, "digest": ""}
     assert samples(metrics.render())["ringfence_up"] == "0"

@@ -75,12 +75,33 @@ def test_malformed_lines(raw, expected):
          "out_of_range"),
         ([{"notional_floor": "0", "notional_cap": "100", "max_leverage": 0, "mmr": "0.1", "maint_amount": "0"}],
          "out_of_range"),
+        # 1/max_leverage at or below mmr: a position at the bracket's leverage is liquidatable on its own fill
+        ([{"notional_floor": "0", "notional_cap": "100", "max_leverage": 20, "mmr": "0.05", "maint_amount": "0"}],
+         "invalid_brackets"),
+        ([{"notional_floor": "0", "notional_cap": "100", "max_leverage": 125, "mmr": "0.004", "maint_amount": "0"},
+          {"notional_floor": "100", "notional_cap": "1000", "max_leverage": 100, "mmr": "0.011",
+           "maint_amount": "0.7"}],
+         "invalid_brackets"),
     ],
 )  # fmt: skip
 def test_bad_bracket_tables(brackets, expected):
     raw = json.dumps({"type": "market", "id": "m", "ts": 0, "market": "X", "settle": "USDT", "tick_size": "0.1",
                       "lot_size": "0.001", "brackets": brackets}).encode()  # fmt: skip
     assert reason(raw) == expected
+
+
+def test_a_bracket_just_inside_the_leverage_bound_is_accepted_and_its_position_is_not_liquidatable_on_entry():
+    """max_leverage 20 and mmr 0.04999999: IM 1/20 = 0.05 of the notional is above MM by 1e-8 of it."""
+    from ringfence.core import margin as mm
+
+    raw = json.dumps({"type": "market", "id": "m", "ts": 0, "market": "X", "settle": "USDT", "tick_size": "0.1",
+                      "lot_size": "0.001", "brackets": [{"notional_floor": "0", "notional_cap": "1000000",
+                      "max_leverage": 20, "mmr": "0.04999999", "maint_amount": "0"}]}).encode()  # fmt: skip
+    market = decode_line(raw)
+    assert type(market).__name__ == "MarketConfig"
+    qty, price = 10**8, 1000 * 10**8  # 1 X at 1000: notional 1000, IM 50
+    assert not mm.is_liquidatable(market.brackets, qty, qty * price, 50 * 10**8, price)
+    assert mm.is_liquidatable(market.brackets, qty, qty * price, 49_99999 * 10**3, price)
 
 
 def test_every_generated_event_round_trips_through_json():
