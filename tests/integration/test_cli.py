@@ -164,7 +164,7 @@ def test_progress_is_shown_on_a_terminal_only(tmp_path, cli):
     import sys
 
     data = tmp_path / "d"
-    cli("ingest", str(session_file(tmp_path, seed=16, count=60_000, traders=300)), data=data)
+    cli("ingest", str(session_file(tmp_path, seed=16, count=15_000, traders=300)), data=data)
     controller, terminal = pty.openpty()
     env = {**os.environ, "RINGFENCE_DATA": str(data)}
     process = subprocess.Popen([sys.executable, "-m", "ringfence.ops.cli", "run"], env=env,

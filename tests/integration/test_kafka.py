@@ -205,7 +205,7 @@ def test_an_account_event_on_another_partition_than_its_key_is_a_dead_letter_in_
 
 def test_restart_after_a_clean_stop_and_after_kill_9_resumes_from_the_stored_offsets(tmp_path, broker, cli):
     prefix = unique_prefix("restart")
-    lines = session(tmp_path, seed=23, count=24_000, traders=150)
+    lines = session(tmp_path, seed=23, count=16_000, traders=150)
     thirds = [lines[: len(lines) // 6], lines[len(lines) // 6 : len(lines) * 2 // 3], lines[len(lines) * 2 // 3 :]]
     cli("topics", *kafka_args(broker, prefix), "--partitions", "2", data=tmp_path)
     svc = tmp_path / "svc"
