@@ -57,7 +57,8 @@ def build(positions: int, seed: int = 1) -> tuple[State, int]:
 
 
 def naive_scan(state: State, market: str, offset: int, event, commander: LiquidationProjection) -> int:
-    """Check every position exactly; command the liquidatable ones the same way the projection does."""
+    """Check every position exactly; command the liquidatable ones the same way the projection does (bankrupt
+    ones at the mark's barrier, by the fund stage, as the projection's own mark handler does)."""
     config = state.markets[market]
     trigger = Trigger(offset, event)
     found: list = []
@@ -66,6 +67,7 @@ def naive_scan(state: State, market: str, offset: int, event, commander: Liquida
             config.config.brackets, position.size, position.cost, position.margin, config.mark
         ):
             commander._judge(state, key, trigger, found)
+    commander.barrier(state, trigger, found)
     return len(found)
 
 
