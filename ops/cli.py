@@ -507,7 +507,8 @@ def _replay_as_partitions(log, partitions: int) -> int:
         return EXIT_ERROR
     funds = ", ".join(f"{domain} {format_decimal(balance)}" for domain, balance in many["funds"]) or "all zero"
     print(f"{len(events)} events on {partitions} partitions: the same {len(many['commands'])} commands and cancels, "
-          f"{len(many['positions'])} positions, {len(many['wallets'])} wallets and funds ({funds}) as on one")
+          f"{len(many['positions'])} positions, {len(many['wallets'])} wallets, funds ({funds}) and fund-stage chain "
+          f"({many['fund stage'][0][0]} decisions) as on one")
     return EXIT_OK
 
 
