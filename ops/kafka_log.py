@@ -244,6 +244,7 @@ class KafkaLog:
                  commit_timeout: float | None = None, partitions: int | None = None):  # fmt: skip
         self.settings, self.topic, self.partition = settings, topic, partition
         self.partitions = partitions  # the events topic's partition count (decode checks the accounts' routing)
+        self._homes: dict[str, int] = {}  # this partition's accounts (-> this partition), as the state has them
         self.group = group  # readers in a group commit how far they read: a progress hint for lag tools
         self.source = f"{topic}/{partition}"
         self._producer, self._own_producer = producer, producer is None
@@ -256,7 +257,11 @@ class KafkaLog:
         event = decode_line(line, self.source)
         account = getattr(event, "account", None)
         if account is not None and self.partitions is not None:
-            home = account_partition(account, self.partitions)
+            home = self._homes.get(account)
+            if home is None:  # murmur2 in Python: once per account of this partition, not behind a bounded cache
+                home = account_partition.__wrapped__(account, self.partitions)
+                if home == self.partition:
+                    self._homes[account] = home
             if home != self.partition:
                 return invalid(r.WRONG_PARTITION, f"account {account!r} belongs to partition {home} of "
                                f"{self.partitions} (the account key's partition), not {self.partition}", line, self.source)  # fmt: skip

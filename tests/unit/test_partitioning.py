@@ -33,3 +33,24 @@ def test_market_wide_events_go_to_every_partition(kind):
 )  # fmt: skip
 def test_a_line_that_cannot_be_routed_goes_to_partition_0_to_be_dead_lettered(line):
     assert route(line, 4) == (None, (0,))
+
+
+def test_an_account_event_read_from_another_partition_than_its_keys_decodes_as_a_dead_letter():
+    from ringfence.ops.kafka_log import KafkaLog, KafkaSettings
+
+    names = [f"trader-{n}" for n in range(40)]
+    logs = [KafkaLog(KafkaSettings("127.0.0.1:1"), "rf.events", p, partitions=3) for p in range(3)]  # no connection
+    for name in names:
+        line = b'{"type":"deposit","id":"d","ts":1,"account":"%s","asset":"USDT","amount":"1"}' % name.encode()
+        home = route(line, 3)[1][0]
+        for _ in range(2):  # the second time from the cache of the partition's own accounts
+            for p, log in enumerate(logs):
+                event = log.decode(line)
+                if p == home:
+                    assert type(event).__name__ == "Deposit"
+                else:
+                    assert (event.reason, event.source) == ("wrong_partition", f"rf.events/{p}")
+                    assert f"belongs to partition {home} of 3" in event.detail and event.raw == line
+    mark = b'{"type":"mark","id":"m","ts":1,"market":"BTCUSDT","price":"1"}'
+    assert all(type(log.decode(mark)).__name__ == "MarkPrice" for log in logs)  # on every partition
+    assert type(KafkaLog(KafkaSettings("x"), "rf.events", 2).decode(line)).__name__ == "Deposit"  # no count: no check
