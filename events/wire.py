@@ -34,6 +34,7 @@ Name = Annotated[
 Ts = Annotated[int, msgspec.Meta(ge=0, le=MAX_TS_MS)]
 Dec = Annotated[str, msgspec.Meta(max_length=64)]
 TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=MAX_LIQUIDATION_TIMEOUT_MS)]
+StaleMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_LIQUIDATION_TIMEOUT_MS)]
 Leverage = Annotated[int, msgspec.Meta(ge=1, le=MAX_LEVERAGE)]
 PositionSide = Literal["BOTH", "LONG", "SHORT"]
 Side = Literal["buy", "sell"]
@@ -61,6 +62,7 @@ class WireMarket(msgspec.Struct, tag="market", **_opts):
     mark_band: Dec = "0"
     liquidation_timeout_ms: TimeoutMs = m.DEFAULT_LIQUIDATION_TIMEOUT_MS
     insurance_fund: Name = ""  # absent: the settle asset's own fund (an explicit "" is not a name)
+    mark_stale_ms: StaleMs = 0  # 0: marks never go stale
 
 
 class WireDeposit(msgspec.Struct, tag="deposit", **_opts):
@@ -274,6 +276,6 @@ def to_domain(wire: WireEvent) -> m.Event:
             _brackets(wire.brackets), _rate(wire.liquidation_fee_rate, "liquidation_fee_rate"),
             _rate(wire.mark_band, "mark_band"), wire.liquidation_timeout_ms,
             # naming the settle asset's own fund is the default: one form in the log, the state and the digest
-            "" if wire.insurance_fund == wire.settle else wire.insurance_fund,
+            "" if wire.insurance_fund == wire.settle else wire.insurance_fund, wire.mark_stale_ms,
         )  # fmt: skip
     raise InvalidRecord(r.UNKNOWN_TYPE, f"no domain event for {kind.__name__}")

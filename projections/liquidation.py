@@ -34,7 +34,10 @@ does not; a mark re-judges only the candidates of the price index
 ``liquidation_timeout_ms`` (timed_out, then issued again). A mark that jumps
 beyond the market's ``mark_band`` pauses the market: its commands are
 cancelled and nothing is issued until a mark within the band of its previous
-mark resumes it. A stale mark is refused by the reducer and changes nothing.
+mark resumes it. A market whose last mark is older than its ``mark_stale_ms``
+at a barrier (any market's) pauses the same way until its next mark
+(``mark_stale``). A mark older than the last is refused by the reducer and
+changes nothing.
 
 The episode book (projections.episodes) holds the commands, the index is
 derived and rebuilt on restore; the book, the paused markets, the last marks,
@@ -89,7 +92,7 @@ from ringfence.projections.outputs import (
 )
 
 NOTHING = ()  # the outputs of most events: shared, never appended to
-VERSION = "liquidation-v4"  # v3: awaiting positions and cut legs (the fund stage); v4: the stage's chain
+VERSION = "liquidation-v5"  # v3: awaiting positions and cut legs (the fund stage); v4: the stage's chain; v5: stale
 
 
 class Trigger:
@@ -107,7 +110,9 @@ class LiquidationProjection:
         self.partition = partition
         self.book = EpisodeBook()
         self.index = PriceIndex()
-        self.paused: dict[str, int] = {}  # market -> offset of the jump that paused it
+        self.paused: dict[str, int] = {}  # market -> offset of the jump (or the stale mark's barrier) that paused it
+        self.stale: set[str] = set()  # paused markets whose mark went stale: their next mark resumes them
+        self.stale_watched: tuple[int, tuple[str, ...]] | None = None  # (markets, those with a mark_stale_ms): derived
         self.sequence = 0  # commands-outbox records emitted so far (liquidate, adl, cancel)
         self.last_marks: dict[str, int] = {}  # the previous applied mark, for the band check
         self.adl_rankings = adl.AdlRankings()  # the ADL order per market side, kept across events (derived)
@@ -135,6 +140,7 @@ class LiquidationProjection:
         """Derive the index from the core state and the book (after a restore)."""
         self.index.rebuild(state, self._commanded)
         self.adl_rankings.clear()
+        self.stale_watched = None
 
     def after_event(self, state: State, offset: int, event, applied: bool) -> list | tuple:
         """Outputs (commands, cancels, alerts) after ``event`` was reduced at ``offset``; ``applied`` is False if refused."""
@@ -192,6 +198,9 @@ class LiquidationProjection:
         self.adl_rankings.invalidate(event.market)
         outputs: list = []
         trigger = Trigger(offset, event)
+        if type(event) is MarketConfig:
+            self.watch_stale(state)
+        self._pause_stale(state, trigger, outputs)
         book = self.book
         for key in sorted(state.by_market.get(event.market, {})):
             if key in book.targets or book.has_live(key) or key in self.awaiting:
@@ -210,11 +219,21 @@ class LiquidationProjection:
         book = self.book
         if book.ended_before(event.ts):  # the hot path: checks inline, calls only when there is work
             book.forget_ended(state, event.ts)
+        if self.stale_watched is None or self.stale_watched[1]:
+            self._pause_stale(state, trigger, outputs)
         market = state.markets[event.market]
         band = market.config.mark_band
         previous = self.last_marks.get(event.market)
         self.last_marks[event.market] = event.price
-        if band and previous:
+        if event.market in self.stale:  # its first mark since it went stale resumes it, unless it jumps
+            self.stale.discard(event.market)
+            if band and previous and abs(event.price - previous) * SCALE > band * previous:
+                outputs.append(self._alert(trigger, event, previous, "mark_jump"))  # paused by the band from now on
+                self.barrier(state, trigger, outputs)
+                return outputs
+            del self.paused[event.market]
+            outputs.append(self._alert(trigger, event, previous, "mark_resumed"))
+        elif band and previous:
             jump = abs(event.price - previous) * SCALE > band * previous
             paused = event.market in self.paused
             if jump and not paused:
@@ -235,6 +254,28 @@ class LiquidationProjection:
         if self.awaiting or self.cut_legs or self.bankrupt_legs or self.owns is not None:
             self.barrier(state, trigger, outputs)
         return outputs if outputs else NOTHING  # a cancel is always an output
+
+    def _pause_stale(self, state: State, trigger: Trigger, outputs: list) -> None:
+        """At a barrier: pause each market whose last mark is older than its ``mark_stale_ms`` at the barrier's ts
+        (every partition has the same barriers, so the same pauses; docs/decisions.md, "Stale marks")."""
+        if self.stale_watched is None or self.stale_watched[0] != len(state.markets):
+            self.watch_stale(state)
+        for name in self.stale_watched[1]:
+            market = state.markets[name]
+            limit = market.config.mark_stale_ms
+            if not limit or not market.mark or name in self.paused or trigger.ts - market.mark_ts <= limit:
+                continue
+            self.paused[name] = trigger.offset
+            self.stale.add(name)
+            mark = format_decimal(market.mark)
+            outputs.append(Alert(output_id("alert", name, "mark_stale", trigger.event_id, trigger.ts), name,
+                                 "mark_stale", mark, mark, trigger.offset, trigger.event_id, trigger.ts))  # fmt: skip
+            self._pause(state, name, trigger, outputs)
+
+    def watch_stale(self, state: State) -> None:
+        """The markets whose marks can go stale, by name (again after a market config)."""
+        watched = tuple(sorted(name for name, market in state.markets.items() if market.config.mark_stale_ms))
+        self.stale_watched = (len(state.markets), watched)
 
     def _alert(self, trigger: Trigger, event: MarkPrice, previous: int, reason: str) -> Alert:
         return Alert(output_id("alert", event.market, reason, event.id, event.ts), event.market, reason,
@@ -543,7 +584,7 @@ class LiquidationProjection:
     def head(self) -> list:
         """The small part of the state, stored whole at every checkpoint."""
         return [[VERSION, self.sequence, self.barriers, self.stage_decisions, self.stage_digest],
-                sorted(self.paused.items()), sorted(self.last_marks.items()),
+                sorted(self.paused.items()), sorted(self.last_marks.items()), sorted(self.stale),
                 sorted(self.awaiting), sorted(self.bankrupt_legs), list(self.cut_legs)]  # fmt: skip
 
     def sections(self) -> list:
@@ -565,13 +606,14 @@ class LiquidationProjection:
         self.book.clear_dirty()
 
     def restore(self, snapshot: list, state: State) -> None:
-        head, paused, last_marks, *rest = snapshot
+        head, paused, last_marks, stale, *rest = snapshot
         if head[0] != VERSION:
             raise ValueError(f"liquidation projection state {head[0]!r} is not {VERSION}: replay from offset 0")
         awaiting, bankrupt_legs, cut_legs, *book = rest
         self.sequence, self.barriers, self.stage_decisions, self.stage_digest = head[1:5]
         self.paused = dict(paused)
         self.last_marks = dict(last_marks)
+        self.stale = set(stale)
         self.awaiting = {tuple(key) for key in awaiting}
         self.bankrupt_legs = {tuple(key) for key in bankrupt_legs}
         self.cut_legs = [msgspec.convert(leg, CutLeg) for leg in cut_legs]

@@ -85,7 +85,7 @@ class CancelCommand(msgspec.Struct, frozen=True, gc=False, tag="cancel", tag_fie
 class Alert(msgspec.Struct, frozen=True, gc=False, tag="alert", tag_field="type"):
     alert_id: str
     market: str
-    reason: str  # mark_jump / mark_resumed
+    reason: str  # mark_jump / mark_resumed / mark_stale
     mark_price: str
     previous_mark: str
     offset: int

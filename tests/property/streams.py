@@ -2,8 +2,8 @@
 
 The adversarial part looks at the state (as a matching engine would) to send
 fills far from the mark that bankrupt and flip positions, large funding rates,
-transfers of every size and market configs with short liquidation time-outs
-and mark bands. A hostile matching engine answers the liquidation and ADL
+transfers of every size and market configs with short liquidation time-outs,
+mark bands and stale-mark limits. A hostile matching engine answers the liquidation and ADL
 commands the projection emits: fully, partially, late (after their cancel),
 twice, for more than was asked, for the wrong position, out of order (the two
 legs of an ADL trade either way round), never, or with forged ids.
@@ -129,6 +129,8 @@ def adversarial_stream(seed: int, count: int, traders: int = 12, projection: Liq
                 event = msgspec.structs.replace(
                     config, id=f"cfg-{serial}", ts=event.ts, liquidation_timeout_ms=rng.choice((500, 5_000, 60_000)),
                     mark_band=rng.choice((0, U // 50, U // 50)),
+                    # stale marks: a market whose mark is older than this at a barrier pauses until its next mark
+                    mark_stale_ms=rng.choice((0, 0, 3_000, 8_000)),
                     # fund domains: shared, its own, the settle asset's (moves are refused while positions are open)
                     insurance_fund=rng.choice(("", "", "majors", f"{config.market}-fund")),
                 )  # fmt: skip

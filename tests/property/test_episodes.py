@@ -68,7 +68,8 @@ class Reference:
         self.commands: dict[str, RefCommand] = {}
         self.issued: dict[tuple, list[str]] = {}  # position -> its remembered command ids in issue order
         self.last_mark: dict[str, int] = {}
-        self.paused: set[str] = set()
+        self.paused: set[str] = set()  # by the band
+        self.stale: set[str] = set()  # by a stale mark
 
     # -- what the reducer should say of an answer --------------------------------------------
     def verdict(self, state: State, event) -> str | None:
@@ -118,10 +119,22 @@ class Reference:
                 command.forgotten = True
                 self.issued[command.key].remove(command_id)
 
+    def barrier(self, state: State, ts: int) -> None:
+        """Any applied mark, funding or market event: a market whose mark is older than its limit pauses."""
+        for name, market in state.markets.items():
+            limit = market.config.mark_stale_ms
+            if limit and market.mark and name not in self.paused and ts - market.mark_ts > limit:
+                self.stale.add(name)
+
     def mark(self, state: State, event: m.MarkPrice) -> None:
         band = state.markets[event.market].config.mark_band
         previous = self.last_mark.get(event.market)
         self.last_mark[event.market] = event.price
+        if event.market in self.stale:  # its next mark resumes it, unless that mark jumps beyond the band
+            self.stale.discard(event.market)
+            if band and previous and abs(event.price - previous) * SCALE > band * previous:
+                self.paused.add(event.market)
+            return
         if band and previous:
             jump = abs(event.price - previous) * SCALE > band * previous
             if jump:
@@ -131,7 +144,7 @@ class Reference:
 
     def liquidatable(self, state: State, key) -> bool:
         position, market = state.positions[key], state.markets[key[1]]
-        if market.mark == 0 or key[1] in self.paused:
+        if market.mark == 0 or key[1] in self.paused or key[1] in self.stale:
             return False
         return mm.is_liquidatable(market.config.brackets, position.size, position.cost, position.margin, market.mark)
 
@@ -152,6 +165,8 @@ def check_session(seed: int, count: int) -> Reference:
             assert got == expected, f"{where}: the reducer says {got}, the reference {expected}"
             if verdict is None:
                 reference.record_answer(event)
+        if verdict is None and type(event) in (m.MarkPrice, m.Funding, m.MarketConfig):
+            reference.barrier(replayed, event.ts)
         if type(event) is m.MarkPrice and verdict is None:
             reference.forget(event.ts)
             reference.mark(replayed, event)
@@ -226,7 +241,7 @@ def check_session(seed: int, count: int) -> Reference:
                 assert all(c.side == side for c in own), f"{where}: {key} commanded on the wrong side"
             else:
                 assert not own, f"{where}: {key} is not liquidatable but has live commands"
-        if type(event) is m.MarkPrice and verdict is None and event.market not in reference.paused:
+        if type(event) is m.MarkPrice and verdict is None and event.market not in reference.paused | reference.stale:
             for command in live:
                 if command.key[1] == event.market and command.open_qty() > 0:
                     assert command.expires > event.ts, f"{where}: a command outlived its time-out"

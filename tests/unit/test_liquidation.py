@@ -3,6 +3,7 @@
 import pytest
 
 from ringfence.core import margin as mm
+from ringfence.core import model as m
 from tests.helpers import Book, d
 
 TICK = d("0.1")
@@ -204,3 +205,44 @@ def test_a_fund_large_enough_absorbs_the_gap_without_adl(book):
     book.mark("47000")  # 1780 beyond bankruptcy, the fund holds 2000
     tags = [o.__struct_config__.tag for o in book.outputs]
     assert "adl" not in tags and book.commands()[-1].account == "dave"
+
+
+def test_a_stale_mark_pauses_its_market_at_the_next_barrier_and_its_next_mark_resumes_it():
+    """BTCUSDT with mark_stale_ms 60,000 (first bracket: mmr 0.4 %), ETHUSDT without a limit.
+
+    alice long 1 @ 60,000 at 10x (margin 6,000); carol long 1 @ 60,300 at 10x (margin 6,030).
+    Mark 54,300 at ts 10,000: carol's B = 6,030 - 6,000 = 30 <= MM = 217.2 -> liquidate; alice's
+    B = 300 > 217.2. An ETHUSDT mark at ts 70,001 is a barrier 60,001 ms after the last BTCUSDT mark:
+    BTCUSDT pauses (mark_stale), carol's command is cancelled (market_paused). Funding at 0.2 % then
+    costs alice 108.6: B = 191.4 <= 217.2, liquidatable at a mark nobody trusts: nothing is issued.
+    The next BTCUSDT mark (ts 90,000, the same price) resumes the market and commands both.
+    """
+    import msgspec
+
+    from tests.helpers import market
+
+    b = Book(liquidations=True)
+    b.apply(msgspec.structs.replace(market(), mark_stale_ms=60_000))
+    b.apply(market(name="ETHUSDT"))
+    for trader in ("alice", "bob", "carol"):
+        b.deposit(trader, "100000")
+        b.leverage(trader, 10)
+    b.fill("alice", "buy", "1", "60000")
+    b.fill("carol", "buy", "1", "60300")
+    b.fill("bob", "sell", "2", "60000")
+    b.mark("60000")
+    b.mark("3000", market="ETHUSDT")
+    b.mark("54300", ts=10_000)
+    assert [(c.account, c.qty) for c in b.commands()] == [("carol", "1.000")]
+    b.mark("3000", market="ETHUSDT", ts=70_000)  # exactly the limit: not yet stale
+    assert not [o for o in b.outputs if o.__struct_config__.tag == "alert"]
+    b.mark("3001", market="ETHUSDT", ts=70_001)
+    [alert] = [o for o in b.outputs if o.__struct_config__.tag == "alert"]
+    assert (alert.market, alert.reason, alert.mark_price, alert.ts) == ("BTCUSDT", "mark_stale", "54300", 70_001)
+    assert [(c.account, c.reason) for c in b.cancels()] == [("carol", "market_paused")] and not b.live()
+    b.apply(m.Funding("fund-1", 80_000, "BTCUSDT", d("0.002"), d("54300")))
+    assert b.position("alice").margin == d("5891.4") and not b.live()  # liquidatable, but paused
+    b.mark("54300", ts=90_000)
+    alerts = [o.reason for o in b.outputs if o.__struct_config__.tag == "alert"]
+    assert alerts == ["mark_stale", "mark_resumed"]
+    assert sorted(c.account for c in b.live()) == ["alice", "carol"] and b.conserved()

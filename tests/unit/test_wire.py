@@ -112,3 +112,21 @@ def test_every_generated_event_round_trips_through_json():
 def test_position_side_defaults_to_both():
     assert decode_line(line()).position_side == "BOTH"
     assert decode_line(line(position_side="LONG")).position_side == "LONG"
+
+
+@pytest.mark.parametrize("value, expected", [(-1, "out_of_range"), (86_400_001, "out_of_range"), ("60000", "invalid_type"),
+                                             (1.5, "invalid_type"), (2**70, "out_of_range")])  # fmt: skip
+def test_a_bad_mark_stale_ms_is_a_dead_letter(value, expected):
+    raw = json.dumps({"type": "market", "id": "m", "ts": 0, "market": "X", "settle": "USDT", "tick_size": "0.1",
+                      "lot_size": "0.001", "mark_stale_ms": value, "brackets": [{"notional_floor": "0",
+                      "notional_cap": "100", "max_leverage": 10, "mmr": "0.01", "maint_amount": "0"}]}).encode()  # fmt: skip
+    assert reason(raw) == expected
+
+
+def test_mark_stale_ms_defaults_to_never_and_round_trips():
+    base = {"type": "market", "id": "m", "ts": 0, "market": "X", "settle": "USDT", "tick_size": "0.1",
+            "lot_size": "0.001", "brackets": [{"notional_floor": "0", "notional_cap": "100", "max_leverage": 10,
+                                               "mmr": "0.01", "maint_amount": "0"}]}  # fmt: skip
+    assert decode_line(json.dumps(base).encode()).mark_stale_ms == 0
+    event = decode_line(json.dumps({**base, "mark_stale_ms": 30_000}).encode())
+    assert event.mark_stale_ms == 30_000 and decode_line(encode_line(event)) == event
