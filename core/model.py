@@ -54,8 +54,8 @@ class MarketConfig(msgspec.Struct, tag="market", **_opts):
     # the insurance fund (domain) the market's liquidations pay into and are
     # covered by; "" is the settle asset's own fund (docs/decisions.md, "Insurance-fund domains")
     insurance_fund: str = ""
-    # with no new mark for this long in event time, judged at every mark, funding or market event of any market,
-    # the market's liquidations pause until its next mark (0 = never; docs/decisions.md, "Stale marks")
+    # with no new mark for this long in event time, judged at every applied mark, funding or market event of any
+    # market, the market's liquidations pause until a fresh mark (0 = never; docs/decisions.md, "Stale marks")
     mark_stale_ms: int = 0
 
 

@@ -111,7 +111,8 @@ class LiquidationProjection:
         self.book = EpisodeBook()
         self.index = PriceIndex()
         self.paused: dict[str, int] = {}  # market -> offset of the jump (or the stale mark's barrier) that paused it
-        self.stale: set[str] = set()  # paused markets whose mark went stale: their next mark resumes them
+        self.stale: set[str] = set()  # paused markets whose mark went stale: their next fresh mark resumes them
+        self.clock = 0  # the latest ts of a barrier so far (marks are judged stale against it)
         self.stale_watched: tuple[int, tuple[str, ...]] | None = None  # (markets, those with a mark_stale_ms): derived
         self.sequence = 0  # commands-outbox records emitted so far (liquidate, adl, cancel)
         self.last_marks: dict[str, int] = {}  # the previous applied mark, for the band check
@@ -198,6 +199,8 @@ class LiquidationProjection:
         self.adl_rankings.invalidate(event.market)
         outputs: list = []
         trigger = Trigger(offset, event)
+        if event.ts > self.clock:
+            self.clock = event.ts
         if type(event) is MarketConfig:
             self.watch_stale(state)
         self._pause_stale(state, trigger, outputs)
@@ -219,18 +222,26 @@ class LiquidationProjection:
         book = self.book
         if book.ended_before(event.ts):  # the hot path: checks inline, calls only when there is work
             book.forget_ended(state, event.ts)
+        if event.ts > self.clock:
+            self.clock = event.ts
         if self.stale_watched is None or self.stale_watched[1]:
             self._pause_stale(state, trigger, outputs)
         market = state.markets[event.market]
         band = market.config.mark_band
         previous = self.last_marks.get(event.market)
         self.last_marks[event.market] = event.price
-        if event.market in self.stale:  # its first mark since it went stale resumes it, unless it jumps
+        if event.market in self.stale:  # its first fresh mark since it went stale resumes it, unless it jumps
+            if self.clock - event.ts > market.config.mark_stale_ms > 0:  # a late mark is stale itself
+                self.barrier(state, trigger, outputs)
+                return outputs
             self.stale.discard(event.market)
             if band and previous and abs(event.price - previous) * SCALE > band * previous:
                 outputs.append(self._alert(trigger, event, previous, "mark_jump"))  # paused by the band from now on
                 self.barrier(state, trigger, outputs)
                 return outputs
+            del self.paused[event.market]
+            outputs.append(self._alert(trigger, event, previous, "mark_resumed"))
+        elif not band and event.market in self.paused:  # a config lifted the band that paused it
             del self.paused[event.market]
             outputs.append(self._alert(trigger, event, previous, "mark_resumed"))
         elif band and previous:
@@ -256,14 +267,15 @@ class LiquidationProjection:
         return outputs if outputs else NOTHING  # a cancel is always an output
 
     def _pause_stale(self, state: State, trigger: Trigger, outputs: list) -> None:
-        """At a barrier: pause each market whose last mark is older than its ``mark_stale_ms`` at the barrier's ts
-        (every partition has the same barriers, so the same pauses; docs/decisions.md, "Stale marks")."""
+        """At a barrier: pause each market whose last mark is older than its ``mark_stale_ms`` by the clock (the
+        latest barrier ts: every partition has the same barriers, so the same pauses; docs/decisions.md,
+        "Stale marks")."""
         if self.stale_watched is None or self.stale_watched[0] != len(state.markets):
             self.watch_stale(state)
         for name in self.stale_watched[1]:
             market = state.markets[name]
             limit = market.config.mark_stale_ms
-            if not limit or not market.mark or name in self.paused or trigger.ts - market.mark_ts <= limit:
+            if not limit or not market.mark or name in self.paused or self.clock - market.mark_ts <= limit:
                 continue
             self.paused[name] = trigger.offset
             self.stale.add(name)
@@ -583,7 +595,7 @@ class LiquidationProjection:
 
     def head(self) -> list:
         """The small part of the state, stored whole at every checkpoint."""
-        return [[VERSION, self.sequence, self.barriers, self.stage_decisions, self.stage_digest],
+        return [[VERSION, self.sequence, self.barriers, self.stage_decisions, self.stage_digest, self.clock],
                 sorted(self.paused.items()), sorted(self.last_marks.items()), sorted(self.stale),
                 sorted(self.awaiting), sorted(self.bankrupt_legs), list(self.cut_legs)]  # fmt: skip
 
@@ -610,7 +622,7 @@ class LiquidationProjection:
         if head[0] != VERSION:
             raise ValueError(f"liquidation projection state {head[0]!r} is not {VERSION}: replay from offset 0")
         awaiting, bankrupt_legs, cut_legs, *book = rest
-        self.sequence, self.barriers, self.stage_decisions, self.stage_digest = head[1:5]
+        self.sequence, self.barriers, self.stage_decisions, self.stage_digest, self.clock = head[1:6]
         self.paused = dict(paused)
         self.last_marks = dict(last_marks)
         self.stale = set(stale)

@@ -124,6 +124,10 @@ def adversarial_stream(seed: int, count: int, traders: int = 12, projection: Liq
                 jumped = session.marks[market] * (100 + rng.choice((-1, 1)) * rng.randint(3, 8)) // 100
                 session.marks[market] = price = max(tick, jumped // tick * tick)
                 event = m.MarkPrice(f"jump-{serial}", event.ts, market, price)
+            elif roll < 0.219:  # a late mark: its market's last mark again, at that mark's own (old) ts
+                market = state.markets.get(rng.choice(list(MARKETS)))
+                if market is not None and market.mark:
+                    event = m.MarkPrice(f"late-{serial}", market.mark_ts, market.config.market, market.mark)
             elif roll < 0.225:  # a market config: short time-outs, sometimes a mark band
                 config = rng.choice(market_events(event.ts))
                 event = msgspec.structs.replace(

@@ -70,6 +70,7 @@ class Reference:
         self.last_mark: dict[str, int] = {}
         self.paused: set[str] = set()  # by the band
         self.stale: set[str] = set()  # by a stale mark
+        self.clock = 0  # the latest barrier ts
 
     # -- what the reducer should say of an answer --------------------------------------------
     def verdict(self, state: State, event) -> str | None:
@@ -121,21 +122,27 @@ class Reference:
 
     def barrier(self, state: State, ts: int) -> None:
         """Any applied mark, funding or market event: a market whose mark is older than its limit pauses."""
+        self.clock = max(self.clock, ts)
         for name, market in state.markets.items():
             limit = market.config.mark_stale_ms
-            if limit and market.mark and name not in self.paused and ts - market.mark_ts > limit:
+            if limit and market.mark and name not in self.paused and self.clock - market.mark_ts > limit:
                 self.stale.add(name)
 
     def mark(self, state: State, event: m.MarkPrice) -> None:
         band = state.markets[event.market].config.mark_band
         previous = self.last_mark.get(event.market)
         self.last_mark[event.market] = event.price
-        if event.market in self.stale:  # its next mark resumes it, unless that mark jumps beyond the band
+        if event.market in self.stale:  # its next fresh mark resumes it, unless that mark jumps beyond the band
+            limit = state.markets[event.market].config.mark_stale_ms
+            if limit and self.clock - event.ts > limit:
+                return  # a late mark is stale too
             self.stale.discard(event.market)
             if band and previous and abs(event.price - previous) * SCALE > band * previous:
                 self.paused.add(event.market)
             return
-        if band and previous:
+        if not band:
+            self.paused.discard(event.market)  # a lifted band pauses nothing
+        elif previous:
             jump = abs(event.price - previous) * SCALE > band * previous
             if jump:
                 self.paused.add(event.market)

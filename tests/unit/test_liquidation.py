@@ -246,3 +246,50 @@ def test_a_stale_mark_pauses_its_market_at_the_next_barrier_and_its_next_mark_re
     alerts = [o.reason for o in b.outputs if o.__struct_config__.tag == "alert"]
     assert alerts == ["mark_stale", "mark_resumed"]
     assert sorted(c.account for c in b.live()) == ["alice", "carol"] and b.conserved()
+
+
+def stale_book(band="0"):
+    """BTCUSDT (mark_stale_ms 60,000, optional band) and ETHUSDT; carol long 1 @ 60,300 at 10x is liquidatable at
+    54,300 (B = 30 <= MM = 217.2) and commanded at ts 10,000; an ETHUSDT mark at ts 100,000 pauses BTCUSDT."""
+    import msgspec
+
+    from tests.helpers import market
+
+    b = Book(liquidations=True)
+    b.apply(msgspec.structs.replace(market(), mark_stale_ms=60_000, mark_band=d(band)))
+    b.apply(market(name="ETHUSDT"))
+    for trader in ("bob", "carol"):
+        b.deposit(trader, "100000")
+        b.leverage(trader, 10)
+    b.fill("carol", "buy", "1", "60300")
+    b.fill("bob", "sell", "1", "60300")
+    b.mark("57000")
+    b.mark("54300", ts=10_000)
+    b.mark("3000", market="ETHUSDT", ts=100_000)
+    assert [o.reason for o in b.outputs if o.__struct_config__.tag == "alert"] == ["mark_stale"] and not b.live()
+    return b
+
+
+def test_a_late_mark_does_not_resume_a_stale_market():
+    b = stale_book()
+    b.mark("54300", ts=10_000)  # the same mark again: applied by the reducer, but 90 s behind the clock
+    b.mark("54300", ts=39_999)  # still more than 60 s behind
+    assert [o.reason for o in b.outputs if o.__struct_config__.tag == "alert"] == ["mark_stale"] and not b.live()
+    b.mark("54300", ts=40_000)  # exactly 60 s behind the clock: fresh enough
+    assert [o.reason for o in b.outputs if o.__struct_config__.tag == "alert"] == ["mark_stale", "mark_resumed"]
+    assert [c.account for c in b.live()] == ["carol"]
+
+
+def test_a_stale_market_resumed_by_a_jump_stays_paused_by_the_band_until_a_config_lifts_the_band():
+    import msgspec
+
+    from tests.helpers import market
+
+    b = stale_book(band="0.05")
+    b.mark("49000", ts=100_000)  # fresh, but -9.8 % from 54,300: paused by the band now
+    assert [o.reason for o in b.outputs if o.__struct_config__.tag == "alert"] == ["mark_stale", "mark_jump"]
+    b.apply(msgspec.structs.replace(market(), id="no-band", ts=100_001, mark_stale_ms=60_000))  # band 0
+    assert not b.live()
+    b.mark("40000", ts=100_002)  # no band any more: resumes at once
+    assert [o.reason for o in b.outputs if o.__struct_config__.tag == "alert"][-1] == "mark_resumed"
+    assert [c.account for c in b.live()] == ["carol"]
