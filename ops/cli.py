@@ -687,7 +687,7 @@ def cmd_markets(args) -> int:
     funds = [market.fund for _, market in sorted(state.markets.items())]
     _print_rows([{**c, "brackets": len(c["brackets"]), "insurance_fund": fund} for c, fund in zip(configs, funds)], False,
                 ["market", "settle", "insurance_fund", "tick_size", "lot_size", "brackets", "liquidation_fee_rate",
-                 "mark_band"])  # fmt: skip
+                 "mark_band", "mark_stale_ms", "liquidation_timeout_ms"])  # fmt: skip
     return EXIT_OK
 
 
