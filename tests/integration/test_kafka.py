@@ -255,7 +255,7 @@ def test_restart_after_a_clean_stop_and_after_kill_9_resumes_from_the_stored_off
 
 def test_two_instances_share_the_partitions_and_the_survivor_of_a_kill_9_takes_them_over(tmp_path, broker, cli):
     prefix = unique_prefix("group")
-    lines = session(tmp_path, seed=24, count=12_000, traders=300)
+    lines = session(tmp_path, seed=24, count=8_000, traders=300)
     source = write(tmp_path, "session.jsonl", lines)
     expected = expected_partitions(lines)
     cli("topics", *kafka_args(broker, prefix), "--partitions", str(PARTITIONS), data=tmp_path)
