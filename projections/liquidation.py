@@ -113,7 +113,7 @@ class LiquidationProjection:
         self.paused: dict[str, int] = {}  # market -> offset of the jump (or the stale mark's barrier) that paused it
         self.stale: set[str] = set()  # paused markets whose mark went stale: their next fresh mark resumes them
         self.clock = 0  # the latest ts of a barrier so far (marks are judged stale against it)
-        self.stale_watched: tuple[int, tuple[str, ...]] | None = None  # (markets, those with a mark_stale_ms): derived
+        self.stale_watched: tuple[str, ...] | None = None  # markets with a mark_stale_ms (derived from the configs)
         self.sequence = 0  # commands-outbox records emitted so far (liquidate, adl, cancel)
         self.last_marks: dict[str, int] = {}  # the previous applied mark, for the band check
         self.adl_rankings = adl.AdlRankings()  # the ADL order per market side, kept across events (derived)
@@ -224,7 +224,7 @@ class LiquidationProjection:
             book.forget_ended(state, event.ts)
         if event.ts > self.clock:
             self.clock = event.ts
-        if self.stale_watched is None or self.stale_watched[1]:
+        if self.stale_watched is None or self.stale_watched:
             self._pause_stale(state, trigger, outputs)
         market = state.markets[event.market]
         band = market.config.mark_band
@@ -270,9 +270,9 @@ class LiquidationProjection:
         """At a barrier: pause each market whose last mark is older than its ``mark_stale_ms`` by the clock (the
         latest barrier ts: every partition has the same barriers, so the same pauses; docs/decisions.md,
         "Stale marks")."""
-        if self.stale_watched is None or self.stale_watched[0] != len(state.markets):
+        if self.stale_watched is None:  # after a restore; every market config recomputes it
             self.watch_stale(state)
-        for name in self.stale_watched[1]:
+        for name in self.stale_watched:
             market = state.markets[name]
             limit = market.config.mark_stale_ms
             if not limit or not market.mark or name in self.paused or self.clock - market.mark_ts <= limit:
@@ -286,8 +286,7 @@ class LiquidationProjection:
 
     def watch_stale(self, state: State) -> None:
         """The markets whose marks can go stale, by name (again after a market config)."""
-        watched = tuple(sorted(name for name, market in state.markets.items() if market.config.mark_stale_ms))
-        self.stale_watched = (len(state.markets), watched)
+        self.stale_watched = tuple(sorted(name for name, market in state.markets.items() if market.config.mark_stale_ms))
 
     def _alert(self, trigger: Trigger, event: MarkPrice, previous: int, reason: str) -> Alert:
         return Alert(output_id("alert", event.market, reason, event.id, event.ts), event.market, reason,
