@@ -12,7 +12,7 @@ import msgspec
 
 from ringfence.core.state import State
 
-DIGEST_VERSION = "ringfence-state-v2"  # v2: insurance-fund domains (market field, section)
+DIGEST_VERSION = "ringfence-state-v3"  # v2: insurance-fund domains (market field, section); v3: clearance fees
 
 _encode = msgspec.json.Encoder().encode
 
@@ -29,7 +29,7 @@ def canonical_sections(state: State):
     yield [(*key, p.size, p.cost, p.margin, p.shortfall) for key in sorted(positions) for p in (positions[key],)]
     yield [(*key, balance) for key in sorted(wallets) if (balance := wallets[key].balance) != 0]
     yield [(*key, leverage[key]) for key in sorted(leverage)]
-    for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits):
+    for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits, state.clearance_fees):
         yield _nonzero_sorted(book)
     yield sorted(state.fund_assets.items())  # every fund domain and its asset, once named
     # both generations in insertion order, which is offset order

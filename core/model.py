@@ -25,6 +25,15 @@ DEFAULT_LIQUIDATION_TIMEOUT_MS = 60_000
 
 _opts = dict(frozen=True, array_like=True, gc=False, tag_field="type")
 
+# How a market liquidates a position that is liquidatable but not bankrupt (docs/decisions.md, "Liquidation
+# policies"); core.policy is the rule. A bankrupt one is always the fund stage's, whatever the policy.
+FULL, TIER_STEP, FRACTION = "full", "tier_step", "fraction"
+POLICY_KINDS = (FULL, TIER_STEP, FRACTION)
+# How a liquidation command is executed, and so how its liquidation_fills settle (core.reducer):
+TAKEOVER = "takeover"  # the fund takes the quantity over at the bankruptcy price: the trader loses that share of margin
+MARKET = "market"  # a market order, never worse than its protection price: PnL at the execution price, minus the fee
+ORDERS = (TAKEOVER, MARKET)
+
 
 class Bracket(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One maintenance-margin tier: notional in [floor, cap) -> MM = N * mmr - maint_amount."""
@@ -34,6 +43,20 @@ class Bracket(msgspec.Struct, frozen=True, array_like=True, gc=False):
     max_leverage: int
     mmr: int  # rate, 1e-8
     maint_amount: int  # amount units
+
+
+class LiquidationPolicy(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A market's liquidation policy; the fields of the other kinds keep their defaults (validated on input)."""
+
+    kind: str = FULL
+    steps: int = 1  # tier_step: brackets stepped down at a time (Bybit 1, OKX 2)
+    fraction: int = 0  # fraction: the share of the position one market command closes (rate, 1e-8)
+    min_notional: int = 0  # fraction: at or below this notional (amount units) the whole position goes at once
+    cooldown_ms: int = 0  # fraction: after a partial liquidation, for this long a liquidation is for the whole
+    backstop_ratio: int = 0  # fraction: equity below this share of MM hands the position to the fund (rate; 0: none)
+
+
+FULL_POLICY = LiquidationPolicy()
 
 
 class MarketConfig(msgspec.Struct, tag="market", **_opts):
@@ -57,6 +80,7 @@ class MarketConfig(msgspec.Struct, tag="market", **_opts):
     # with no new mark for this long in event time, judged at every applied mark, funding or market event of any
     # market, the market's liquidations pause until a fresh mark (0 = never; docs/decisions.md, "Stale marks")
     mark_stale_ms: int = 0
+    liquidation_policy: LiquidationPolicy = FULL_POLICY
 
 
 class Deposit(msgspec.Struct, tag="deposit", **_opts):
@@ -129,12 +153,13 @@ class LiquidationFill(msgspec.Struct, tag="liquidation_fill", **_opts):
     position_side: str
     qty: int
     price: int
+    order: str = TAKEOVER  # the answered command's order (TAKEOVER / MARKET): how the fill settles
 
 
 class AdlFill(LiquidationFill, tag="adl_fill"):
     """The counterparty's side of an auto-deleveraging trade: a reducing fill without fee.
 
-    Same fields as a liquidation fill, another event (dispatch is on the exact type).
+    Same fields as a liquidation fill (``order`` is always TAKEOVER), another event (dispatch is on the exact type).
     """
 
 

@@ -61,6 +61,13 @@ UNKNOWN_PARTITION = "unknown_partition"
 # ... and of the events topic: an account's event on another partition than its account key's (ops.kafka_log).
 WRONG_PARTITION = "wrong_partition"
 
+# Stateless, of a market's liquidation policy (core.policy; added later, so numbered last).
+UNKNOWN_LIQUIDATION_POLICY = "unknown_liquidation_policy"  # a kind that is not full / tier_step / fraction
+INVALID_LIQUIDATION_POLICY = "invalid_liquidation_policy"  # a parameter out of range, or of another kind
+# Dead letters: an answer that does not settle the way its command was issued (projections.episodes).
+ANSWER_ORDER_MISMATCH = "answer_order_mismatch"  # a takeover's answer for a market command, or the reverse
+ANSWER_BEYOND_PROTECTION = "answer_beyond_protection"  # a market command filled worse than its protection price
+
 ORDER = (
     MALFORMED_JSON,
     RECORD_TOO_LARGE,
@@ -103,5 +110,9 @@ ORDER = (
     FUND_DOMAIN_CHANGE_WITH_POSITIONS,
     UNKNOWN_PARTITION,
     WRONG_PARTITION,
+    UNKNOWN_LIQUIDATION_POLICY,
+    INVALID_LIQUIDATION_POLICY,
+    ANSWER_ORDER_MISMATCH,
+    ANSWER_BEYOND_PROTECTION,
 )
 NUMBER = {code: number for number, code in enumerate(ORDER, start=1)}

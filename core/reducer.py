@@ -27,6 +27,7 @@ from ringfence.core.model import (
     AdlFill,
     BUY,
     LONG,
+    MARKET,
     SHORT,
     Deposit,
     Fill,
@@ -40,6 +41,7 @@ from ringfence.core.model import (
     Verdict,
     Withdrawal,
 )
+from ringfence.core.policy import clearance_fee
 from ringfence.core.state import MarketState, Position, PositionKey, State
 
 _CANONICAL_SIDE = {BOTH: BOTH, LONG: LONG, SHORT: SHORT}
@@ -477,10 +479,16 @@ def _apply_answer(state: State, event: LiquidationFill, check_answer=None) -> Ve
             return _dead(r.ADL_EXCEEDS_POSITION, f"ADL of {dec(event.qty)} exceeds the open size {dec(held)}")
         return _dead(r.LIQUIDATION_EXCEEDS_POSITION, f"liquidation of {dec(event.qty)} exceeds the open size {dec(held)}")
     realized = _realized(position.size, position.cost, event.qty, event.price)
-    if adl:  # a liquidation fill only ever shrinks the margin: the trader loses its share, the fund the rest
+    fee = 0
+    if adl:  # a takeover's fill only ever shrinks the margin: the trader loses its share, the fund the rest
         verdict = _kept_margin_verdict(key, position, event.qty, realized[1], 0)
         if verdict is not None:
             return verdict
+    elif event.order == MARKET:  # capped: the trader never loses more than the margin
+        fee = min(max(0, position.margin + realized[1]), clearance_fee(event.qty, event.price, config.liquidation_fee_rate))
+        kept = position.margin + realized[1] - fee
+        if event.qty < abs(position.size) and not -_MAX_BALANCE <= kept <= _MAX_BALANCE:
+            return _beyond(key, f"margin {dec(kept)} would exceed {dec(MAX_POSITION_BALANCE_UNITS)}")
     if check_answer is not None:
         verdict = check_answer(state, event)
         if verdict is not None:
@@ -488,6 +496,9 @@ def _apply_answer(state: State, event: LiquidationFill, check_answer=None) -> Ve
     settle = config.settle
     if adl:  # closes like a reducing fill without a fee
         _close(state, key, position, settle, event.qty, event.price, 0)
+        return None
+    if event.order == MARKET:
+        _market_liquidation(state, key, position, market, event.qty, realized, fee)
         return None
     # The trader closes at the bankruptcy price: they lose exactly this share of
     # the margin (rounded up); the difference to the execution price is the fund's.
@@ -501,6 +512,30 @@ def _apply_answer(state: State, event: LiquidationFill, check_answer=None) -> Ve
     else:
         state.touch_position(key, position)
     return None
+
+
+def _market_liquidation(state: State, key: PositionKey, position: Position, market: MarketState, qty: int,
+                        realized: tuple[int, int], fee: int) -> None:  # fmt: skip
+    """A fill of a liquidation's market order: PnL at the execution price, then the clearance fee to the fund.
+
+    The fee (``_apply_answer``) is ``liquidation_fee_rate`` on the notional at
+    the execution price, capped by what the margin holds after the PnL. A
+    partial close releases nothing: the margin stays with what is left (that
+    is what restores it); a full close hands back what remains, or the fund
+    covers a loss beyond the margin (docs/decisions.md, "Liquidation policies").
+    """
+    _realize(state, key, position, qty, realized)
+    if fee:
+        position.margin -= fee
+        fund = market.fund
+        state.insurance[fund] = state.insurance.get(fund, 0) + fee
+        state.clearance_fees[fund] = state.clearance_fees.get(fund, 0) + fee
+        state.dirty_balances = True
+    if position.size == 0:
+        _settle_flat(state, key, position, market.config.settle)
+        state.dirty_balances = True
+    else:
+        state.touch_position(key, position)
 
 
 # -- market data -------------------------------------------------------------------------

@@ -10,6 +10,9 @@ settle asset):
     clearing[market]               counterparty of realized PnL and funding
     net_deposits[asset]            deposits minus withdrawals (outside money)
 
+Not a balance: ``clearance_fees[domain]``, the liquidation clearance fees an
+insurance fund has received (a part of its balance, for the books).
+
 Conservation: for each asset, the sum of the first five equals the sixth, at
 every offset. Every update in the reducer is a transfer between two of them.
 
@@ -70,6 +73,7 @@ class State:
         "fee_income",
         "clearing",
         "net_deposits",
+        "clearance_fees",
         "id_generation",
         "recent_ids",
         "older_ids",
@@ -93,6 +97,7 @@ class State:
         self.fee_income: dict[str, int] = {}
         self.clearing: dict[str, int] = {}
         self.net_deposits: dict[str, int] = {}
+        self.clearance_fees: dict[str, int] = {}  # by fund domain: received so far (inside insurance, not beside it)
         # duplicate recognition (limits.DEDUP_GENERATION_EVENTS): id -> offset of
         # the current generation of offsets and of the one before it
         self.id_generation = 0

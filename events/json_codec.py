@@ -9,7 +9,7 @@ from ringfence.core import model as m
 from ringfence.core import reasons as r
 from ringfence.core.fixed import format_decimal
 from ringfence.core.limits import DEADLETTER_RAW_BYTES, MAX_LINE_BYTES, MAX_NESTING_DEPTH
-from ringfence.events.wire import WIRE_TYPES, InvalidRecord, WireEvent, to_domain
+from ringfence.events.wire import POLICY_FIELDS, WIRE_TYPES, InvalidRecord, WireEvent, to_domain
 
 
 class _Rejected(Exception):
@@ -136,7 +136,7 @@ def decode_line(line: bytes, source: str = "") -> m.Event | m.InvalidInput:
 
 _DECIMAL_FIELDS = {
     "amount", "qty", "price", "fee", "rate", "mark_price", "tick_size", "lot_size", "liquidation_fee_rate", "mark_band",
-    "notional_floor", "notional_cap", "mmr", "maint_amount",
+    "notional_floor", "notional_cap", "mmr", "maint_amount", "fraction", "min_notional", "backstop_ratio",
 }  # fmt: skip
 
 
@@ -147,6 +147,11 @@ def to_wire(event: m.Event) -> dict:
         value = getattr(event, field)
         if field == "insurance_fund" and not value:
             continue  # the default fund is not named (an empty name is not valid input)
+        if (field == "liquidation_policy" and value == m.FULL_POLICY) or (field == "order" and value == m.TAKEOVER):
+            continue  # the defaults (an adl_fill has no order)
+        if field == "liquidation_policy":
+            value = {"kind": value.kind, **{f: (format_decimal(getattr(value, f)) if f in _DECIMAL_FIELDS else getattr(value, f))
+                                            for f in POLICY_FIELDS[value.kind]}}  # fmt: skip
         if field == "brackets":
             value = [
                 {f: (format_decimal(getattr(b, f)) if f in _DECIMAL_FIELDS else getattr(b, f)) for f in b.__struct_fields__}

@@ -50,6 +50,22 @@ class WireBracket(msgspec.Struct, forbid_unknown_fields=True):
     maint_amount: Dec
 
 
+class WirePolicy(msgspec.Struct, forbid_unknown_fields=True):
+    """A market's liquidation policy (core.policy): ``kind`` and that kind's parameters only."""
+
+    kind: str
+    steps: int | None = None  # tier_step
+    fraction: Dec | None = None  # fraction (required)
+    min_notional: Dec | None = None  # fraction
+    cooldown_ms: int | None = None  # fraction
+    backstop_ratio: Dec | None = None  # fraction
+
+
+# the parameters each kind takes; any other is refused (a field that changes nothing is a defect)
+POLICY_FIELDS = {m.FULL: (), m.TIER_STEP: ("steps",),
+                  m.FRACTION: ("fraction", "min_notional", "cooldown_ms", "backstop_ratio")}  # fmt: skip
+
+
 class WireMarket(msgspec.Struct, tag="market", **_opts):
     id: Name
     ts: Ts
@@ -63,6 +79,7 @@ class WireMarket(msgspec.Struct, tag="market", **_opts):
     liquidation_timeout_ms: TimeoutMs = m.DEFAULT_LIQUIDATION_TIMEOUT_MS
     insurance_fund: Name = ""  # absent: the settle asset's own fund (an explicit "" is not a name)
     mark_stale_ms: StaleMs = 0  # 0: marks never go stale
+    liquidation_policy: WirePolicy | None = None  # absent: full
 
 
 class WireDeposit(msgspec.Struct, tag="deposit", **_opts):
@@ -126,7 +143,7 @@ class WireFunding(msgspec.Struct, tag="funding", **_opts):
     mark_price: Dec
 
 
-class WireLiquidationFill(msgspec.Struct, tag="liquidation_fill", **_opts):
+class WireAnswer(msgspec.Struct, **_opts):
     id: Name
     ts: Ts
     command_id: Name
@@ -137,7 +154,11 @@ class WireLiquidationFill(msgspec.Struct, tag="liquidation_fill", **_opts):
     position_side: PositionSide = "BOTH"
 
 
-class WireAdlFill(WireLiquidationFill, tag="adl_fill"):
+class WireLiquidationFill(WireAnswer, tag="liquidation_fill"):
+    order: Literal["takeover", "market"] = "takeover"  # the command's order, as it was issued
+
+
+class WireAdlFill(WireAnswer, tag="adl_fill"):
     pass
 
 
@@ -242,6 +263,43 @@ def _check_bracket(bracket: m.Bracket, previous: m.Bracket | None, field: str) -
         raise bad("maint_amount is not continuous with the previous bracket (cum = prev_cum + floor * (mmr - prev_mmr))")
 
 
+def _policy(wire: WirePolicy | None) -> m.LiquidationPolicy:
+    if wire is None:
+        return m.FULL_POLICY
+    if wire.kind not in POLICY_FIELDS:
+        raise InvalidRecord(r.UNKNOWN_LIQUIDATION_POLICY, f"liquidation_policy.kind {wire.kind!r} is not one of "
+                                                          f"{', '.join(POLICY_FIELDS)}")  # fmt: skip
+
+    def bad(why: str) -> InvalidRecord:
+        return InvalidRecord(r.INVALID_LIQUIDATION_POLICY, f"liquidation_policy ({wire.kind}): {why}")
+
+    allowed = POLICY_FIELDS[wire.kind]
+    for field in WirePolicy.__struct_fields__[1:]:
+        if getattr(wire, field) is not None and field not in allowed:
+            raise bad(f"{field} applies to {next(k for k, f in POLICY_FIELDS.items() if field in f)} only")
+    if wire.kind == m.FULL:
+        return m.FULL_POLICY
+    if wire.kind == m.TIER_STEP:
+        steps = 1 if wire.steps is None else wire.steps
+        if not 1 <= steps < MAX_BRACKETS:
+            raise bad(f"steps must be 1 to {MAX_BRACKETS - 1}, got {steps}")
+        return m.LiquidationPolicy(m.TIER_STEP, steps=steps)
+    if wire.fraction is None:
+        raise bad("fraction is required")
+    fraction = _units(wire.fraction, "liquidation_policy.fraction")
+    if not 0 < fraction < SCALE:
+        raise bad(f"fraction must be above 0 and below 1, got {wire.fraction!r}")
+    cooldown = 0 if wire.cooldown_ms is None else wire.cooldown_ms
+    if not 0 <= cooldown <= MAX_LIQUIDATION_TIMEOUT_MS:
+        raise bad(f"cooldown_ms must be 0 to {MAX_LIQUIDATION_TIMEOUT_MS}, got {cooldown}")
+    backstop = _units(wire.backstop_ratio or "0", "liquidation_policy.backstop_ratio")
+    if backstop >= SCALE:
+        raise bad(f"backstop_ratio must be below 1, got {wire.backstop_ratio!r}")
+    minimum = _units(wire.min_notional or "0", "liquidation_policy.min_notional", most=MAX_TRADE_NOTIONAL_UNITS)
+    return m.LiquidationPolicy(m.FRACTION, fraction=fraction, min_notional=minimum, cooldown_ms=cooldown,
+                               backstop_ratio=backstop)  # fmt: skip
+
+
 def to_domain(wire: WireEvent) -> m.Event:
     """Turn a structurally valid wire record into its fixed-point domain event, or raise InvalidRecord."""
     kind = type(wire)
@@ -265,9 +323,11 @@ def to_domain(wire: WireEvent) -> m.Event:
             wire.id, wire.ts, wire.market, _rate(wire.rate, "rate", signed=True),
             _units(wire.mark_price, "mark_price", positive=True, most=MAX_PRICE_UNITS),
         )  # fmt: skip
-    if kind is WireLiquidationFill or kind is WireAdlFill:
-        cls = m.LiquidationFill if kind is WireLiquidationFill else m.AdlFill
-        return cls(wire.id, wire.ts, wire.command_id, wire.account, wire.market, wire.position_side, *_trade(wire))
+    if kind is WireLiquidationFill:
+        return m.LiquidationFill(wire.id, wire.ts, wire.command_id, wire.account, wire.market, wire.position_side,
+                                 *_trade(wire), wire.order)  # fmt: skip
+    if kind is WireAdlFill:
+        return m.AdlFill(wire.id, wire.ts, wire.command_id, wire.account, wire.market, wire.position_side, *_trade(wire))
     if kind is WireMarket:
         return m.MarketConfig(
             wire.id, wire.ts, wire.market, wire.settle,
@@ -277,5 +337,6 @@ def to_domain(wire: WireEvent) -> m.Event:
             _rate(wire.mark_band, "mark_band"), wire.liquidation_timeout_ms,
             # naming the settle asset's own fund is the default: one form in the log, the state and the digest
             "" if wire.insurance_fund == wire.settle else wire.insurance_fund, wire.mark_stale_ms,
+            _policy(wire.liquidation_policy),
         )  # fmt: skip
     raise InvalidRecord(r.UNKNOWN_TYPE, f"no domain event for {kind.__name__}")

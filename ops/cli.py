@@ -676,6 +676,8 @@ def cmd_whatif(args) -> int:
 
 
 def cmd_markets(args) -> int:
+    from ringfence.core.fixed import format_decimal
+    from ringfence.core.policy import fee_bankrupt_notional
     from ringfence.events.json_codec import to_wire
 
     state = _load_state(args)
@@ -684,10 +686,16 @@ def cmd_markets(args) -> int:
         for config in configs:
             sys.stdout.write(_json(config).decode() + "\n")
         return EXIT_OK
-    funds = [market.fund for _, market in sorted(state.markets.items())]
-    _print_rows([{**c, "brackets": len(c["brackets"]), "insurance_fund": fund} for c, fund in zip(configs, funds)], False,
-                ["market", "settle", "insurance_fund", "tick_size", "lot_size", "brackets", "liquidation_fee_rate",
-                 "mark_band", "mark_stale_ms", "liquidation_timeout_ms"])  # fmt: skip
+    rows = []
+    for config, (_, market) in zip(configs, sorted(state.markets.items())):
+        policy = config.get("liquidation_policy", {"kind": "full"})
+        below = fee_bankrupt_notional(market.config.brackets, market.config.liquidation_fee_rate)
+        rows.append({**config, "brackets": len(config["brackets"]), "insurance_fund": market.fund,
+                     "liquidation_policy": " ".join([policy["kind"], *(f"{k}={v}" for k, v in policy.items() if k != "kind")]),
+                     "fee_bankrupts_below": "every notional" if below is None else format_decimal(below)})  # fmt: skip
+    _print_rows(rows, False, ["market", "settle", "insurance_fund", "tick_size", "lot_size", "brackets",
+                              "liquidation_policy", "liquidation_fee_rate", "fee_bankrupts_below", "mark_band",
+                              "mark_stale_ms", "liquidation_timeout_ms"])  # fmt: skip
     return EXIT_OK
 
 

@@ -40,13 +40,13 @@ import msgspec
 from ringfence.core import reasons as r
 from ringfence.core.fixed import format_decimal as dec
 from ringfence.core.limits import ENDED_COMMANDS_KEPT, ENDED_COMMANDS_MS
-from ringfence.core.model import BUY, SELL, AdlFill, Verdict
+from ringfence.core.model import BUY, MARKET, SELL, TAKEOVER, AdlFill, Verdict
 from ringfence.core.state import PositionKey, State
 from ringfence.projections.outputs import output_id
 
 LIQUIDATE, ADL = 0, 1
 POSITION_LEG, TARGET_LEG = 1, 2  # Command.legs: the legs this book holds (bits)
-BOOK_VERSION = "episodes-v2"  # the stored form of the book (sections); v2: legs held and cut
+BOOK_VERSION = "episodes-v3"  # the stored form of the book (sections); v2: legs held and cut; v3: orders
 
 
 class Command(msgspec.Struct, array_like=True, gc=False):
@@ -68,6 +68,8 @@ class Command(msgspec.Struct, array_like=True, gc=False):
     legs: int = POSITION_LEG  # the legs this book holds
     position_cut: bool = False  # the position leg was cut, awaiting the barrier's cancel
     target_cut: bool = False
+    order: str = TAKEOVER  # how its liquidation_fills settle (core.model): a policy's step is a MARKET order
+    protection: int = 0  # a MARKET order's worst price (the bankruptcy price when issued)
 
     @property
     def key(self) -> PositionKey:
@@ -100,6 +102,7 @@ class PositionEpisodes(msgspec.Struct, array_like=True, gc=False):
 
     open: list[str] = []  # live, position leg not yet answered in full
     done: list[str] = []  # ended (or live only for an ADL target leg): remembered for late answers
+    partial_ts: int = -1  # event time of its last partial liquidation (a MARKET fill that left it open), for cooldowns
 
     def empty(self) -> bool:
         return not self.open and not self.done
@@ -173,7 +176,8 @@ class EpisodeBook:
 
     def issue(self, kind: int, key: PositionKey, closing_side: str, qty: int, ts: int, timeout_ms: int,
               trigger_event_id: str, trigger_offset: int, target: PositionKey | None = None,
-              command_id: str | None = None, legs: int = POSITION_LEG) -> Command:  # fmt: skip
+              command_id: str | None = None, legs: int = POSITION_LEG, order: str = TAKEOVER,
+              protection: int = 0) -> Command:  # fmt: skip
         """Record a new command for ``key`` (the legs of it this book holds: ``legs``).
 
         Its id hashes the kind, the position key (and an ADL target's), the
@@ -188,7 +192,8 @@ class EpisodeBook:
             parts = (kind, *key, trigger_event_id, ts)
             number = self._counts[parts] = self._counts.get(parts, -1) + 1
             command_id = output_id("liq", *parts, number)
-        command = Command(command_id, kind, *key, closing_side, qty, ts, ts + timeout_ms, legs=legs)
+        command = Command(command_id, kind, *key, closing_side, qty, ts, ts + timeout_ms, legs=legs, order=order,
+                          protection=protection)  # fmt: skip
         if target is not None:
             command.target_account, command.target_side = target[0], target[2]
             if legs & TARGET_LEG:
@@ -254,8 +259,24 @@ class EpisodeBook:
     def position_closed(self, key: PositionKey) -> None:
         """The position is flat (its live commands were ended first): drop its record if nothing is remembered."""
         episodes = self.positions.get(key)
-        if episodes is not None and episodes.empty():
+        if episodes is None:
+            return
+        if episodes.partial_ts >= 0:  # a new position in this key starts without a cooldown
+            episodes.partial_ts = -1
+            self.dirty_positions.add(key)
+        if episodes.empty():
             del self.positions[key]
+            self.dirty_positions.add(key)
+
+    def partial_ts(self, key: PositionKey) -> int:
+        """Event time of the position's last partial liquidation (-1: none remembered)."""
+        episodes = self.positions.get(key)
+        return -1 if episodes is None else episodes.partial_ts
+
+    def record_partial(self, key: PositionKey, ts: int) -> None:
+        episodes = self.positions.get(key)
+        if episodes is not None:  # a MARKET command's answer: the command made the record
+            episodes.partial_ts = ts
             self.dirty_positions.add(key)
 
     def ended_before(self, ts: int) -> bool:
@@ -317,6 +338,12 @@ class EpisodeBook:
                 return Verdict("deadletter", r.COMMAND_FOR_OTHER_POSITION,
                                f"{event.command_id} was issued for {command.key}, not {key}")  # fmt: skip
             unanswered, side = command.qty - command.filled, command.closing_side
+        if type(event) is not AdlFill and event.order != command.order:
+            return Verdict("deadletter", r.ANSWER_ORDER_MISMATCH,
+                           f"{event.command_id} is a {command.order} order; the fill says {event.order}")  # fmt: skip
+        if command.order == MARKET and (event.price < command.protection if side == SELL else event.price > command.protection):
+            return Verdict("deadletter", r.ANSWER_BEYOND_PROTECTION,
+                           f"{event.command_id} {side}s at no worse than {dec(command.protection)}; filled at {dec(event.price)}")  # fmt: skip
         if event.qty > unanswered:
             return Verdict("deadletter", r.ANSWER_EXCEEDS_COMMAND,
                            f"{dec(event.qty)} exceeds the {dec(unanswered)} of {event.command_id} not yet answered")  # fmt: skip

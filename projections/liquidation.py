@@ -3,7 +3,8 @@
 The invariant (docs/decisions.md, "Liquidation episodes"), after every event,
 for every open position: it is liquidatable at the current mark (exact
 ``B <= MM``, its market not paused) if and only if live commands close it on
-the right side for the quantity the market's policy asks (today: all of it),
+the right side for the quantity the market's policy asks (all of it, or part
+of it while a policy's market step is live: core.policy),
 or it is bankrupt (``B < 0``) and *awaits* the next barrier; a position that
 is not liquidatable has no liquidation commands. ``_judge`` is the one place
 that restores it for a position:
@@ -53,7 +54,9 @@ from ringfence.core import reasons as r
 from ringfence.core.fixed import SCALE, decimals_of, format_decimal, format_units
 from ringfence.core.model import (
     BUY,
+    MARKET,
     SELL,
+    TAKEOVER,
     AdlFill,
     Fill,
     Funding,
@@ -63,6 +66,7 @@ from ringfence.core.model import (
     MarkPrice,
     Verdict,
 )
+from ringfence.core.policy import liquidation_step
 from ringfence.core.state import PositionKey, State
 from ringfence.projections import adl, fund_stage
 from ringfence.projections.episodes import (
@@ -92,7 +96,8 @@ from ringfence.projections.outputs import (
 )
 
 NOTHING = ()  # the outputs of most events: shared, never appended to
-VERSION = "liquidation-v5"  # v3: awaiting positions and cut legs (the fund stage); v4: the stage's chain; v5: stale
+VERSION = "liquidation-v6"  # v3: awaiting positions and cut legs (the fund stage); v4: the stage's chain; v5: stale
+# marks; v6: liquidation policies (the book's orders)
 
 
 class Trigger:
@@ -186,8 +191,10 @@ class LiquidationProjection:
 
     def _on_answer(self, state: State, offset: int, event: LiquidationFill) -> list:
         """A liquidation or ADL fill, already checked against the book by the reducer (check_answer)."""
-        self.book.record_answer(event)
+        command = self.book.record_answer(event)
         key = (event.account, event.market, event.position_side)
+        if command.order == MARKET and key in state.positions:
+            self.book.record_partial(key, event.ts)  # a partial liquidation: the fraction policy's cooldown starts
         self.adl_rankings.changed(state, key)
         outputs: list = []
         self._changed(state, key, Trigger(offset, event), outputs, by_answer=True)
@@ -322,6 +329,7 @@ class LiquidationProjection:
             self.awaiting.discard(key)
         else:
             position = state.positions[key]
+            market = state.markets[key[1]]
             side = SELL if position.size > 0 else BUY
             wanted = max(0, abs(position.size) - book.reserved(key))  # ADL commands against it close it too
             if any(command.closing_side != side for command in live):
@@ -333,12 +341,19 @@ class LiquidationProjection:
                 command = live.pop()
                 have -= command.open_qty()
                 self._withdraw(command, POSITION_CHANGED, trigger, outputs)
-            if wanted <= have:
+            if wanted <= have or any(command.order == MARKET for command in live):
+                # all of it commanded, or a policy's step is working: kept until it is answered, times out or the
+                # position changes, even if the position is bankrupt meanwhile (then the fund stage's), so that what
+                # is live never depends on when a position is judged (marks judge commanded ones only if they recover)
                 self.awaiting.discard(key)
-            elif position.margin + mm.unrealized_pnl_units(position.size, position.cost, state.markets[key[1]].mark) < 0:
-                self.awaiting.add(key)  # bankrupt: what its fund takes is the barrier's decision
+            elif position.margin + mm.unrealized_pnl_units(position.size, position.cost, market.mark) < 0:
+                self.awaiting.add(key)  # what its fund takes is the barrier's decision
+            elif live:  # takeovers for part of it: the rest is taken over too
+                self._issue(state, key, wanted - have, TAKEOVER, trigger, outputs)
             else:
-                self._issue(state, key, wanted - have, trigger, outputs)
+                qty, order = liquidation_step(market.config, position.size, position.cost, position.margin, market.mark,
+                                              trigger.ts, book.partial_ts(key))  # fmt: skip
+                self._issue(state, key, min(qty, wanted), order, trigger, outputs)
         self.index.reindex(state, key, self._commanded(key))
 
     def _check_targets(self, state: State, key: PositionKey, trigger: Trigger) -> None:
@@ -396,15 +411,15 @@ class LiquidationProjection:
                                      command.market, command.position_side, reason, trigger.offset, trigger.event_id,
                                      trigger.ts))  # fmt: skip
 
-    def _issue(self, state: State, key: PositionKey, qty: int, trigger: Trigger, outputs: list) -> None:
-        """A liquidate command closing ``qty`` of a liquidatable position that is not bankrupt."""
-        market = state.markets[key[1]]
-        config = market.config
-        position = state.positions[key]
-        long = position.size > 0
+    def _issue(self, state: State, key: PositionKey, qty: int, order: str, trigger: Trigger, outputs: list) -> None:
+        """A liquidate command closing ``qty`` of a liquidatable position that is not bankrupt, as ``order``."""
+        config = state.markets[key[1]].config
+        long = state.positions[key].size > 0
+        price = self._bankruptcy_price(state, key)  # a takeover's price, a market order's protection
         command = self.book.issue(LIQUIDATE, key, SELL if long else BUY, qty, trigger.ts, config.liquidation_timeout_ms,
-                                  trigger.event_id, trigger.offset)  # fmt: skip
-        self._emit_liquidate(state, command, self._bankruptcy_price(state, key), trigger, outputs)
+                                  trigger.event_id, trigger.offset, order=order,
+                                  protection=price if order == MARKET else 0)  # fmt: skip
+        self._emit_liquidate(state, command, price, trigger, outputs)
 
     def _bankruptcy_price(self, state: State, key: PositionKey) -> int:
         position = state.positions[key]
@@ -419,7 +434,7 @@ class LiquidationProjection:
         outputs.append(LiquidateCommand(
             command.command_id, command.account, command.market, command.position_side, command.closing_side,
             format_units(command.qty, decimals_of(config.lot_size)), format_units(price, decimals_of(config.tick_size)),
-            format_decimal(market.mark), trigger.offset, trigger.event_id, trigger.ts,
+            format_decimal(market.mark), trigger.offset, trigger.event_id, trigger.ts, command.order,
         ))  # fmt: skip
 
     # -- barriers: the fund stage (projections.fund_stage) -----------------------------------
@@ -458,6 +473,8 @@ class LiquidationProjection:
             if balance >= 0:
                 continue
             live = book.live_for(key)
+            if any(c.order == MARKET for c in live):
+                continue  # a policy's step is working: the stage's once it ends (as ``_judge`` leaves it unawaited)
             committed = sum(c.open_qty() for c in live if c.kind == LIQUIDATE)
             legs = tuple((c.command_id, c.open_qty()) for c in live if c.kind == ADL)
             legs += tuple((c.command_id, c.open_target_qty()) for c in book.live_against(key))
@@ -633,8 +650,8 @@ class LiquidationProjection:
 
 
 def stuck_positions(state: State, projection: LiquidationProjection) -> list[PositionKey]:
-    """Open positions that break the invariant: liquidatable without live commands closing all of them (and not
-    awaiting the barrier), or commanded while not.
+    """Open positions that break the invariant: liquidatable without live commands closing all of them (part of
+    them while a policy's market step is live) and not awaiting the barrier, or commanded while not.
 
     A full scan (for the demo summary, metrics and tests): 0 is the only right answer.
     """
@@ -647,7 +664,12 @@ def stuck_positions(state: State, projection: LiquidationProjection) -> list[Pos
             continue  # bankrupt: commanded at the next barrier (the fund stage)
         if liquidatable:
             side = SELL if state.positions[key].size > 0 else BUY
-            if book.commitments(key) != abs(state.positions[key].size) or any(c.closing_side != side for c in live):
+            if any(c.closing_side != side for c in live):
+                stuck.append(key)
+            elif any(c.order == MARKET for c in live):  # a policy's step: for part of it, never more
+                if book.commitments(key) > abs(state.positions[key].size):
+                    stuck.append(key)
+            elif book.commitments(key) != abs(state.positions[key].size):
                 stuck.append(key)
         elif live:
             stuck.append(key)

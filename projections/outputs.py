@@ -29,11 +29,12 @@ class LiquidateCommand(msgspec.Struct, frozen=True, gc=False, tag="liquidate", t
     position_side: str
     side: str  # the closing side
     qty: str
-    bankruptcy_price: str
+    bankruptcy_price: str  # a takeover's price; a market order's protection price (it never fills worse)
     mark_price: str
     trigger_offset: int
     trigger_event_id: str
     ts: int
+    order: str = "takeover"  # takeover / market: the answering liquidation_fill names it (core.model)
 
 
 class AdlCommand(msgspec.Struct, frozen=True, gc=False, tag="adl", tag_field="type"):

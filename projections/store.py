@@ -54,7 +54,8 @@ from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
 from ringfence.projections.episodes import BOOK_VERSION
 from ringfence.projections.liquidation import LiquidationProjection
 
-FORMAT_VERSION = 4  # 2: the digest chain (k:, f:, meta:chain); 3: the episode book (e:, q:); 4: fund domains (b:funds)
+FORMAT_VERSION = 5  # 2: the digest chain (k:, f:, meta:chain); 3: the episode book (e:, q:); 4: fund domains (b:funds);
+# 5: clearance fees (a fifth book)
 
 META_VERSION = b"meta:version"
 META_OFFSET = b"meta:offset"
@@ -345,7 +346,8 @@ class StateStore:
         books = self._get(BOOKS)
         if books is not None:
             for book, entries in zip(
-                (state.insurance, state.fee_income, state.clearing, state.net_deposits), _decode_list(books), strict=True
+                (state.insurance, state.fee_income, state.clearing, state.net_deposits, state.clearance_fees),
+                _decode_list(books), strict=True,
             ):
                 book.update((name, bytes_to_int(value)) for name, value in entries)
         funds = self._get(FUNDS)
@@ -406,7 +408,7 @@ class StateStore:
         if state.dirty_balances:
             books = [
                 [[name, int_to_bytes(value)] for name, value in sorted(book.items())]
-                for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits)
+                for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits, state.clearance_fees)
             ]
             batch.put(BOOKS, _encode(books))
             batch.put(FUNDS, _encode(sorted(state.fund_assets.items())))

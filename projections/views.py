@@ -131,6 +131,8 @@ def books_view(state: State) -> list[dict]:
         ("fee_income", state.fee_income, str),
         ("clearing", state.clearing, lambda market: state.markets[market].config.settle),
         ("net_deposits", state.net_deposits, str),
+        # not a balance: the part of each insurance fund that came from clearance fees
+        ("clearance_fees_in_fund", state.clearance_fees, state.fund_assets.__getitem__),
     ):
         rows.extend({"book": name, "key": key, "asset": asset_of(key), "balance": format_decimal(value)}
                     for key, value in sorted(book.items()))  # fmt: skip

@@ -15,8 +15,10 @@ def d(text: str) -> int:
 BTC_BRACKETS = bracket_table(BTCUSDT_TIERS)
 
 
-def market(name="BTCUSDT", tick="0.1", lot="0.001", brackets=BTC_BRACKETS, id=None, ts=0, settle="USDT", fund=""):
-    return m.MarketConfig(id or f"cfg-{name}-{ts}", ts, name, settle, d(tick), d(lot), brackets, insurance_fund=fund)
+def market(name="BTCUSDT", tick="0.1", lot="0.001", brackets=BTC_BRACKETS, id=None, ts=0, settle="USDT", fund="",
+           fee_rate="0", policy=m.FULL_POLICY, timeout_ms=m.DEFAULT_LIQUIDATION_TIMEOUT_MS):  # fmt: skip
+    return m.MarketConfig(id or f"cfg-{name}-{ts}", ts, name, settle, d(tick), d(lot), brackets, d(fee_rate),
+                          liquidation_timeout_ms=timeout_ms, insurance_fund=fund, liquidation_policy=policy)  # fmt: skip
 
 
 class Book:
@@ -73,12 +75,15 @@ class Book:
     def funding(self, rate, mark_price, market="BTCUSDT"):
         return self.apply(m.Funding(self._id(), 0, market, d(rate), d(mark_price)))
 
-    def liquidation(self, account, qty, price, market="BTCUSDT", side="BOTH", command_id=None, ts=0):
-        """A liquidation fill answering ``command_id`` (default: the position's live command, if any)."""
+    def liquidation(self, account, qty, price, market="BTCUSDT", side="BOTH", command_id=None, ts=0, order=None):
+        """A liquidation fill answering ``command_id`` (default: the position's live command, if any, as its order)."""
         if command_id is None and self.projection is not None:
             live = self.projection.book.live_for((account, market, side))
             command_id = live[0].command_id if live else "none"
-        return self.apply(m.LiquidationFill(self._id(), ts, command_id or "cmd", account, market, side, d(qty), d(price)))
+            order = order or (live[0].order if live else None)
+        order = order or m.TAKEOVER
+        return self.apply(m.LiquidationFill(self._id(), ts, command_id or "cmd", account, market, side, d(qty), d(price),
+                                            order))  # fmt: skip
 
     def adl_fill(self, account, qty, price, command_id, market="BTCUSDT", side="BOTH", ts=0):
         return self.apply(m.AdlFill(self._id(), ts, command_id, account, market, side, d(qty), d(price)))

@@ -3,10 +3,11 @@
 The adversarial part looks at the state (as a matching engine would) to send
 fills far from the mark that bankrupt and flip positions, large funding rates,
 transfers of every size and market configs with short liquidation time-outs,
-mark bands and stale-mark limits. A hostile matching engine answers the liquidation and ADL
+mark bands, stale-mark limits, liquidation policies and clearance fees. A hostile matching engine answers the liquidation and ADL
 commands the projection emits: fully, partially, late (after their cancel),
 twice, for more than was asked, for the wrong position, out of order (the two
-legs of an ADL trade either way round), never, or with forged ids.
+legs of an ADL trade either way round), never, with forged ids, with the wrong
+order or beyond a market order's protection price.
 
 The stream runs the real reducer with the liquidation projection (the
 product's state: answers are judged against the commands issued) and yields
@@ -26,6 +27,13 @@ from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.outputs import AdlCommand, LiquidateCommand
 
 U = 10**8
+POLICIES = (
+    m.FULL_POLICY,
+    m.LiquidationPolicy(m.TIER_STEP),
+    m.LiquidationPolicy(m.TIER_STEP, steps=2),
+    m.LiquidationPolicy(m.FRACTION, fraction=U // 5, min_notional=100_000 * U, cooldown_ms=3_000, backstop_ratio=U * 2 // 3),
+    m.LiquidationPolicy(m.FRACTION, fraction=U // 2, min_notional=10_000 * U),
+)
 
 
 class HostileEngine:
@@ -57,8 +65,14 @@ class HostileEngine:
         qty = max(lot, asked * rng.choice((1, 1, 1, 2, 4, 5)) // 4 // lot * lot)  # full, partial, over
         if type(command) is LiquidateCommand:
             price = max(tick, mark * rng.randint(90, 110) // 100 // tick * tick)
+            order = command.order
+            if order == m.MARKET and rng.random() < 0.8:  # mostly within the protection price, sometimes beyond
+                protection = parse_decimal(command.bankruptcy_price)
+                price = max(price, protection) if command.side == m.SELL else min(price, protection)
+            if rng.random() < 0.04:
+                order = m.TAKEOVER if order == m.MARKET else m.MARKET  # the wrong order
             return [m.LiquidationFill(f"ans-{serial}", ts, command_id, command.account, command.market,
-                                      command.position_side, qty, price)]  # fmt: skip
+                                      command.position_side, qty, price, order)]  # fmt: skip
         price = parse_decimal(command.price)
         legs = [
             m.AdlFill(f"ans-{serial}-t", ts, command_id, command.account, command.market, command.position_side,
@@ -137,6 +151,8 @@ def adversarial_stream(seed: int, count: int, traders: int = 12, projection: Liq
                     mark_stale_ms=rng.choice((0, 0, 3_000, 8_000)),
                     # fund domains: shared, its own, the settle asset's (moves are refused while positions are open)
                     insurance_fund=rng.choice(("", "", "majors", f"{config.market}-fund")),
+                    # liquidation policies (core.policy) and the clearance fee their market fills pay
+                    liquidation_policy=rng.choice(POLICIES), liquidation_fee_rate=rng.choice((0, U // 2000, U // 80)),
                 )  # fmt: skip
         verdict = apply_event(state, state.offset + 1, event, projection.check_answer)
         engine.take(projection.after_event(state, state.offset, event, verdict is None))

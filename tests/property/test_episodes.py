@@ -22,6 +22,7 @@ replays it (``RINGFENCE_COUNT`` events).
 
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -36,7 +37,45 @@ from ringfence.projections.liquidation import LiquidationProjection, stuck_posit
 from ringfence.projections.outputs import CANCEL_REASONS, AdlCommand, Alert, CancelCommand, LiquidateCommand
 from tests.property.streams import adversarial_stream
 
-ANSWER_REASONS = {"unknown_command", "command_for_other_position", "answer_exceeds_command", "answer_side_mismatch"}
+ANSWER_REASONS = {"unknown_command", "command_for_other_position", "answer_exceeds_command", "answer_side_mismatch",
+                  "answer_order_mismatch", "answer_beyond_protection"}  # fmt: skip
+
+
+def ref_step(config, position, mark: int, ts: int, partial_ts: int) -> tuple[int, str]:
+    """The policy's (qty, order) for a liquidatable, solvent position: docs/decisions.md, in Fractions."""
+    size, whole, lot = position.size, abs(position.size), config.lot_size
+    policy = config.liquidation_policy
+    price = Fraction(mark, SCALE)
+    balance = Fraction(position.margin, SCALE) + Fraction(size * mark - position.cost, SCALE * SCALE)
+
+    def requirement(qty: int) -> tuple[Fraction, int]:
+        notional = Fraction(qty, SCALE) * price
+        index = max(i for i, b in enumerate(config.brackets) if Fraction(b.notional_floor, SCALE) <= notional)
+        bracket = config.brackets[index]
+        return notional * Fraction(bracket.mmr, SCALE) - Fraction(bracket.maint_amount, SCALE), index
+
+    if policy.kind == m.FULL:
+        return whole, m.TAKEOVER
+    if policy.kind == m.TIER_STEP:
+        _, index = requirement(whole)
+        if index == 0:
+            return whole, m.TAKEOVER
+        cap = Fraction(config.brackets[max(0, index - policy.steps)].notional_cap, SCALE)
+        left = max((n * lot for n in range(whole // lot + 1) if Fraction(n * lot, SCALE) * price < cap), default=0)
+        fee = Fraction(whole - left, SCALE) * price * Fraction(config.liquidation_fee_rate, SCALE)
+        fee = Fraction(-((-fee.numerator * SCALE) // fee.denominator), SCALE)  # rounded up to the unit
+        if 0 < left < whole and balance - fee > requirement(left)[0]:
+            return whole - left, m.MARKET
+        return whole, m.TAKEOVER
+    maintenance, _ = requirement(whole)
+    if balance < Fraction(policy.backstop_ratio, SCALE) * maintenance:
+        return whole, m.TAKEOVER
+    cooling = partial_ts >= 0 and ts < partial_ts + policy.cooldown_ms
+    if Fraction(whole, SCALE) * price > Fraction(policy.min_notional, SCALE) and not cooling:
+        part = max(lot, int(Fraction(whole) * Fraction(policy.fraction, SCALE)) // lot * lot)
+        if part < whole:
+            return part, m.MARKET
+    return whole, m.MARKET
 
 
 @dataclass
@@ -46,6 +85,8 @@ class RefCommand:
     side: str  # closing side of key
     qty: int
     expires: int
+    order: str = m.TAKEOVER
+    protection: int = 0
     filled: int = 0
     target_filled: int = 0
     live: bool = True
@@ -71,6 +112,7 @@ class Reference:
         self.paused: set[str] = set()  # by the band
         self.stale: set[str] = set()  # by a stale mark
         self.clock = 0  # the latest barrier ts
+        self.partial_ts: dict[tuple, int] = {}  # position -> ts of its last partial liquidation (market fill)
 
     # -- what the reducer should say of an answer --------------------------------------------
     def verdict(self, state: State, event) -> str | None:
@@ -89,14 +131,22 @@ class Reference:
             if command.key != key:
                 return "command_for_other_position"
             unanswered, side = command.qty - command.filled, command.side
+            if event.order != command.order:
+                return "answer_order_mismatch"
+            if command.order == m.MARKET and (event.price < command.protection if side == m.SELL
+                                              else event.price > command.protection):  # fmt: skip
+                return "answer_beyond_protection"
         if event.qty > unanswered:
             return "answer_exceeds_command"
         if not closes(side, position.size):
             return "answer_side_mismatch"
         return None
 
-    def record_answer(self, event) -> None:
+    def record_answer(self, state: State, event) -> None:
         command = self.commands[event.command_id]
+        key = (event.account, event.market, event.position_side)
+        if command.order == m.MARKET and key in state.positions:
+            self.partial_ts[key] = event.ts
         if type(event) is m.AdlFill:
             command.target_filled += event.qty
         else:
@@ -156,6 +206,26 @@ class Reference:
         return mm.is_liquidatable(market.config.brackets, position.size, position.cost, position.margin, market.mark)
 
 
+def check_policy(reference: Reference, state: State, key, output, qty: int, ts: int, where: str) -> None:
+    """A liquidate command for a solvent position with nothing else live is what its market's policy asks."""
+    position, market = state.positions[key], state.markets[key[1]]
+    solvent = position.margin + mm.unrealized_pnl_units(position.size, position.cost, market.mark) >= 0
+    live = [c for c in reference.commands.values() if c.live]
+    if any(c.target is not None and key in (c.key, c.target) for c in live):
+        # an ADL leg of it or against it may be cut already (the reference sees that at the barrier): what is left
+        # to command is the product's; it is never more than the position
+        assert qty <= abs(position.size), where
+        return
+    others = [c for c in live if c.key == key and c.open_qty() > 0]
+    if not solvent or others:
+        assert output.order == m.TAKEOVER, f"{where}: {key} a market step beside live commands ({others}) or when " \
+                                            f"bankrupt ({not solvent})"
+        return
+    want, order = ref_step(market.config, position, market.mark, ts, reference.partial_ts.get(key, -1))
+    assert (qty, output.order) == (want, order), \
+        f"{where}: {key} commanded {output.order} {qty}, the policy asks {order} {want}"
+
+
 def check_session(seed: int, count: int) -> Reference:
     reference = Reference()
     replayed, projection = State(), LiquidationProjection()  # the product, fed the same events
@@ -171,7 +241,7 @@ def check_session(seed: int, count: int) -> Reference:
             got = verdict.reason if verdict is not None else None
             assert got == expected, f"{where}: the reducer says {got}, the reference {expected}"
             if verdict is None:
-                reference.record_answer(event)
+                reference.record_answer(replayed, event)
         if verdict is None and type(event) in (m.MarkPrice, m.Funding, m.MarketConfig):
             reference.barrier(replayed, event.ts)
         if type(event) is m.MarkPrice and verdict is None:
@@ -201,7 +271,10 @@ def check_session(seed: int, count: int) -> Reference:
                 qty = parse_decimal(output.qty)
                 if kind is LiquidateCommand:
                     key = (output.account, output.market, output.position_side)
-                    reference.commands[output.command_id] = RefCommand(key, None, output.side, qty, expires)
+                    check_policy(reference, replayed, key, output, qty, event.ts, where)
+                    protection = parse_decimal(output.bankruptcy_price) if output.order == m.MARKET else 0
+                    reference.commands[output.command_id] = RefCommand(key, None, output.side, qty, expires,
+                                                                       output.order, protection)  # fmt: skip
                 else:
                     key = (output.bankrupt_account, output.market, output.bankrupt_position_side)
                     target = (output.account, output.market, output.position_side)
@@ -219,6 +292,8 @@ def check_session(seed: int, count: int) -> Reference:
                                 (output.bankrupt_account, output.market, output.bankrupt_position_side))}  # fmt: skip
         # positions that closed: no command of theirs is live any more (an ADL target leg may outlive them)
         closed_since_barrier = (closed_since_barrier | positions_before) - set(replayed.positions)
+        for key in [k for k in reference.partial_ts if k not in replayed.positions]:
+            del reference.partial_ts[key]  # a closed position's cooldown ends with it
         for key in closed_since_barrier:
             for command_id in reference.issued.get(key, []):
                 command = reference.commands[command_id]
@@ -243,6 +318,8 @@ def check_session(seed: int, count: int) -> Reference:
                 bankrupt = position.margin + mm.unrealized_pnl_units(position.size, position.cost, mark) < 0
                 if total < abs(position.size) and bankrupt and (not barrier or key in released):
                     awaited += 1  # awaits the next barrier's fund decision
+                elif any(c.order == m.MARKET for c in own):  # a policy's step: part of it, never more
+                    assert total <= abs(position.size), f"{where}: {key} commanded {total} of {position.size}"
                 else:
                     assert total == abs(position.size), f"{where}: {key} liquidatable, commanded {total} of {position.size}"
                 assert all(c.side == side for c in own), f"{where}: {key} commanded on the wrong side"

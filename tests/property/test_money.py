@@ -112,3 +112,55 @@ def test_funding_rounds_against_the_position(size, mark, rate):
         assert payment == ceil(exact)
     else:
         assert payment == -floor(-exact)
+
+
+# -- a liquidation's market fill against a Fraction model --------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    long=st.booleans(),
+    size_lots=st.integers(1, 10**6),
+    entry=st.integers(1_000, 10**6),
+    margin=st.integers(0, 10**13),
+    close_share=st.integers(1, 1000),
+    price=st.integers(1_000, 10**6),
+    fee_bp=st.sampled_from((0, 5, 125, 9_999)),
+)
+def test_a_market_liquidation_fill_settles_as_the_fraction_model_says(long, size_lots, entry, margin, close_share,
+                                                                      price, fee_bp):  # fmt: skip
+    """PnL at the execution price rounded down, then fee = rate x qty x price rounded up, capped at the margin left;
+    a partial close keeps the margin with the position, a full one hands it to the wallet (or the fund its loss)."""
+    from ringfence.core import model as m
+    from ringfence.core.reducer import apply_event
+    from ringfence.core.state import State
+
+    lot, tick = S // 1000, S // 10
+    qty_held = size_lots * lot
+    closing = max(lot, qty_held * close_share // 1000 // lot * lot)
+    size = qty_held if long else -qty_held
+    state = State()
+    apply_event(state, 1, m.MarketConfig("c", 0, "BTCUSDT", "USDT", tick, lot, BTC, fee_bp * S // 10_000))
+    position = state.add_position(("a", "BTCUSDT", "BOTH"))
+    position.size, position.cost, position.margin = size, size * entry * tick, margin
+    exec_price = price * tick
+    verdict = apply_event(state, 2, m.LiquidationFill("x", 0, "liq-1", "a", "BTCUSDT", "BOTH", closing, exec_price,
+                                                      m.MARKET))  # fmt: skip
+    assert verdict is None
+    # the model, in exact rationals
+    share = Fraction(closing, qty_held)
+    removed = ceil(Fraction(size * entry * tick) * share)  # the cost basis removed rounds up (signed)
+    pnl = floor(Fraction((closing if long else -closing) * exec_price - removed, S))
+    after = margin + pnl
+    fee = min(max(0, after), ceil(Fraction(closing * exec_price * fee_bp, S * S * 10_000) * S))
+    insurance = state.insurance.get("USDT", 0)
+    left = state.positions.get(("a", "BTCUSDT", "BOTH"))
+    wallet = state.wallets.get(("a", "USDT"))
+    if closing < qty_held:
+        assert left.margin == after - fee and left.size == size - (closing if long else -closing)
+        assert insurance == fee and (wallet is None or wallet.balance == 0)
+    else:
+        assert left is None
+        assert (0 if wallet is None else wallet.balance) == max(0, after - fee)
+        assert insurance == fee + min(0, after - fee)  # the fund covers a loss beyond the margin
+    assert state.clearing["BTCUSDT"] == -pnl

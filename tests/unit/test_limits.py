@@ -13,7 +13,7 @@ from ringfence.core.digest import compute_digest
 from ringfence.core.fixed import INT64_MAX, SCALE, format_decimal
 from ringfence.events.json_codec import decode_line
 from ringfence.projections.store import StateStore
-from tests.helpers import Book, d
+from tests.helpers import Book
 
 FILL = {"type": "fill", "id": "f1", "ts": 1, "account": "a", "market": "BTCUSDT", "side": "buy",
         "qty": "1", "price": "60000", "fee": "0"}  # fmt: skip

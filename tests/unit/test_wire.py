@@ -130,3 +130,66 @@ def test_mark_stale_ms_defaults_to_never_and_round_trips():
     assert decode_line(json.dumps(base).encode()).mark_stale_ms == 0
     event = decode_line(json.dumps({**base, "mark_stale_ms": 30_000}).encode())
     assert event.mark_stale_ms == 30_000 and decode_line(encode_line(event)) == event
+
+
+MARKET = {"type": "market", "id": "m", "ts": 0, "market": "X", "settle": "USDT", "tick_size": "0.1", "lot_size": "0.001",
+          "brackets": [{"notional_floor": "0", "notional_cap": "100", "max_leverage": 10, "mmr": "0.01",
+                        "maint_amount": "0"}]}  # fmt: skip
+
+
+def market_line(**changes) -> bytes:
+    return json.dumps({**MARKET, **changes}).encode()
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ({"kind": "smart"}, "unknown_liquidation_policy"),
+    ({"kind": 3}, "invalid_type"),
+    ({}, "missing_field"),
+    ({"kind": "fraction"}, "invalid_liquidation_policy"),  # fraction is required
+    ({"kind": "fraction", "fraction": "0"}, "invalid_liquidation_policy"),
+    ({"kind": "fraction", "fraction": "1"}, "invalid_liquidation_policy"),
+    ({"kind": "fraction", "fraction": "1.5"}, "invalid_liquidation_policy"),
+    ({"kind": "fraction", "fraction": "-0.2"}, "negative_value"),
+    ({"kind": "fraction", "fraction": "0.2", "cooldown_ms": -1}, "invalid_liquidation_policy"),
+    ({"kind": "fraction", "fraction": "0.2", "cooldown_ms": 86_400_001}, "invalid_liquidation_policy"),
+    ({"kind": "fraction", "fraction": "0.2", "backstop_ratio": "1"}, "invalid_liquidation_policy"),
+    ({"kind": "fraction", "fraction": "0.2", "min_notional": "1e5"}, "invalid_decimal"),
+    ({"kind": "fraction", "fraction": "0.2", "steps": 2}, "invalid_liquidation_policy"),  # another kind's field
+    ({"kind": "tier_step", "steps": 0}, "invalid_liquidation_policy"),
+    ({"kind": "tier_step", "steps": 32}, "invalid_liquidation_policy"),
+    ({"kind": "tier_step", "fraction": "0.2"}, "invalid_liquidation_policy"),
+    ({"kind": "full", "steps": 1}, "invalid_liquidation_policy"),
+    ({"kind": "full", "extra": 1}, "unknown_field"),
+    ("full", "invalid_type"),
+])  # fmt: skip
+def test_a_bad_liquidation_policy_is_one_dead_letter_with_a_stable_reason(policy, expected):
+    assert reason(market_line(liquidation_policy=policy)) == expected
+
+
+@pytest.mark.parametrize("rate, expected", [("1", "out_of_range"), ("1.5", "out_of_range"), ("-0.01", "negative_value")])
+def test_a_fee_rate_of_one_or_more_is_a_dead_letter(rate, expected):
+    assert reason(market_line(liquidation_fee_rate=rate)) == expected
+
+
+@pytest.mark.parametrize("policy", [
+    {"kind": "full"},
+    {"kind": "tier_step"},
+    {"kind": "tier_step", "steps": 2},
+    {"kind": "fraction", "fraction": "0.2", "min_notional": "100000", "cooldown_ms": 30000, "backstop_ratio": "0.6666"},
+    {"kind": "fraction", "fraction": "0.00000001"},
+])  # fmt: skip
+def test_liquidation_policies_decode_and_round_trip(policy):
+    event = decode_line(market_line(liquidation_policy=policy))
+    assert event.liquidation_policy.kind == policy["kind"] and decode_line(encode_line(event)) == event
+    assert decode_line(market_line()).liquidation_policy == m.FULL_POLICY == decode_line(
+        market_line(liquidation_policy={"kind": "full"})).liquidation_policy
+
+
+def test_a_liquidation_fill_names_its_order_and_an_adl_fill_has_none():
+    answer = {"type": "liquidation_fill", "id": "a", "ts": 1, "command_id": "liq-1", "account": "a", "market": "X",
+              "qty": "1", "price": "2"}  # fmt: skip
+    assert decode_line(json.dumps(answer).encode()).order == m.TAKEOVER
+    event = decode_line(json.dumps({**answer, "order": "market"}).encode())
+    assert event.order == m.MARKET and decode_line(encode_line(event)) == event
+    assert reason(json.dumps({**answer, "order": "limit"}).encode()) == "invalid_value"
+    assert reason(json.dumps({**answer, "type": "adl_fill", "order": "market"}).encode()) == "unknown_field"
