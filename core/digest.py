@@ -12,7 +12,7 @@ import msgspec
 
 from ringfence.core.state import State
 
-DIGEST_VERSION = "ringfence-state-v3"  # v2: insurance-fund domains (market field, section); v3: clearance fees
+DIGEST_VERSION = "ringfence-state-v3"  # v2: insurance-fund domains (market field, section); v3: clearance fees, auto-add margin
 
 _encode = msgspec.json.Encoder().encode
 
@@ -29,8 +29,10 @@ def canonical_sections(state: State):
     yield [(*key, p.size, p.cost, p.margin, p.shortfall) for key in sorted(positions) for p in (positions[key],)]
     yield [(*key, balance) for key in sorted(wallets) if (balance := wallets[key].balance) != 0]
     yield [(*key, leverage[key]) for key in sorted(leverage)]
-    for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits, state.clearance_fees):
+    for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits, state.clearance_fees,
+                 state.auto_margin_added):  # fmt: skip
         yield _nonzero_sorted(book)
+    yield sorted(key for keys in state.auto_margin.values() for key in keys)
     yield sorted(state.fund_assets.items())  # every fund domain and its asset, once named
     # both generations in insertion order, which is offset order
     yield [state.id_generation, list(state.older_ids.items()), list(state.recent_ids.items())]

@@ -108,6 +108,17 @@ class SetLeverage(msgspec.Struct, tag="leverage", **_opts):
     position_side: str = BOTH
 
 
+class AutoMargin(msgspec.Struct, tag="auto_margin", **_opts):
+    """Turn auto-add margin on or off for one isolated position (Bybit/Bitget; core.reducer, at marks)."""
+
+    id: str
+    ts: int
+    account: str
+    market: str
+    position_side: str
+    enabled: bool
+
+
 class MarginTransfer(msgspec.Struct, tag="margin_transfer", **_opts):
     id: str
     ts: int
@@ -182,6 +193,7 @@ Event = (
     | Withdrawal
     | SetLeverage
     | MarginTransfer
+    | AutoMargin
     | Fill
     | MarkPrice
     | Funding

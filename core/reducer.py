@@ -16,7 +16,6 @@ from ringfence.core import reasons as r
 from ringfence.core.check import InvariantError, check
 from ringfence.core.fixed import SCALE, format_decimal as dec, mul_div_ceil, mul_div_floor
 from ringfence.core.limits import (
-    DEDUP_GENERATION_EVENTS,
     MAX_POSITION_BALANCE_UNITS,
     MAX_POSITION_NOTIONAL_UNITS,
     MAX_POSITION_QTY_UNITS,
@@ -25,6 +24,7 @@ from ringfence.core.limits import (
 from ringfence.core.model import (
     BOTH,
     AdlFill,
+    AutoMargin,
     BUY,
     LONG,
     MARKET,
@@ -82,7 +82,7 @@ def apply_event(state: State, offset: int, event, check_answer=None) -> Verdict 
         check(type(event) is InvalidInput, "every log record type has a handler")
         return _dead(event.reason, event.detail)
     handler, per_account, judged = entry
-    generation = offset // DEDUP_GENERATION_EVENTS
+    generation = offset // state.dedup_span
     if generation != state.id_generation:
         _rotate_ids(state, generation)
     event_id = event.id
@@ -175,6 +175,19 @@ def _apply_leverage(state: State, event: SetLeverage) -> Verdict | None:
         position = state.positions.get((event.account, event.market, side))
         if position is not None:
             position.leverage_cache = 0
+    return None
+
+
+def _apply_auto_margin(state: State, event: AutoMargin) -> Verdict | None:
+    if event.market not in state.markets:
+        return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
+    key = (event.account, state.markets[event.market].config.market, _CANONICAL_SIDE[event.position_side])
+    enabled = state.auto_margin.setdefault(key[1], set())
+    if event.enabled:
+        enabled.add(key)
+    else:
+        enabled.discard(key)
+    state.dirty_auto_margin.add(key)
     return None
 
 
@@ -550,7 +563,39 @@ def _apply_mark(state: State, event: MarkPrice) -> Verdict | None:
     market.mark = event.price
     market.mark_ts = event.ts
     state.dirty_markets.add(event.market)
+    if state.top_ups:
+        state.top_ups = []
+    enabled = state.auto_margin.get(event.market)
+    if enabled:
+        _auto_add_margin(state, market, enabled)
     return None
+
+
+def _auto_add_margin(state: State, market: MarketState, enabled: set[PositionKey]) -> None:
+    """Bybit's auto-add margin, at a mark: an enabled position that is liquidatable at it first gets its initial
+    margin (|cost| / leverage, rounded up) from the free wallet, or all that is free, never beyond 1x (margin <=
+    the entry notional). One top-up per mark; the projection then judges it at the same mark. In key order: an
+    account's positions share its wallet."""
+    config = market.config
+    settle, brackets, mark = config.settle, config.brackets, market.mark
+    for key in sorted(enabled):
+        position = state.positions.get(key)
+        if position is None or not mm.is_liquidatable(brackets, position.size, position.cost, position.margin, mark):
+            continue
+        wallet = state.wallets.get((key[0], settle))
+        notional = abs(position.cost) // SCALE  # at entry, amount units
+        initial = -(-abs(position.cost) // (SCALE * effective_leverage(state, key)))
+        amount = min(0 if wallet is None else wallet.balance, initial, notional - position.margin,
+                     _MAX_BALANCE - position.margin)  # fmt: skip
+        if amount <= 0:
+            continue
+        wallet.balance -= amount
+        position.margin += amount
+        state.touch_wallet(key[0], settle, wallet)
+        state.touch_position(key, position)
+        state.auto_margin_added[settle] = state.auto_margin_added.get(settle, 0) + amount
+        state.dirty_balances = True
+        state.top_ups.append((key, amount))
 
 
 def _apply_funding(state: State, event: Funding) -> Verdict | None:
@@ -585,6 +630,7 @@ _HANDLERS = {
     Withdrawal: (_apply_withdrawal, True, False),
     SetLeverage: (_apply_leverage, True, False),
     MarginTransfer: (_apply_margin_transfer, True, False),
+    AutoMargin: (_apply_auto_margin, True, False),
     Fill: (_apply_fill, True, False),
     MarkPrice: (_apply_mark, False, False),
     Funding: (_apply_funding, False, False),

@@ -10,8 +10,10 @@ settle asset):
     clearing[market]               counterparty of realized PnL and funding
     net_deposits[asset]            deposits minus withdrawals (outside money)
 
-Not a balance: ``clearance_fees[domain]``, the liquidation clearance fees an
-insurance fund has received (a part of its balance, for the books).
+Not balances: ``clearance_fees[domain]``, the liquidation clearance fees an
+insurance fund has received (a part of its balance), and
+``auto_margin_added[asset]``, what auto-add margin moved from wallets into
+positions (a part of their margins), for the books.
 
 Conservation: for each asset, the sum of the first five equals the sixth, at
 every offset. Every update in the reducer is a transfer between two of them.
@@ -25,6 +27,7 @@ last checkpoint (a flag check on an object in hand is cheaper than a set).
 import msgspec
 
 from ringfence.core.fixed import SCALE
+from ringfence.core.limits import DEDUP_GENERATION_EVENTS
 from ringfence.core.model import MarketConfig
 
 PositionKey = tuple[str, str, str]  # account, market, position side
@@ -74,12 +77,17 @@ class State:
         "clearing",
         "net_deposits",
         "clearance_fees",
+        "auto_margin_added",
+        "auto_margin",
+        "top_ups",
         "id_generation",
+        "dedup_span",
         "recent_ids",
         "older_ids",
         "dirty_positions",
         "dirty_wallets",
         "dirty_leverage",
+        "dirty_auto_margin",
         "dirty_markets",
         "dirty_balances",
     )
@@ -98,14 +106,22 @@ class State:
         self.clearing: dict[str, int] = {}
         self.net_deposits: dict[str, int] = {}
         self.clearance_fees: dict[str, int] = {}  # by fund domain: received so far (inside insurance, not beside it)
+        self.auto_margin_added: dict[str, int] = {}  # by asset: moved from wallets by auto-add margin so far
+        # positions (account, market, side) with auto-add margin on, by market: what a mark looks at
+        self.auto_margin: dict[str, set[PositionKey]] = {}
+        self.top_ups: list[tuple[PositionKey, int]] = []  # what the last applied mark added (derived, not state)
         # duplicate recognition (limits.DEDUP_GENERATION_EVENTS): id -> offset of
         # the current generation of offsets and of the one before it
         self.id_generation = 0
+        # offsets per generation: the log's own, unless a replay numbers its offsets further apart (whatif's
+        # virtual offsets, VIRTUAL per log offset), which scales this with them so the window is the log's
+        self.dedup_span = DEDUP_GENERATION_EVENTS
         self.recent_ids: dict[str, int] = {}  # "account\0id" of an account's event, the id of a market-wide one
         self.older_ids: dict[str, int] = {}
         self.dirty_positions: list[PositionKey] = []  # may repeat a key; the store dedupes
         self.dirty_wallets: list[tuple[str, str]] = []
         self.dirty_leverage: set[PositionKey] = set()
+        self.dirty_auto_margin: set[PositionKey] = set()
         self.dirty_markets: set[str] = set()
         self.dirty_balances = False
 
@@ -150,6 +166,7 @@ class State:
         self.dirty_positions.clear()
         self.dirty_wallets.clear()
         self.dirty_leverage.clear()
+        self.dirty_auto_margin.clear()
         self.dirty_markets.clear()
         self.dirty_balances = False
 

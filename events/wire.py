@@ -116,6 +116,15 @@ class WireMarginTransfer(msgspec.Struct, tag="margin_transfer", **_opts):
     position_side: PositionSide = "BOTH"
 
 
+class WireAutoMargin(msgspec.Struct, tag="auto_margin", **_opts):
+    id: Name
+    ts: Ts
+    account: Name
+    market: Name
+    enabled: bool
+    position_side: PositionSide = "BOTH"
+
+
 class WireFill(msgspec.Struct, tag="fill", **_opts):
     id: Name
     ts: Ts
@@ -168,6 +177,7 @@ WireEvent = (
     | WireWithdrawal
     | WireLeverage
     | WireMarginTransfer
+    | WireAutoMargin
     | WireFill
     | WireMark
     | WireFunding
@@ -316,6 +326,8 @@ def to_domain(wire: WireEvent) -> m.Event:
         if amount == 0:
             raise InvalidRecord(r.NOT_POSITIVE, "amount must not be zero")
         return m.MarginTransfer(wire.id, wire.ts, wire.account, wire.market, wire.position_side, amount)
+    if kind is WireAutoMargin:
+        return m.AutoMargin(wire.id, wire.ts, wire.account, wire.market, wire.position_side, wire.enabled)
     if kind is WireLeverage:
         return m.SetLeverage(wire.id, wire.ts, wire.account, wire.market, wire.leverage, wire.position_side)
     if kind is WireFunding:

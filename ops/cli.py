@@ -658,20 +658,30 @@ def cmd_whatif(args) -> int:
         replacements = read_market_configs(stream.read().splitlines(), name)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    actual = replay_with(log, simulate=False)
     original, alternative = replay_with(log), replay_with(log, replacements)
     rows = compare(original, alternative)
+    money = ("original_trader_loss", "whatif_trader_loss", "original_fund_income", "whatif_fund_income")
+    rows = [{**row, **{k: format_decimal(row[k]) for k in money}} for row in rows]
     _print_rows(rows, args.json, ["account", "market", "position_side", "change", "insurance_fund", "original_offset",
-                                  "original_mark", "whatif_offset", "whatif_mark"])  # fmt: skip
-    counts = {change: sum(row["change"] == change for row in rows) for change in ("earlier", "later", "not at all", "new")}
-    funds = "; ".join(
-        f"{domain} {format_decimal(original.insurance.get(domain, 0))} -> "
-        f"{format_decimal(alternative.insurance.get(domain, 0))}"
-        f" ({format_decimal(alternative.insurance.get(domain, 0) - original.insurance.get(domain, 0))})"
-        for domain in sorted(original.insurance.keys() | alternative.insurance.keys())
-    ) or "empty either way"  # fmt: skip
-    print(f"positions liquidated: {len(original.liquidations)} with the log's markets, {len(alternative.liquidations)} "
-          f"with {name} ({', '.join(f'{n} {c}' for c, n in counts.items())}); insurance funds: {funds}",
-          file=sys.stderr)  # fmt: skip
+                                  "original_mark", "whatif_offset", "whatif_mark", *money])  # fmt: skip
+    counts = {change: sum(row["change"] == change for row in rows)
+              for change in ("earlier", "later", "not at all", "new", "other amounts")}  # fmt: skip
+    domains = sorted(actual.insurance.keys() | original.insurance.keys() | alternative.insurance.keys())
+
+    def described(label: str, outcome) -> str:
+        funds = ", ".join(f"{domain} {format_decimal(outcome.insurance.get(domain, 0))}" for domain in domains)
+        loss = sum(cost[0] for cost in outcome.costs.values())
+        return (f"  {label}: {len(outcome.liquidations)} positions liquidated, traders lost {format_decimal(loss)} "
+                f"to liquidations; insurance funds {funds or 'empty'}")
+
+    print("\n".join([
+        "outcomes (the rows compare the last two, position by position):",
+        described("the log's own (its answers as logged; = `replay`)", actual),
+        described("simulated baseline (the log's markets, every command answered at its mark)", original),
+        described(f"counterfactual ({name}, every command answered at its mark)", alternative),
+        f"  changes: {', '.join(f'{n} {c}' for c, n in counts.items())}",
+    ]), file=sys.stderr)  # fmt: skip
     return EXIT_OK
 
 
@@ -898,7 +908,11 @@ def cmd_demo(args) -> int:
         ("stuck positions", f"{summary.stuck_positions:,} (liquidatable without live commands; must be 0)"),
         ("liquidation fills", f"{summary.liquidation_fills:,}"),
         ("ADL trades", f"{summary.adl_commands:,}"),
-        ("insurance fund", f"{summary.insurance_fund} USDT"),
+        ("insurance fund", f"{summary.insurance_fund} USDT, of which {summary.clearance_fees} clearance fees"),
+        ("partial liquidations", f"{summary.partial_liquidations:,} (market steps of BTCUSDT's tier_step and "
+                                 f"ETHUSDT's fraction policy that left the rest of the position)"),
+        ("auto-added margin", f"{summary.auto_margin_added} USDT (from the wallets of the traders who turned "
+                              f"auto_margin on, at the marks that would have liquidated them)"),
         ("rejections", f"{summary.rejections:,}"),
         ("dead letters", f"{summary.deadletters:,}"),
         ("digest", f"{summary.offset} {summary.digest}"),

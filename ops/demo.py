@@ -50,6 +50,9 @@ class DemoSummary:
     rejections: int
     deadletters: int
     insurance_fund: str
+    partial_liquidations: int
+    clearance_fees: str
+    auto_margin_added: str
     offset: int
     digest: str
     chain_links: int = 0
@@ -82,6 +85,7 @@ class MatchingEngine:
         self.session = session
         self.rng = random.Random(seed ^ 0x5EED)
         self.thin_book = thin_book
+        self.partials = 0  # market liquidations that left part of the position (a policy's steps)
 
     def answer(self, records: list[dict], state, ts: int) -> list[m.Event]:
         """The answers to one slice's outbox records, against ``state`` (the positions as the log has them)."""
@@ -127,6 +131,12 @@ class MatchingEngine:
             slippage_bp = self.rng.randint(0, 20) if self.rng.random() > 0.02 else 100
         moved = mark * (10_000 - slippage_bp if selling else 10_000 + slippage_bp) // 10_000
         price = max(tick, moved // tick * tick)
+        order = command.get("order", m.TAKEOVER)
+        if order == m.MARKET:  # a market order fills no worse than its protection price
+            protection = parse_decimal(command["bankruptcy_price"])
+            price = max(price, protection) if selling else min(price, protection)
+            if qty < (size if selling else -size):
+                self.partials += 1
         sizes[key] = size + (-qty if selling else qty)
         self.session.sizes[key] = sizes[key]
         counterparty = self.rng.choice(self.session.traders)
@@ -140,7 +150,7 @@ class MatchingEngine:
         answer_id = f"lf-{command['command_id']}-{ts}"
         return [
             m.LiquidationFill(answer_id, ts, command["command_id"], command["account"], market,
-                              command["position_side"], qty, price),
+                              command["position_side"], qty, price, order),
             m.Fill(f"lc-{answer_id}", ts, counterparty, market, leg, m.BUY if selling else m.SELL, qty, price, fee),
         ]  # fmt: skip
 
@@ -242,6 +252,9 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None,
         rejections=totals["rejections"],
         deadletters=totals["deadletters"],
         insurance_fund=format_decimal(state.insurance.get("USDT", 0)),
+        partial_liquidations=engine.partials,
+        clearance_fees=format_decimal(state.clearance_fees.get("USDT", 0)),
+        auto_margin_added=format_decimal(state.auto_margin_added.get("USDT", 0)),
         offset=state.offset,
         digest=digest,
         chain_links=(chain.last_offset + 1) // chain.every,

@@ -46,14 +46,26 @@ MARKETS = {
     "BTCUSDT": (U // 10, U // 1000, 60_000 * U, bracket_table(BTCUSDT_TIERS)),
     "ETHUSDT": (U // 100, U // 1000, 3_000 * U, bracket_table(ETHUSDT_TIERS)),
 }
+AUTO_MARGIN_SHARE = 0.1  # traders who switch auto-add margin on (Bybit's option)
 LEVERAGE_CHOICES = [1, 2, 3, 5, 10, 10, 20, 20, 20, 25, 50, 75, 100, 125]
+
+
+# The session's liquidation policies (core.policy): BTCUSDT steps down the brackets one at a time (Bybit),
+# ETHUSDT sends a fifth at a time above 10,000 USDT (Hyperliquid's rule at a tenth of its notional, so that the
+# simulated traders' positions reach it), with a 30 s cooldown and the backstop at 2/3 of MM.
+POLICIES = {
+    "BTCUSDT": m.LiquidationPolicy(m.TIER_STEP),
+    "ETHUSDT": m.LiquidationPolicy(m.FRACTION, fraction=U // 5, min_notional=10_000 * U, cooldown_ms=30_000,
+                                   backstop_ratio=6_666 * U // 10_000),
+}  # fmt: skip
 
 
 def market_events(ts: int) -> list[m.MarketConfig]:
     return [
-        m.MarketConfig(f"cfg-{name}", ts, name, "USDT", tick, lot, brackets, 125 * U // 10_000)
+        m.MarketConfig(f"cfg-{name}", ts, name, "USDT", tick, lot, brackets, 125 * U // 10_000,
+                       liquidation_policy=POLICIES[name])
         for name, (tick, lot, _, brackets) in MARKETS.items()
-    ]
+    ]  # fmt: skip
 
 
 class Session:
@@ -91,6 +103,10 @@ class Session:
                 leverage = self.rng.choice(LEVERAGE_CHOICES)
                 self.leverage[(trader, market)] = leverage
                 yield m.SetLeverage(self._id("lev"), self._tick(), trader, market, leverage)
+            if self.rng.random() < AUTO_MARGIN_SHARE:  # auto-add margin on every position the trader may open
+                for market in MARKETS:
+                    for leg in (m.LONG, m.SHORT) if trader in self.hedge else (m.BOTH,):
+                        yield m.AutoMargin(self._id("auto"), self._tick(), trader, market, leg, True)
 
     def events(self, count: int) -> Iterator[m.Event]:
         """The opening (markets, deposits, leverage), then ``count`` mixed events."""

@@ -177,6 +177,10 @@ class AccountFlows(Projection):
                 self._flows(position.account, self.state.settle[event.market])[2] -= payment
                 self.state.margins[_key(position.account, position.market, position.position_side)] = position.isolated_margin
             return
+        if kind is m.MarkPrice:  # auto-add margin moves equity from the wallet to a position: neither is a flow
+            for account, market, side, _ in view.auto_margin_added():
+                self._equity_change(view, account, self.state.settle[market], None, (market, side))
+            return
         account = getattr(event, "account", None)
         if account is None:
             return
@@ -189,14 +193,16 @@ class AccountFlows(Projection):
         elif kind is m.LiquidationFill or kind is m.AdlFill:
             flows[3] += change
 
-    def _equity_change(self, view, account: str, asset: str, event) -> int:
+    def _equity_change(self, view, account: str, asset: str, event, position_key: tuple[str, str] | None = None) -> int:
         wallet_key = _SEP.join((account, asset))
         wallet = view.wallet(account, asset)
         change = wallet - self.state.wallets.get(wallet_key, 0)
         self.state.wallets[wallet_key] = wallet
-        if hasattr(event, "position_side"):
-            key = _key(account, event.market, event.position_side)
-            position = view.position(account, event.market, event.position_side)
+        if position_key is None and hasattr(event, "position_side"):
+            position_key = (event.market, event.position_side)
+        if position_key is not None:
+            key = _key(account, *position_key)
+            position = view.position(account, *position_key)
             margin = 0 if position is None else position.isolated_margin
             change += margin - self.state.margins.get(key, 0)
             self.state.margins[key] = margin

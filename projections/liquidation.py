@@ -231,6 +231,9 @@ class LiquidationProjection:
             book.forget_ended(state, event.ts)
         if event.ts > self.clock:
             self.clock = event.ts
+        for key, _ in state.top_ups:  # auto-add margin (core.reducer) changed these positions at this mark
+            self.adl_rankings.changed(state, key)
+            self._changed(state, key, trigger, outputs, by_answer=False)
         if self.stale_watched is None or self.stale_watched:
             self._pause_stale(state, trigger, outputs)
         market = state.markets[event.market]

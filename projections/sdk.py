@@ -97,6 +97,10 @@ class View:
         wallet = self._state.wallets.get((account, asset))
         return 0 if wallet is None else wallet.balance
 
+    def auto_margin_added(self) -> list[tuple[str, str, str, int]]:
+        """At an applied mark: the (account, market, position_side, amount) auto-add margin moved from wallets."""
+        return [(*key, amount) for key, amount in self._state.top_ups]
+
     def mark(self, market: str) -> int:
         state = self._state.markets.get(market)
         return 0 if state is None else state.mark

@@ -13,6 +13,7 @@ numeric order):
     p:<acct>\\0<mkt>\\0<side>  position  [size, cost, margin, shortfall]
     w:<acct>\\0<asset>       wallet balance
     l:<acct>\\0<mkt>\\0<side>  leverage setting
+    u:<acct>\\0<mkt>\\0<side>  auto-add margin on (absent: off)
     m:<market>             [config, mark, mark_ts]
     b:books                the insurance, fee income, clearing and net deposit books
     b:funds                every insurance-fund domain and its asset
@@ -55,13 +56,14 @@ from ringfence.projections.episodes import BOOK_VERSION
 from ringfence.projections.liquidation import LiquidationProjection
 
 FORMAT_VERSION = 5  # 2: the digest chain (k:, f:, meta:chain); 3: the episode book (e:, q:); 4: fund domains (b:funds);
-# 5: clearance fees (a fifth book)
+# 5: clearance fees and auto-added margin (two more books), auto-add margin settings (u:)
 
 META_VERSION = b"meta:version"
 META_OFFSET = b"meta:offset"
 POSITION = b"p:"
 WALLET = b"w:"
 LEVERAGE = b"l:"
+AUTO_MARGIN = b"u:"
 MARKET = b"m:"
 BOOKS = b"b:books"
 FUNDS = b"b:funds"
@@ -343,11 +345,14 @@ class StateStore:
         for key, value in self._scan(LEVERAGE):
             account, market, side = _split(key, LEVERAGE)
             state.leverage[(account, market, side)] = bytes_to_int(value)
+        for key, value in self._scan(AUTO_MARGIN):
+            account, market, side = _split(key, AUTO_MARGIN)
+            state.auto_margin.setdefault(market, set()).add((account, market, side))
         books = self._get(BOOKS)
         if books is not None:
             for book, entries in zip(
-                (state.insurance, state.fee_income, state.clearing, state.net_deposits, state.clearance_fees),
-                _decode_list(books), strict=True,
+                (state.insurance, state.fee_income, state.clearing, state.net_deposits, state.clearance_fees,
+                 state.auto_margin_added), _decode_list(books), strict=True,
             ):
                 book.update((name, bytes_to_int(value)) for name, value in entries)
         funds = self._get(FUNDS)
@@ -402,13 +407,19 @@ class StateStore:
             batch.put(WALLET + _join(*key), int_to_bytes(state.wallets[key].balance))
         for key in state.dirty_leverage:
             batch.put(LEVERAGE + _join(*key), int_to_bytes(state.leverage[key]))
+        for key in state.dirty_auto_margin:
+            if key in state.auto_margin.get(key[1], ()):
+                batch.put(AUTO_MARGIN + _join(*key), b"on")
+            else:
+                batch.delete(AUTO_MARGIN + _join(*key))
         for name in state.dirty_markets:
             market = state.markets[name]
             batch.put(MARKET + name.encode(), _encode((market.config, market.mark, market.mark_ts)))
         if state.dirty_balances:
             books = [
                 [[name, int_to_bytes(value)] for name, value in sorted(book.items())]
-                for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits, state.clearance_fees)
+                for book in (state.insurance, state.fee_income, state.clearing, state.net_deposits, state.clearance_fees,
+                             state.auto_margin_added)
             ]
             batch.put(BOOKS, _encode(books))
             batch.put(FUNDS, _encode(sorted(state.fund_assets.items())))

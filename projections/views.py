@@ -131,8 +131,10 @@ def books_view(state: State) -> list[dict]:
         ("fee_income", state.fee_income, str),
         ("clearing", state.clearing, lambda market: state.markets[market].config.settle),
         ("net_deposits", state.net_deposits, str),
-        # not a balance: the part of each insurance fund that came from clearance fees
+        # not balances: the part of each insurance fund that came from clearance fees, and of the positions'
+        # margins that auto-add margin moved from wallets
         ("clearance_fees_in_fund", state.clearance_fees, state.fund_assets.__getitem__),
+        ("auto_margin_added", state.auto_margin_added, str),
     ):
         rows.extend({"book": name, "key": key, "asset": asset_of(key), "balance": format_decimal(value)}
                     for key, value in sorted(book.items()))  # fmt: skip

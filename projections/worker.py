@@ -12,7 +12,8 @@ two work in parallel:
    size, cost, margin)`` for a position after a fill or transfer, ``(offset,
    fund)`` when it closed (fund: the market's insurance-fund balance);
    ``(offset, [(key, margin), ...])`` after funding; ``(offset,)`` for a mark
-   or market config, which the child applies itself. Batches of rows go
+   or market config, which the child applies itself, or for a mark at which
+   auto-add margin topped positions up ``(offset, [(key, margin, added), ...])``. Batches of rows go
    over the child's stdin (marshalled: twice as fast as pickle for plain
    tuples; a writer thread sends them, so the reduction does not wait on
    the pipe).
@@ -60,7 +61,8 @@ from ringfence.events.log_codec import decode_record
 from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.outbox import decision_records
 
-# what a row carries, by event type: one position (and the fund), every margin of a market, or nothing
+# what a row carries, by event type: one position (and the fund), every margin of a market, or nothing (a mark:
+# the positions auto-add margin topped up, if any)
 POSITION, MARGINS, MARKET = 0, 1, 2
 ROW_KINDS = {Fill: POSITION, MarginTransfer: POSITION, LiquidationFill: POSITION, AdlFill: POSITION,
              Funding: MARGINS, MarkPrice: MARKET, MarketConfig: MARKET}  # fmt: skip
@@ -143,6 +145,8 @@ class ProjectionWorker:
                     append((offset, state.insurance.get(fund, 0), position.size, position.cost, position.margin))
             elif kind == MARGINS:
                 append((offset, [(key, p.margin) for key, p in state.by_market.get(event.market, {}).items()]))
+            elif state.top_ups and type(event) is MarkPrice:  # auto-add margin moved these margins (core.reducer)
+                append((offset, [(key, state.positions[key].margin, amount) for key, amount in state.top_ups]))
             else:
                 append((offset,))
             if len(rows) >= ROWS_PER_BATCH:
@@ -334,9 +338,15 @@ class Follower:
                     _, _, position.size, position.cost, position.margin = row
                 insurance[markets[market].fund] = row[1]
                 state.offset = offset
-            elif event_type is MarkPrice:  # applied by the parent: only its price and time matter here
+            elif event_type is MarkPrice:  # applied by the parent: its price and time, and any auto-added margin
                 market = markets[event.market]
                 market.mark, market.mark_ts = event.price, event.ts
+                if len(row) > 1:
+                    state.top_ups = [(key, amount) for key, _, amount in row[1]]
+                    for key, margin, _ in row[1]:
+                        positions[key].margin = margin
+                elif state.top_ups:
+                    state.top_ups = []
                 state.offset = offset
             elif kind == MARGINS:
                 for key, margin in row[1]:

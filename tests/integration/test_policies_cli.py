@@ -10,6 +10,17 @@ def _lines(*records) -> str:
     return "".join(json.dumps(record) + "\n" for record in records)
 
 
+def _long_and_short(market: str, qty: str, price: str, deposit: str) -> list[dict]:
+    """alice long and bob short ``qty`` at ``price``, both at 10x."""
+    events = []
+    for n, (account, side) in enumerate((("alice", "buy"), ("bob", "sell"))):
+        events += [{"type": "deposit", "id": f"d{n}", "ts": 2, "account": account, "asset": "USDT", "amount": deposit},
+                   {"type": "leverage", "id": f"l{n}", "ts": 2, "account": account, "market": market, "leverage": 10},
+                   {"type": "fill", "id": f"f{n}", "ts": 3, "account": account, "market": market, "side": side,
+                    "qty": qty, "price": price, "fee": "0"}]  # fmt: skip
+    return events
+
+
 def test_a_fraction_step_its_market_answer_and_the_fee_survive_a_restart_and_replay(tmp_path, cli):
     """Long 100 ETH @ 3,000 at 10x (margin 30,000), fee 0.05 %; mark 2,727: a market command for 20.
 
@@ -18,12 +29,7 @@ def test_a_fraction_step_its_market_answer_and_the_fee_survive_a_restart_and_rep
     data, session = tmp_path / "data", tmp_path / "session.jsonl"
     market = {"type": "market", "id": "cfg", "ts": 1, "market": "ETHUSDT", "settle": "USDT", "tick_size": "0.01",
               "lot_size": "0.001", "brackets": BRACKETS, "liquidation_fee_rate": "0.0005", "liquidation_policy": POLICY}
-    events = [market]
-    for n, (account, side) in enumerate((("alice", "buy"), ("bob", "sell"))):
-        events += [{"type": "deposit", "id": f"d{n}", "ts": 2, "account": account, "asset": "USDT", "amount": "1000000"},
-                   {"type": "leverage", "id": f"l{n}", "ts": 2, "account": account, "market": "ETHUSDT", "leverage": 10},
-                   {"type": "fill", "id": f"f{n}", "ts": 3, "account": account, "market": "ETHUSDT", "side": side,
-                    "qty": "100", "price": "3000", "fee": "0"}]  # fmt: skip
+    events = [market, *_long_and_short("ETHUSDT", "100", "3000", "1000000")]
     events += [{"type": "mark", "id": "m1", "ts": 4, "market": "ETHUSDT", "price": "3000"},
                {"type": "mark", "id": "m2", "ts": 5, "market": "ETHUSDT", "price": "2727"},
                {**market, "id": "bad", "liquidation_policy": {"kind": "fraction", "fraction": "1"}}]  # fmt: skip
@@ -51,5 +57,37 @@ def test_a_fraction_step_its_market_answer_and_the_fee_survive_a_restart_and_rep
              for row in map(json.loads, cli("books", "--json", data=data)[1].splitlines())}  # fmt: skip
     assert books[("insurance_fund", "USDT")] == books[("clearance_fees_in_fund", "USDT")] == "27.27"
     # the state came back from RocksDB for the second run; a replay from offset 0 gives the same digest
+    digest = cli("digest", data=data)[1]
+    assert cli("replay", data=data)[1] == digest and cli("replay", "--verify", data=data)[0] == 0
+
+
+def test_auto_margin_through_the_cli_restart_and_history(tmp_path, cli):
+    """Bybit's example (5 BTC @ 8,000, 10x, mmr 0.5 %): at the mark 7,230 the reducer adds the IM 4,000; `history`
+    shows it on the mark's row; the setting and the books come back from RocksDB (a second run's digest = replay's)."""
+    data, session = tmp_path / "data", tmp_path / "session.jsonl"
+    market = {"type": "market", "id": "cfg", "ts": 1, "market": "BTCUSDT", "settle": "USDT", "tick_size": "0.1",
+              "lot_size": "0.001", "brackets": [{"notional_floor": "0", "notional_cap": "1000000000", "max_leverage": 100,
+                                                 "mmr": "0.005", "maint_amount": "0"}]}  # fmt: skip
+    events = [market, *_long_and_short("BTCUSDT", "5", "8000", "100000")]
+    events += [{"type": "auto_margin", "id": "am", "ts": 4, "account": "alice", "market": "BTCUSDT", "enabled": True},
+               {"type": "auto_margin", "id": "am2", "ts": 4, "account": "alice", "market": "NOPE", "enabled": True},
+               {"type": "mark", "id": "m1", "ts": 5, "market": "BTCUSDT", "price": "8000"}]  # fmt: skip
+    session.write_text(_lines(*events))
+    cli("ingest", str(session), data=data, check_rc=None)
+    cli("run", data=data, check_rc=3)  # the unknown market is a dead letter
+    (tmp_path / "more.jsonl").write_text(_lines({"type": "mark", "id": "m2", "ts": 6, "market": "BTCUSDT", "price": "7230"}))
+    cli("ingest", str(tmp_path / "more.jsonl"), data=data, check_rc=None)
+    cli("run", data=data, check_rc=None)  # from the store: the setting is read back from RocksDB
+    (dead,) = [json.loads(line) for line in cli("deadletters", "--json", data=data)[1].splitlines()]
+    assert dead["reason"] == "unknown_market"
+    assert cli("commands", "--json", data=data)[1].strip() == ""  # topped up: not liquidatable
+    (alice,) = [p for p in map(json.loads, cli("positions", "--json", data=data)[1].splitlines()) if p["account"] == "alice"]
+    assert (alice["isolated_margin"], alice["liquidation_price"]) == ("8000", "6432.2")
+    books = {(row["book"], row["key"]): row["balance"]
+             for row in map(json.loads, cli("books", "--json", data=data)[1].splitlines())}  # fmt: skip
+    assert books[("auto_margin_added", "USDT")] == "4000"
+    history = [json.loads(line) for line in cli("history", "alice", "BTCUSDT", "--json", data=data)[1].splitlines()]
+    (row,) = [r for r in history if r.get("auto_margin_added")]
+    assert (row["type"], row["event_id"], row["auto_margin_added"]) == ("mark", "m2", "4000")
     digest = cli("digest", data=data)[1]
     assert cli("replay", data=data)[1] == digest and cli("replay", "--verify", data=data)[0] == 0

@@ -3,7 +3,8 @@
 The adversarial part looks at the state (as a matching engine would) to send
 fills far from the mark that bankrupt and flip positions, large funding rates,
 transfers of every size and market configs with short liquidation time-outs,
-mark bands, stale-mark limits, liquidation policies and clearance fees. A hostile matching engine answers the liquidation and ADL
+mark bands, stale-mark limits, liquidation policies and clearance fees, and
+auto-add margin switched on and off. A hostile matching engine answers the liquidation and ADL
 commands the projection emits: fully, partially, late (after their cancel),
 twice, for more than was asked, for the wrong position, out of order (the two
 legs of an ADL trade either way round), never, with forged ids, with the wrong
@@ -154,6 +155,10 @@ def adversarial_stream(seed: int, count: int, traders: int = 12, projection: Liq
                     # liquidation policies (core.policy) and the clearance fee their market fills pay
                     liquidation_policy=rng.choice(POLICIES), liquidation_fee_rate=rng.choice((0, U // 2000, U // 80)),
                 )  # fmt: skip
+            elif roll < 0.24 and state.positions:  # auto-add margin on (mostly) or off, now and then for no market
+                account, market, side = rng.choice(sorted(state.positions))
+                market = market if rng.random() < 0.95 else "NOPE-PERP"
+                event = m.AutoMargin(f"auto-{serial}", event.ts, account, market, side, rng.random() < 0.8)
         verdict = apply_event(state, state.offset + 1, event, projection.check_answer)
         engine.take(projection.after_event(state, state.offset, event, verdict is None))
         produced += 1

@@ -43,10 +43,10 @@ def test_resume_from_checkpoints_equals_one_run(seed, count, cuts, checkpoint_ev
 
 
 def test_duplicate_window_survives_checkpoints_and_forgets_old_ids(tmp_path, monkeypatch):
-    import ringfence.core.reducer as reducer
+    import ringfence.core.state as core_state
     from ringfence.core import model as m
 
-    monkeypatch.setattr(reducer, "DEDUP_GENERATION_EVENTS", 5)
+    monkeypatch.setattr(core_state, "DEDUP_GENERATION_EVENTS", 5)  # every State's dedup_span
     log = EmbeddedLog(tmp_path / "log")
     for n in range(12):
         log.append(encode_record(m.Deposit(f"d{n}", n, "a", "USDT", 1)))

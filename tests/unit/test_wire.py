@@ -193,3 +193,13 @@ def test_a_liquidation_fill_names_its_order_and_an_adl_fill_has_none():
     assert event.order == m.MARKET and decode_line(encode_line(event)) == event
     assert reason(json.dumps({**answer, "order": "limit"}).encode()) == "invalid_value"
     assert reason(json.dumps({**answer, "type": "adl_fill", "order": "market"}).encode()) == "unknown_field"
+
+
+def test_auto_margin_on_the_wire():
+    record = {"type": "auto_margin", "id": "a1", "ts": 1, "account": "a", "market": "BTCUSDT", "enabled": True}
+    event = decode_line(json.dumps(record).encode())
+    assert (event.position_side, event.enabled) == ("BOTH", True) and decode_line(encode_line(event)) == event
+    assert reason(json.dumps({**record, "enabled": "yes"}).encode()) == "invalid_type"
+    assert reason(json.dumps({**record, "enabled": 1}).encode()) == "invalid_type"
+    assert reason(json.dumps({k: v for k, v in record.items() if k != "enabled"}).encode()) == "missing_field"
+    assert reason(json.dumps({**record, "position_side": "UP"}).encode()) == "invalid_value"
