@@ -578,10 +578,22 @@ def _auto_add_margin(state: State, market: MarketState, enabled: set[PositionKey
     account's positions share its wallet."""
     config = market.config
     settle, brackets, mark = config.settle, config.brackets, market.mark
-    for key in sorted(enabled):
-        position = state.positions.get(key)
-        if position is None or not mm.is_liquidatable(brackets, position.size, position.cost, position.margin, mark):
+    positions = state.by_market.get(config.market, {})
+    floors, squared = market.floors_e16, SCALE * SCALE
+    # margin.is_liquidatable inlined (B * S <= MM, exact; the bracket by bisect as in _open): this runs for every
+    # enabled position at every mark. No side effect, so the set's order does not matter; top-ups go in key order
+    due = []
+    for key in enabled:
+        position = positions.get(key)
+        if position is None or not position.size:
             continue
+        notional = abs(position.size) * mark
+        bracket = brackets[bisect_right(floors, notional) - 1]
+        if (position.margin * SCALE + position.size * mark - position.cost) * SCALE <= \
+                notional * bracket.mmr - bracket.maint_amount * squared:  # fmt: skip
+            due.append(key)
+    for key in sorted(due):
+        position = positions[key]
         wallet = state.wallets.get((key[0], settle))
         notional = abs(position.cost) // SCALE  # at entry, amount units
         initial = -(-abs(position.cost) // (SCALE * effective_leverage(state, key)))
