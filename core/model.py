@@ -28,11 +28,9 @@ _opts = dict(frozen=True, array_like=True, gc=False, tag_field="type")
 # How a market liquidates a position that is liquidatable but not bankrupt (docs/decisions.md, "Liquidation
 # policies"); core.policy is the rule. A bankrupt one is always the fund stage's, whatever the policy.
 FULL, TIER_STEP, FRACTION = "full", "tier_step", "fraction"
-POLICY_KINDS = (FULL, TIER_STEP, FRACTION)
 # How a liquidation command is executed, and so how its liquidation_fills settle (core.reducer):
 TAKEOVER = "takeover"  # the fund takes the quantity over at the bankruptcy price: the trader loses that share of margin
 MARKET = "market"  # a market order, never worse than its protection price: PnL at the execution price, minus the fee
-ORDERS = (TAKEOVER, MARKET)
 
 
 class Bracket(msgspec.Struct, frozen=True, array_like=True, gc=False):
