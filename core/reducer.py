@@ -15,6 +15,7 @@ from ringfence.core import margin as mm
 from ringfence.core import reasons as r
 from ringfence.core.check import InvariantError, check
 from ringfence.core.fixed import SCALE, format_decimal as dec, mul_div_ceil, mul_div_floor
+from ringfence.core.index import PriceIndex
 from ringfence.core.limits import (
     MAX_POSITION_BALANCE_UNITS,
     MAX_POSITION_NOTIONAL_UNITS,
@@ -139,6 +140,7 @@ def _apply_market(state: State, event: MarketConfig, check_answer=None) -> Verdi
         state.markets[event.market] = MarketState(event)
     else:
         state.markets[event.market] = MarketState(event, existing.mark, existing.mark_ts)
+        state.auto_moved.update(state.auto_margin.get(event.market, ()))  # new brackets: new liquidation prices
     if fund_asset is None:
         state.fund_assets[fund] = event.settle
         state.dirty_balances = True  # the store keeps the domains with the books
@@ -188,6 +190,10 @@ def _apply_auto_margin(state: State, event: AutoMargin) -> Verdict | None:
     else:
         enabled.discard(key)
     state.dirty_auto_margin.add(key)
+    position = state.positions.get(key)
+    if position is not None:
+        position.auto = event.enabled
+    state.auto_moved.add(key)  # keyed in (or dropped from) the index at the next mark
     return None
 
 
@@ -383,6 +389,8 @@ def _open(
     if not position.dirty:
         position.dirty = True
         state.dirty_positions.append(key)
+    if position.auto:  # State.touch_position inlined
+        state.auto_moved.add(key)
     if not wallet.dirty:
         wallet.dirty = True
         state.dirty_wallets.append((key[0], settle))
@@ -575,39 +583,61 @@ def _auto_add_margin(state: State, market: MarketState, enabled: set[PositionKey
     """Bybit's auto-add margin, at a mark: an enabled position that is liquidatable at it first gets its initial
     margin (|cost| / leverage, rounded up) from the free wallet, or all that is free, never beyond 1x (margin <=
     the entry notional). One top-up per mark; the projection then judges it at the same mark. In key order: an
-    account's positions share its wallet."""
+    account's positions share its wallet.
+
+    The enabled positions are found by the price index the projection uses (core.index: O(log n + k) per mark,
+    never a miss); each candidate is tested exactly."""
+    index = state.auto_index
+    if index is None:  # the first mark since a start or restore: derive it (every enabled position)
+        index = state.auto_index = PriceIndex()
+        state.auto_moved.clear()
+        for keys in state.auto_margin.values():
+            for key in keys:
+                position = state.positions.get(key)
+                if position is not None:
+                    position.auto = True
+                    state.auto_moved.add(key)
+    moved = state.auto_moved
+    if moved:
+        for key in moved:  # in any order: what is taken below depends only on the entries' prices and keys
+            if key in state.auto_margin.get(key[1], ()):
+                index.reindex(state, key, False)
+            else:
+                index.drop(key)
+        moved.clear()
     config = market.config
-    settle, brackets, mark = config.settle, config.brackets, market.mark
-    positions = state.by_market.get(config.market, {})
-    floors, squared = market.floors_e16, SCALE * SCALE
-    # margin.is_liquidatable inlined (B * S <= MM, exact; the bracket by bisect as in _open): this runs for every
-    # enabled position at every mark. No side effect, so the set's order does not matter; top-ups go in key order
+    brackets, mark = config.brackets, market.mark
+    market_index = index.market(state, config.market)
     due = []
-    for key in enabled:
-        position = positions.get(key)
-        if position is None or not position.size:
-            continue
-        notional = abs(position.size) * mark
-        bracket = brackets[bisect_right(floors, notional) - 1]
-        if (position.margin * SCALE + position.size * mark - position.cost) * SCALE <= \
-                notional * bracket.mmr - bracket.maint_amount * squared:  # fmt: skip
-            due.append(key)
+    for long in (True, False):
+        taken = index.take(market_index, mark, False, long)
+        missed = []
+        for entry in taken:
+            position = state.positions[entry[1]]
+            if mm.is_liquidatable(brackets, position.size, position.cost, position.margin, mark):
+                due.append(entry[1])
+            else:
+                missed.append(entry)
+        index.put_back(market_index, False, long, missed)
+    index.compact(market_index, len(enabled))
+    settle = config.settle
     for key in sorted(due):
-        position = positions[key]
+        position = state.positions[key]
         wallet = state.wallets.get((key[0], settle))
         notional = abs(position.cost) // SCALE  # at entry, amount units
         initial = -(-abs(position.cost) // (SCALE * effective_leverage(state, key)))
         amount = min(0 if wallet is None else wallet.balance, initial, notional - position.margin,
                      _MAX_BALANCE - position.margin)  # fmt: skip
-        if amount <= 0:
-            continue
-        wallet.balance -= amount
-        position.margin += amount
-        state.touch_wallet(key[0], settle, wallet)
-        state.touch_position(key, position)
-        state.auto_margin_added[settle] = state.auto_margin_added.get(settle, 0) + amount
-        state.dirty_balances = True
-        state.top_ups.append((key, amount))
+        if amount > 0:
+            wallet.balance -= amount
+            position.margin += amount
+            state.touch_wallet(key[0], settle, wallet)
+            state.touch_position(key, position)
+            state.auto_margin_added[settle] = state.auto_margin_added.get(settle, 0) + amount
+            state.dirty_balances = True
+            state.top_ups.append((key, amount))
+        index.reindex(state, key, False)  # its entry was taken: keyed again, topped up or not
+        moved.discard(key)
 
 
 def _apply_funding(state: State, event: Funding) -> Verdict | None:

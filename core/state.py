@@ -24,11 +24,16 @@ listed once in ``dirty_*`` so the store writes only what changed since the
 last checkpoint (a flag check on an object in hand is cheaper than a set).
 """
 
+from typing import TYPE_CHECKING
+
 import msgspec
 
 from ringfence.core.fixed import SCALE
 from ringfence.core.limits import DEDUP_GENERATION_EVENTS
 from ringfence.core.model import MarketConfig
+
+if TYPE_CHECKING:
+    from ringfence.core.index import PriceIndex
 
 PositionKey = tuple[str, str, str]  # account, market, position side
 
@@ -48,6 +53,7 @@ class Position(msgspec.Struct, gc=False):
     leverage_cache: int = 0  # the effective leverage setting, 0 = look it up
     wallet: Wallet | None = None  # the account's wallet in the settle asset
     dirty: bool = False
+    auto: bool = False  # auto-add margin is on and the reducer's index follows it: a change re-keys it there
 
 
 class MarketState(msgspec.Struct, gc=False):
@@ -80,6 +86,8 @@ class State:
         "auto_margin_added",
         "auto_margin",
         "top_ups",
+        "auto_index",
+        "auto_moved",
         "id_generation",
         "dedup_span",
         "recent_ids",
@@ -110,6 +118,10 @@ class State:
         # positions (account, market, side) with auto-add margin on, by market: what a mark looks at
         self.auto_margin: dict[str, set[PositionKey]] = {}
         self.top_ups: list[tuple[PositionKey, int]] = []  # what the last applied mark added (derived, not state)
+        # derived, not state: the enabled positions by the price at which a mark would liquidate them (built at
+        # the first mark that needs it), and those changed since it last looked (core.reducer re-keys them)
+        self.auto_index: PriceIndex | None = None
+        self.auto_moved: set[PositionKey] = set()
         # duplicate recognition (limits.DEDUP_GENERATION_EVENTS): id -> offset of
         # the current generation of offsets and of the one before it
         self.id_generation = 0
@@ -130,6 +142,9 @@ class State:
         self.positions[key] = position
         self.by_market.setdefault(key[1], {})[key] = position
         self.dirty_positions.append(key)
+        if self.auto_index is not None and key in self.auto_margin.get(key[1], ()):
+            position.auto = True
+            self.auto_moved.add(key)
         return position
 
     def remove_position(self, key: PositionKey) -> None:
@@ -137,11 +152,15 @@ class State:
         del self.by_market[key[1]][key]
         if not position.dirty:
             self.dirty_positions.append(key)
+        if position.auto:
+            self.auto_moved.add(key)
 
     def touch_position(self, key: PositionKey, position: Position) -> None:
         if not position.dirty:
             position.dirty = True
             self.dirty_positions.append(key)
+        if position.auto:
+            self.auto_moved.add(key)
 
     def wallet(self, account: str, asset: str) -> Wallet:
         """The wallet, created empty if the account never held the asset."""

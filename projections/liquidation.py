@@ -31,7 +31,7 @@ fill or transfer supersedes the position's live commands first
 (position_changed), so does funding and a market config for the market's
 commanded positions; an answer (liquidation/ADL fill of one of its commands)
 does not; a mark re-judges only the candidates of the price index
-(projections.index), first cancelling commands past the market's
+(core.index), first cancelling commands past the market's
 ``liquidation_timeout_ms`` (timed_out, then issued again). A mark that jumps
 beyond the market's ``mark_band`` pauses the market: its commands are
 cancelled and nothing is issued until a mark within the band of its previous
@@ -80,7 +80,7 @@ from ringfence.projections.episodes import (
     other_side,
 )
 from ringfence.projections.fund_stage import Candidate, CutLeg, Decisions, Need, Report
-from ringfence.projections.index import PriceIndex, candidate
+from ringfence.core.index import PriceIndex, candidate
 from ringfence.projections.outputs import (
     MARKET_PAUSED,
     NO_LONGER_LIQUIDATABLE,
@@ -168,7 +168,7 @@ class LiquidationProjection:
                        f"insurance fund only with none")  # fmt: skip
 
     def _commanded(self, key: PositionKey) -> bool:
-        """Indexed as liquidatable (projections.index: judged again when the mark moves its way back)?"""
+        """Indexed as liquidatable (core.index: judged again when the mark moves its way back)?"""
         return self.book.has_live(key) or key in self.awaiting
 
     def _mine(self, account: str) -> bool:

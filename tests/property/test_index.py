@@ -1,16 +1,19 @@
-"""The price index (projections/index.py) never misses a position whose verdict a mark may have changed."""
+"""The price index (core/index.py) never misses a position whose verdict a mark may have changed."""
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ringfence.core import margin as mm
 from ringfence.core import model as m
-from ringfence.core.reducer import apply_event
+from ringfence.core.index import PriceIndex
+from ringfence.core.limits import MAX_POSITION_BALANCE_UNITS
+from ringfence.core.reducer import apply_event, effective_leverage
 from ringfence.core.state import State
 from ringfence.ops.simulate import market_events
-from ringfence.projections.index import PriceIndex
+from tests.property.streams import adversarial_stream
 
 U = 10**8
 
@@ -71,3 +74,40 @@ def test_take_returns_every_position_a_mark_may_have_turned(seed, positions, mar
         key = sorted(state.positions)[seed % len(state.positions)]
         commanded[key] = not commanded[key]
         index.reindex(state, key, commanded[key])
+
+
+def enabled_snapshot(state: State) -> dict:
+    """What auto-add margin looks at, copied: per enabled position its numbers and leverage, the wallets, the marks."""
+    positions = {}
+    for keys in state.auto_margin.values():
+        for key in keys:
+            position = state.positions.get(key)
+            if position is not None and position.size:
+                positions[key] = (position.size, position.cost, position.margin, effective_leverage(state, key))
+    wallets = {key[0]: state.wallets[(key[0], state.markets[key[1]].config.settle)].balance
+               for key in positions if (key[0], state.markets[key[1]].config.settle) in state.wallets}  # fmt: skip
+    marks = {name: market.mark_ts for name, market in state.markets.items()}
+    return {"positions": positions, "wallets": wallets, "marks": marks}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auto_add_margin_tops_up_what_a_scan_of_every_enabled_position_finds(seed):
+    """The reducer finds the enabled positions due at a mark through the index; a scan of all of them, with the
+    rule (initial margin or the free wallet, never beyond 1x, in key order), must give the same top-ups."""
+    before, topped = None, 0
+    for event, state in adversarial_stream(1000 + seed, 2500):
+        if type(event) is m.MarkPrice and before is not None and event.ts >= before["marks"].get(event.market, 1 << 62):
+            brackets = state.markets[event.market].config.brackets
+            wallets, expected = dict(before["wallets"]), []
+            for key, (size, cost, margin, leverage) in sorted(before["positions"].items()):
+                if key[1] != event.market or not mm.is_liquidatable(brackets, size, cost, margin, event.price):
+                    continue
+                amount = min(wallets.get(key[0], 0), -(-abs(cost) // (U * leverage)), abs(cost) // U - margin,
+                             MAX_POSITION_BALANCE_UNITS - margin)  # fmt: skip
+                if amount > 0:
+                    wallets[key[0]] -= amount
+                    expected.append((key, amount))
+            assert state.top_ups == expected, (seed, event)
+            topped += len(expected)
+        before = enabled_snapshot(state)
+    assert topped, "the stream never topped a position up: the test would check nothing"
