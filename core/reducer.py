@@ -394,6 +394,8 @@ def _open(
     if not wallet.dirty:
         wallet.dirty = True
         state.dirty_wallets.append((key[0], settle))
+    if state.auto_parked:  # State.touch_wallet inlined
+        state.unpark(key[0])
     return None
 
 
@@ -591,6 +593,7 @@ def _auto_add_margin(state: State, market: MarketState, enabled: set[PositionKey
     if index is None:  # the first mark since a start or restore: derive it (every enabled position)
         index = state.auto_index = PriceIndex()
         state.auto_moved.clear()
+        state.auto_parked.clear()
         for keys in state.auto_margin.values():
             for key in keys:
                 position = state.positions.get(key)
@@ -636,8 +639,10 @@ def _auto_add_margin(state: State, market: MarketState, enabled: set[PositionKey
             state.auto_margin_added[settle] = state.auto_margin_added.get(settle, 0) + amount
             state.dirty_balances = True
             state.top_ups.append((key, amount))
-        index.reindex(state, key, False)  # its entry was taken: keyed again, topped up or not
-        moved.discard(key)
+            index.reindex(state, key, False)  # its entry was taken: keyed again
+            moved.discard(key)
+        else:  # nothing to add: parked (no entry) until the position or its wallet changes (State.unpark)
+            state.auto_parked.setdefault(key[0], set()).add(key)
 
 
 def _apply_funding(state: State, event: Funding) -> Verdict | None:

@@ -88,6 +88,7 @@ class State:
         "top_ups",
         "auto_index",
         "auto_moved",
+        "auto_parked",
         "id_generation",
         "dedup_span",
         "recent_ids",
@@ -122,6 +123,9 @@ class State:
         # the first mark that needs it), and those changed since it last looked (core.reducer re-keys them)
         self.auto_index: PriceIndex | None = None
         self.auto_moved: set[PositionKey] = set()
+        # due at a mark with nothing to add (an empty wallet, or 1x): out of the index until the position or the
+        # account's wallet changes, so a crash's unfunded positions are not tested again at every mark
+        self.auto_parked: dict[str, set[PositionKey]] = {}
         # duplicate recognition (limits.DEDUP_GENERATION_EVENTS): id -> offset of
         # the current generation of offsets and of the one before it
         self.id_generation = 0
@@ -174,6 +178,14 @@ class State:
         if not wallet.dirty:
             wallet.dirty = True
             self.dirty_wallets.append((account, asset))
+        if self.auto_parked:
+            self.unpark(account)
+
+    def unpark(self, account: str) -> None:
+        """The account's wallet changed: its parked auto-margin positions are looked at again at the next mark."""
+        parked = self.auto_parked.pop(account, None)
+        if parked:
+            self.auto_moved.update(parked)
 
     def clear_dirty(self) -> None:
         for key in self.dirty_positions:

@@ -5,8 +5,10 @@ for every open position: it is liquidatable at the current mark (exact
 ``B <= MM``, its market not paused) if and only if live commands close it on
 the right side for the quantity the market's policy asks (all of it, or part
 of it while a policy's market step is live: core.policy),
-or it is bankrupt (``B < 0``) and *awaits* the next barrier; a position that
-is not liquidatable has no liquidation commands. ``_judge`` is the one place
+or it is bankrupt (``B < 0``) and *awaits* the next barrier, or its own
+event came after its market's mark went stale and it is *held* until the
+market's next mark; a position that is not liquidatable has no liquidation
+commands. ``_judge`` is the one place
 that restores it for a position:
 
 - not liquidatable -> its live commands are cancelled (no_longer_liquidatable,
@@ -37,7 +39,10 @@ beyond the market's ``mark_band`` pauses the market: its commands are
 cancelled and nothing is issued until a mark within the band of its previous
 mark resumes it. A market whose last mark is older than its ``mark_stale_ms``
 at a barrier (any market's) pauses the same way until its next mark
-(``mark_stale``). A mark older than the last is refused by the reducer and
+(``mark_stale``); between barriers a position whose own event (fill,
+transfer, answer) is later than that limit after its market's mark is held:
+its commands are cancelled (``mark_stale``) and none issued until the
+market's next mark. A mark older than the last is refused by the reducer and
 changes nothing.
 
 The episode book (projections.episodes) holds the commands, the index is
@@ -82,6 +87,7 @@ from ringfence.projections.episodes import (
 from ringfence.projections.fund_stage import Candidate, CutLeg, Decisions, Need, Report
 from ringfence.core.index import PriceIndex, candidate
 from ringfence.projections.outputs import (
+    MARK_STALE,
     MARKET_PAUSED,
     NO_LONGER_LIQUIDATABLE,
     POSITION_CHANGED,
@@ -96,17 +102,18 @@ from ringfence.projections.outputs import (
 )
 
 NOTHING = ()  # the outputs of most events: shared, never appended to
-VERSION = "liquidation-v6"  # v3: awaiting positions and cut legs (the fund stage); v4: the stage's chain; v5: stale
-# marks; v6: liquidation policies (the book's orders)
+VERSION = "liquidation-v7"  # v3: awaiting positions and cut legs (the fund stage); v4: the stage's chain; v5: stale
+# marks; v6: liquidation policies (the book's orders); v7: positions held at an own event past a stale mark
 
 
 class Trigger:
     """The event a decision is made on: every output names it."""
 
-    __slots__ = ("offset", "event_id", "ts")
+    __slots__ = ("offset", "event_id", "ts", "own")
 
-    def __init__(self, offset: int, event) -> None:
+    def __init__(self, offset: int, event, own: bool = False) -> None:
         self.offset, self.event_id, self.ts = offset, event.id, event.ts
+        self.own = own  # the position's own event (fill, transfer, answer), in its partition only: not a barrier
 
 
 class LiquidationProjection:
@@ -117,6 +124,7 @@ class LiquidationProjection:
         self.index = PriceIndex()
         self.paused: dict[str, int] = {}  # market -> offset of the jump (or the stale mark's barrier) that paused it
         self.stale: set[str] = set()  # paused markets whose mark went stale: their next fresh mark resumes them
+        self.held: set[PositionKey] = set()  # liquidatable at an own event past the mark's limit: until the next mark
         self.clock = 0  # the latest ts of a barrier so far (marks are judged stale against it)
         self.stale_watched: tuple[str, ...] | None = None  # markets with a mark_stale_ms (derived from the configs)
         self.sequence = 0  # commands-outbox records emitted so far (liquidate, adl, cancel)
@@ -181,12 +189,13 @@ class LiquidationProjection:
         key = (event.account, event.market, event.position_side)
         self.adl_rankings.changed(state, key)
         book = self.book
-        if key in state.positions and key not in book.targets and not book.has_live(key) and key not in self.awaiting:
+        if key in state.positions and key not in book.targets and not book.has_live(key) and key not in self.awaiting \
+                and key not in self.held:  # fmt: skip
             # the hot path: a position without commands; judge it only if the index says it may be liquidatable
             if not self.index.reindex(state, key, False):
                 return NOTHING
         outputs: list = []
-        self._changed(state, key, Trigger(offset, event), outputs, by_answer=False)
+        self._changed(state, key, Trigger(offset, event, own=True), outputs, by_answer=False)
         return outputs
 
     def _on_answer(self, state: State, offset: int, event: LiquidationFill) -> list:
@@ -197,7 +206,7 @@ class LiquidationProjection:
             self.book.record_partial(key, event.ts)  # a partial liquidation: the fraction policy's cooldown starts
         self.adl_rankings.changed(state, key)
         outputs: list = []
-        self._changed(state, key, Trigger(offset, event), outputs, by_answer=True)
+        self._changed(state, key, Trigger(offset, event, own=True), outputs, by_answer=True)
         return outputs
 
     def _on_market_change(self, state: State, offset: int, event: Funding | MarketConfig) -> list:
@@ -223,6 +232,8 @@ class LiquidationProjection:
 
     def _on_mark(self, state: State, offset: int, event: MarkPrice) -> list | tuple:
         self.barriers += 1
+        if self.held:  # the market's mark moved: its held positions are judged again (the index finds them)
+            self.held.difference_update([key for key in self.held if key[1] == event.market])
         self.adl_rankings.invalidate(event.market)
         outputs: list = []
         trigger = Trigger(offset, event)
@@ -314,6 +325,7 @@ class LiquidationProjection:
             book.position_closed(key)
             self.index.drop(key)
             self.awaiting.discard(key)
+            self.held.discard(key)
             return
         if not by_answer:
             for command in book.live_for(key):  # superseded: judged again below on the position as it is now
@@ -325,11 +337,20 @@ class LiquidationProjection:
         """Make the position's live commands what the invariant asks (module doc), then re-key it."""
         book = self.book
         live = book.live_for(key)
+        if trigger.own:
+            self.held.discard(key)  # judged again at each own event, at its own ts
         if not self._liquidatable(state, key):
             reason = MARKET_PAUSED if key[1] in self.paused else NO_LONGER_LIQUIDATABLE
             for command in live:
                 self._withdraw(command, reason, trigger, outputs)
             self.awaiting.discard(key)
+        elif trigger.own and self._stale_at(state, key[1], trigger.ts):
+            # the event's time is past the mark's limit: nothing is issued on that mark. Only this position's
+            # own event counts here (in its partition alone); the market pauses with an alert at a barrier
+            for command in live:
+                self._withdraw(command, MARK_STALE, trigger, outputs)
+            self.awaiting.discard(key)
+            self.held.add(key)
         else:
             position = state.positions[key]
             market = state.markets[key[1]]
@@ -376,9 +397,16 @@ class LiquidationProjection:
     def _liquidatable(self, state: State, key: PositionKey) -> bool:
         position = state.positions.get(key)
         market = state.markets[key[1]]
-        if position is None or market.mark == 0 or key[1] in self.paused:
+        if position is None or market.mark == 0 or key[1] in self.paused or key in self.held:
             return False
         return mm.is_liquidatable(market.config.brackets, position.size, position.cost, position.margin, market.mark)
+
+    @staticmethod
+    def _stale_at(state: State, name: str, ts: int) -> bool:
+        """Is the market's mark older than its ``mark_stale_ms`` at ``ts``?"""
+        market = state.markets[name]
+        limit = market.config.mark_stale_ms
+        return bool(limit) and ts - market.mark_ts > limit
 
     def _withdraw(self, command: Command, reason: str, trigger: Trigger, outputs: list) -> None:
         """A live command of the position that no longer fits: a liquidate is cancelled, an ADL leg cut."""
@@ -615,7 +643,7 @@ class LiquidationProjection:
     def head(self) -> list:
         """The small part of the state, stored whole at every checkpoint."""
         return [[VERSION, self.sequence, self.barriers, self.stage_decisions, self.stage_digest, self.clock],
-                sorted(self.paused.items()), sorted(self.last_marks.items()), sorted(self.stale),
+                sorted(self.paused.items()), sorted(self.last_marks.items()), sorted(self.stale), sorted(self.held),
                 sorted(self.awaiting), sorted(self.bankrupt_legs), list(self.cut_legs)]  # fmt: skip
 
     def sections(self) -> list:
@@ -637,7 +665,7 @@ class LiquidationProjection:
         self.book.clear_dirty()
 
     def restore(self, snapshot: list, state: State) -> None:
-        head, paused, last_marks, stale, *rest = snapshot
+        head, paused, last_marks, stale, held, *rest = snapshot
         if head[0] != VERSION:
             raise ValueError(f"liquidation projection state {head[0]!r} is not {VERSION}: replay from offset 0")
         awaiting, bankrupt_legs, cut_legs, *book = rest
@@ -645,6 +673,7 @@ class LiquidationProjection:
         self.paused = dict(paused)
         self.last_marks = dict(last_marks)
         self.stale = set(stale)
+        self.held = {tuple(key) for key in held}
         self.awaiting = {tuple(key) for key in awaiting}
         self.bankrupt_legs = {tuple(key) for key in bankrupt_legs}
         self.cut_legs = [msgspec.convert(leg, CutLeg) for leg in cut_legs]

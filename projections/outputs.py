@@ -98,7 +98,9 @@ class Alert(msgspec.Struct, frozen=True, gc=False, tag="alert", tag_field="type"
 POSITION_CHANGED = "position_changed"  # something other than its own answers changed the position
 NO_LONGER_LIQUIDATABLE = "no_longer_liquidatable"  # B > MM at the mark now
 TIMED_OUT = "timed_out"  # unanswered for the market's liquidation_timeout_ms
-MARKET_PAUSED = "market_paused"  # the mark jumped beyond the market's band
+MARKET_PAUSED = "market_paused"  # the mark jumped beyond the market's band, or went stale at a barrier
+MARK_STALE = "mark_stale"  # the position's own event came later than its market's mark_stale_ms after its mark
 POSITION_CLOSED = "position_closed"  # closed by something other than this command's answers
 TARGET_CHANGED = "target_changed"  # the ADL counterparty no longer holds what the command closes
-CANCEL_REASONS = (POSITION_CHANGED, NO_LONGER_LIQUIDATABLE, TIMED_OUT, MARKET_PAUSED, POSITION_CLOSED, TARGET_CHANGED)
+CANCEL_REASONS = (POSITION_CHANGED, NO_LONGER_LIQUIDATABLE, TIMED_OUT, MARKET_PAUSED, MARK_STALE, POSITION_CLOSED,
+                  TARGET_CHANGED)

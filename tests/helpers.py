@@ -63,14 +63,14 @@ class Book:
     def leverage(self, account, leverage, market="BTCUSDT", side="BOTH"):
         return self.apply(m.SetLeverage(self._id(), 0, account, market, leverage, side))
 
-    def fill(self, account, side, qty, price, fee="0", market="BTCUSDT", position_side="BOTH"):
-        return self.apply(m.Fill(self._id(), 0, account, market, position_side, side, d(qty), d(price), d(fee)))
+    def fill(self, account, side, qty, price, fee="0", market="BTCUSDT", position_side="BOTH", ts=0):
+        return self.apply(m.Fill(self._id(), ts, account, market, position_side, side, d(qty), d(price), d(fee)))
 
     def mark(self, price, market="BTCUSDT", ts=0):
         return self.apply(m.MarkPrice(self._id(), ts, market, d(price)))
 
-    def transfer(self, account, amount, market="BTCUSDT", side="BOTH"):
-        return self.apply(m.MarginTransfer(self._id(), 0, account, market, side, d(amount)))
+    def transfer(self, account, amount, market="BTCUSDT", side="BOTH", ts=0):
+        return self.apply(m.MarginTransfer(self._id(), ts, account, market, side, d(amount)))
 
     def auto_margin(self, account, enabled=True, market="BTCUSDT", side="BOTH"):
         return self.apply(m.AutoMargin(self._id(), 0, account, market, side, enabled))

@@ -3,7 +3,7 @@
 The adversarial part looks at the state (as a matching engine would) to send
 fills far from the mark that bankrupt and flip positions, large funding rates,
 transfers of every size and market configs with short liquidation time-outs,
-mark bands, stale-mark limits, liquidation policies and clearance fees, and
+mark bands, stale-mark limits with mark feed outages, liquidation policies and clearance fees, and
 auto-add margin switched on and off. A hostile matching engine answers the liquidation and ADL
 commands the projection emits: fully, partially, late (after their cancel),
 twice, for more than was asked, for the wrong position, out of order (the two
@@ -94,12 +94,13 @@ def adversarial_stream(seed: int, count: int, traders: int = 12, projection: Liq
     session = Session(seed, traders)
     state, projection = State(), projection or LiquidationProjection()
     engine = HostileEngine(random.Random(seed ^ 0xE9))
-    base = session.events(count)
+    base = session.events(2 * count)  # more than enough: an outage drops marks, the loop stops at ``count``
     # most sessions start with BTCUSDT in a fund of its own (Binance keeps one per major), the rest in USDT's
     own_funds = {"BTCUSDT": "BTCUSDT-fund"} if rng.random() < 0.7 else {}
     serial = 0
     queued: list = []
     produced = 0
+    outages: dict[str, int] = {}  # market -> ts until which its mark feed is silent
     while produced < count:
         serial += 1
         if queued:
@@ -110,6 +111,11 @@ def adversarial_stream(seed: int, count: int, traders: int = 12, projection: Liq
                 break
             if type(event) is m.MarketConfig and event.market in own_funds:
                 event = msgspec.structs.replace(event, insurance_fund=own_funds[event.market])
+            if type(event) is m.MarkPrice:  # a mark feed outage of 4-15 s now and then: fills go on, marks stop
+                if outages.get(event.market, 0) > event.ts:
+                    continue
+                if rng.random() < 0.02:
+                    outages[event.market] = event.ts + rng.randint(4_000, 15_000)
             roll = rng.random()
             if roll < 0.12:
                 answers = engine.answer(state, serial, event.ts)

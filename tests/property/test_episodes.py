@@ -111,6 +111,8 @@ class Reference:
         self.last_mark: dict[str, int] = {}
         self.paused: set[str] = set()  # by the band
         self.stale: set[str] = set()  # by a stale mark
+        self.held: set = set()  # liquidatable at its own event later than its market's mark limit: until a mark
+        self.times_held = 0
         self.clock = 0  # the latest barrier ts
         self.partial_ts: dict[tuple, int] = {}  # position -> ts of its last partial liquidation (market fill)
 
@@ -178,7 +180,18 @@ class Reference:
             if limit and market.mark and name not in self.paused and self.clock - market.mark_ts > limit:
                 self.stale.add(name)
 
+    def own_event(self, state: State, key, ts: int) -> None:
+        """A fill, transfer or answer of the position: liquidatable on a mark older than its limit at ``ts``: held."""
+        self.held.discard(key)
+        if key not in state.positions or not self.liquidatable(state, key):
+            return
+        market = state.markets[key[1]]
+        if market.config.mark_stale_ms and ts - market.mark_ts > market.config.mark_stale_ms:
+            self.held.add(key)
+            self.times_held += 1
+
     def mark(self, state: State, event: m.MarkPrice) -> None:
+        self.held = {key for key in self.held if key[1] != event.market}
         band = state.markets[event.market].config.mark_band
         previous = self.last_mark.get(event.market)
         self.last_mark[event.market] = event.price
@@ -201,7 +214,7 @@ class Reference:
 
     def liquidatable(self, state: State, key) -> bool:
         position, market = state.positions[key], state.markets[key[1]]
-        if market.mark == 0 or key[1] in self.paused or key[1] in self.stale:
+        if market.mark == 0 or key[1] in self.paused or key[1] in self.stale or key in self.held:
             return False
         return mm.is_liquidatable(market.config.brackets, position.size, position.cost, position.margin, market.mark)
 
@@ -247,6 +260,8 @@ def check_session(seed: int, count: int) -> Reference:
         if type(event) is m.MarkPrice and verdict is None:
             reference.forget(event.ts)
             reference.mark(replayed, event)
+        if type(event) in (m.Fill, m.MarginTransfer, m.LiquidationFill, m.AdlFill) and verdict is None:
+            reference.own_event(replayed, (event.account, event.market, event.position_side), event.ts)
         for output in outputs:
             kind = type(output)
             if kind is CancelCommand:
@@ -348,3 +363,4 @@ def test_the_episode_invariant_on_a_long_session_or_the_given_seed():
     # the session exercises what the invariant is about: ADL, partial and late answers, time-outs, cancels
     assert sum(c.target is not None for c in commands) > 0 and sum(0 < c.filled < c.qty for c in commands) > 0
     assert sum(not c.live for c in commands) > 0
+    assert reference.times_held > 0, "no position was held at its own event past a stale mark"

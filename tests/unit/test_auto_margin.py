@@ -81,3 +81,18 @@ def test_an_auto_margin_for_an_unknown_market_is_a_dead_letter():
     book = book_with()
     book.auto_margin("alice", market="NOPE")
     assert book.verdicts[-1].kind == "deadletter" and book.verdicts[-1].reason == "unknown_market"
+
+
+def test_a_position_with_nothing_free_is_topped_up_at_the_first_mark_after_a_deposit():
+    """Free 0 after the 4,000 of IM: the mark 7,230 finds alice due with nothing to add (B = 4,000 - 3,850 = 150
+    <= MM 180.75; the reducer parks her until her wallet or position changes). A liquidation command goes out.
+    She deposits 10,000; at the next mark (7,231) the reducer adds her IM, 4,000: B = 8,000 - 3,845 = 4,155 > MM."""
+    book = book_with(deposit="4000")
+    book.auto_margin("alice")
+    book.mark("7230")
+    assert book.position("alice").margin == d("4000") and book.state.top_ups == []
+    assert len(book.commands()) == 1
+    book.deposit("alice", "10000")
+    book.mark("7231")
+    assert book.position("alice").margin == d("8000") and book.wallet("alice") == d("6000")
+    assert book.state.top_ups == [(("alice", "BTCUSDT", "BOTH"), d("4000"))] and book.conserved()

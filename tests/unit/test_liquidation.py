@@ -248,9 +248,9 @@ def test_a_stale_mark_pauses_its_market_at_the_next_barrier_and_its_next_mark_re
     assert sorted(c.account for c in b.live()) == ["alice", "carol"] and b.conserved()
 
 
-def stale_book(band="0"):
+def carol_commanded(band="0"):
     """BTCUSDT (mark_stale_ms 60,000, optional band) and ETHUSDT; carol long 1 @ 60,300 at 10x is liquidatable at
-    54,300 (B = 30 <= MM = 217.2) and commanded at ts 10,000; an ETHUSDT mark at ts 100,000 pauses BTCUSDT."""
+    54,300 (B = 30 <= MM = 217.2) and commanded at that mark, ts 10,000 (bob short; dave funded, flat)."""
     import msgspec
 
     from tests.helpers import market
@@ -258,13 +258,20 @@ def stale_book(band="0"):
     b = Book(liquidations=True)
     b.apply(msgspec.structs.replace(market(), mark_stale_ms=60_000, mark_band=d(band)))
     b.apply(market(name="ETHUSDT"))
-    for trader in ("bob", "carol"):
+    for trader in ("bob", "carol", "dave"):
         b.deposit(trader, "100000")
         b.leverage(trader, 10)
     b.fill("carol", "buy", "1", "60300")
     b.fill("bob", "sell", "1", "60300")
     b.mark("57000")
     b.mark("54300", ts=10_000)
+    assert [c.account for c in b.live()] == ["carol"]
+    return b
+
+
+def stale_book(band="0"):
+    """carol_commanded, then an ETHUSDT mark at ts 100,000 pauses BTCUSDT."""
+    b = carol_commanded(band)
     b.mark("3000", market="ETHUSDT", ts=100_000)
     assert [o.reason for o in b.outputs if o.__struct_config__.tag == "alert"] == ["mark_stale"] and not b.live()
     return b
@@ -293,3 +300,30 @@ def test_a_stale_market_resumed_by_a_jump_stays_paused_by_the_band_until_a_confi
     b.mark("40000", ts=100_002)  # no band any more: resumes at once
     assert [o.reason for o in b.outputs if o.__struct_config__.tag == "alert"][-1] == "mark_resumed"
     assert [c.account for c in b.live()] == ["carol"]
+
+
+def test_a_positions_own_event_past_the_limit_holds_it_until_the_markets_next_mark():
+    """carol_commanded, before any barrier finds BTCUSDT stale: carol (long 1 @ 60,300 at 10x) is commanded at the
+    mark 54,300 of ts 10,000. At ts 75,000, 65 s after that mark and with no barrier since, carol adds 10 to her
+    margin (B = 40 <= MM 217.2: still liquidatable) and dave buys 1 @ 60,300 at 10x (B = 30 <= 217.2). Both are
+    their own events past the 60 s limit: carol's command is superseded (position_changed) and nothing is issued
+    for either; no alert (no barrier has seen the market stale). The BTCUSDT mark of ts 80,000 (54,300, fresh)
+    commands both. An answer 70 s after that mark, for half of carol's takeover, leaves the other half
+    unanswered: its command is cancelled (mark_stale), nothing issued, until the next mark."""
+    b = carol_commanded()
+    b.transfer("carol", "10", ts=70_000)  # 60 s after the mark: exactly the limit, not stale; superseded, reissued
+    assert [c.account for c in b.live()] == ["carol"]
+    b.transfer("carol", "10", ts=75_000)
+    assert [(c.account, c.reason) for c in b.cancels()][-1] == ("carol", "position_changed") and not b.live()
+    b.fill("dave", "buy", "1", "60300", ts=75_000)
+    b.fill("bob", "sell", "1", "60300", ts=75_000)
+    assert not b.live() and not [o for o in b.outputs if o.__struct_config__.tag == "alert"]
+    assert b.position("carol").margin == d("6050") and b.position("dave").margin == d("6030")
+    b.mark("54300", ts=80_000)
+    assert sorted(c.account for c in b.live()) == ["carol", "dave"] and b.conserved()
+    [carols] = [c for c in b.live() if c.account == "carol"]
+    assert b.liquidation("carol", "0.5", "54250", command_id=carols.command_id, ts=150_000) is None  # bankruptcy price
+    assert [(c.account, c.reason) for c in b.cancels()][-1] == ("carol", "mark_stale")
+    assert [c.account for c in b.live()] == ["dave"] and b.position("carol").size == d("0.5")
+    b.mark("54300", ts=150_001)
+    assert sorted(c.account for c in b.live()) == ["carol", "dave"] and b.conserved()
