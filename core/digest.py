@@ -12,7 +12,8 @@ import msgspec
 
 from ringfence.core.state import State
 
-DIGEST_VERSION = "ringfence-state-v3"  # v2: insurance-fund domains (market field, section); v3: clearance fees, auto-add margin
+DIGEST_VERSION = "ringfence-state-v4"  # v2: insurance-fund domains (market field, section); v3: clearance fees, auto-add
+# margin; v4: position triggers
 
 _encode = msgspec.json.Encoder().encode
 
@@ -33,6 +34,8 @@ def canonical_sections(state: State):
                  state.auto_margin_added):  # fmt: skip
         yield _nonzero_sorted(book)
     yield sorted(key for keys in state.auto_margin.values() for key in keys)
+    triggers = state.triggers
+    yield [(*key, triggers[key]) for key in sorted(triggers)]
     yield sorted(state.fund_assets.items())  # every fund domain and its asset, once named
     # both generations in insertion order, which is offset order
     yield [state.id_generation, list(state.older_ids.items()), list(state.recent_ids.items())]

@@ -61,6 +61,9 @@ SNAPSHOTS_KEPT = 10
 # nobody answers for that long leaves the position without protection.
 MAX_LIQUIDATION_TIMEOUT_MS = 86_400_000
 
+# Stop-loss / take-profit triggers one position may hold at once (a bound on the state a trader can grow)
+MAX_TRIGGERS_PER_POSITION = 10
+
 # Ended liquidation commands (cancelled, timed out, answered) are remembered so
 # that a late answer from the matching engine is still recognised as one of
 # them: for an hour of event time after they ended (an engine answers in

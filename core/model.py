@@ -117,6 +117,31 @@ class AutoMargin(msgspec.Struct, tag="auto_margin", **_opts):
     enabled: bool
 
 
+# Position triggers (docs/decisions.md, "Position triggers"): a stop-loss closes a position the mark moved against,
+# a take-profit one it moved for; both by the mark only
+STOP_LOSS, TAKE_PROFIT = "stop_loss", "take_profit"
+
+
+class PositionTrigger(msgspec.Struct, tag="position_trigger", **_opts):
+    """Close the position at market when the mark reaches ``trigger_price`` (its ``id`` names the trigger)."""
+
+    id: str
+    ts: int
+    account: str
+    market: str
+    position_side: str
+    kind: str  # STOP_LOSS / TAKE_PROFIT
+    trigger_price: int
+    qty: int = 0  # 0: the whole position, sized when it fires; else at most this much of it
+
+
+class PositionTriggerCancel(msgspec.Struct, tag="position_trigger_cancel", **_opts):
+    id: str
+    ts: int
+    account: str
+    trigger_id: str
+
+
 class MarginTransfer(msgspec.Struct, tag="margin_transfer", **_opts):
     id: str
     ts: int
@@ -192,6 +217,8 @@ Event = (
     | SetLeverage
     | MarginTransfer
     | AutoMargin
+    | PositionTrigger
+    | PositionTriggerCancel
     | Fill
     | MarkPrice
     | Funding

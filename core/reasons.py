@@ -67,6 +67,11 @@ INVALID_LIQUIDATION_POLICY = "invalid_liquidation_policy"  # a parameter out of 
 # Dead letters: an answer that does not settle the way its command was issued (projections.episodes).
 ANSWER_ORDER_MISMATCH = "answer_order_mismatch"  # a takeover's answer for a market command, or the reverse
 ANSWER_BEYOND_PROTECTION = "answer_beyond_protection"  # a market command filled worse than its protection price
+# Rejections of a position trigger (core.reducer; added later, so numbered last).
+TRIGGER_WOULD_FIRE = "trigger_would_fire"  # its price is already reached by the mark (a long's stop-loss above it...)
+TRIGGER_EXCEEDS_POSITION = "trigger_exceeds_position"  # a qty above the position's size
+TOO_MANY_TRIGGERS = "too_many_triggers"  # the position holds limits.MAX_TRIGGERS_PER_POSITION already
+UNKNOWN_TRIGGER = "unknown_trigger"  # a cancel naming no live trigger of the account
 
 ORDER = (
     MALFORMED_JSON,
@@ -114,5 +119,9 @@ ORDER = (
     INVALID_LIQUIDATION_POLICY,
     ANSWER_ORDER_MISMATCH,
     ANSWER_BEYOND_PROTECTION,
+    TRIGGER_WOULD_FIRE,
+    TRIGGER_EXCEEDS_POSITION,
+    TOO_MANY_TRIGGERS,
+    UNKNOWN_TRIGGER,
 )
 NUMBER = {code: number for number, code in enumerate(ORDER, start=1)}

@@ -20,6 +20,7 @@ from ringfence.core.limits import (
     MAX_POSITION_BALANCE_UNITS,
     MAX_POSITION_NOTIONAL_UNITS,
     MAX_POSITION_QTY_UNITS,
+    MAX_TRIGGERS_PER_POSITION,
     MAX_WALLET_UNITS,
 )
 from ringfence.core.model import (
@@ -38,12 +39,15 @@ from ringfence.core.model import (
     MarginTransfer,
     MarketConfig,
     MarkPrice,
+    PositionTrigger,
+    PositionTriggerCancel,
     SetLeverage,
+    STOP_LOSS,
     Verdict,
     Withdrawal,
 )
 from ringfence.core.policy import clearance_fee
-from ringfence.core.state import MarketState, Position, PositionKey, State
+from ringfence.core.state import MarketState, Position, PositionKey, State, Trigger
 
 _CANONICAL_SIDE = {BOTH: BOTH, LONG: LONG, SHORT: SHORT}
 
@@ -177,6 +181,61 @@ def _apply_leverage(state: State, event: SetLeverage) -> Verdict | None:
         position = state.positions.get((event.account, event.market, side))
         if position is not None:
             position.leverage_cache = 0
+    return None
+
+
+def _apply_trigger(state: State, event: PositionTrigger) -> Verdict | None:
+    """A stop-loss or take-profit on an open position, by the mark (docs/decisions.md, "Position triggers")."""
+    market = state.markets.get(event.market)
+    if market is None:
+        return _dead(r.UNKNOWN_MARKET, f"market {event.market!r} is not configured")
+    config = market.config
+    if event.trigger_price % config.tick_size:
+        return _dead(r.PRICE_NOT_ON_TICK, f"trigger_price {dec(event.trigger_price)} is not a multiple of the tick "
+                                          f"{dec(config.tick_size)}")  # fmt: skip
+    if event.qty % config.lot_size:
+        return _dead(r.QTY_NOT_ON_LOT, f"qty {dec(event.qty)} is not a multiple of the lot {dec(config.lot_size)}")
+    trigger_key = (event.account, event.id)
+    if trigger_key in state.triggers:  # the same id again after the duplicate window, while the first one lives
+        return _dead(r.DUPLICATE_ID, f"trigger {event.id!r} of {event.account} is live")
+    key = (event.account, config.market, _CANONICAL_SIDE[event.position_side])
+    position = state.positions.get(key)
+    if position is None or not position.size:
+        return _reject(r.NO_OPEN_POSITION, f"no open position {'/'.join(key)}")
+    if not market.mark:
+        return _reject(r.NO_MARK_PRICE, f"{config.market} has no mark yet: a trigger is judged against it")
+    if event.qty > abs(position.size):
+        return _reject(r.TRIGGER_EXCEEDS_POSITION, f"qty {dec(event.qty)} is more than the position's "
+                                                   f"{dec(abs(position.size))}")  # fmt: skip
+    ids = state.position_triggers.get(key, [])
+    if len(ids) >= MAX_TRIGGERS_PER_POSITION:
+        return _reject(r.TOO_MANY_TRIGGERS, f"position {'/'.join(key)} holds {len(ids)} triggers (at most "
+                                            f"{MAX_TRIGGERS_PER_POSITION})")  # fmt: skip
+    long = position.size > 0
+    below = (event.kind == STOP_LOSS) == long
+    if event.trigger_price >= market.mark if below else event.trigger_price <= market.mark:
+        return _reject(r.TRIGGER_WOULD_FIRE, f"a {event.kind} of a {'long' if long else 'short'} must be "
+                                             f"{'below' if below else 'above'} the mark {dec(market.mark)}, got "
+                                             f"{dec(event.trigger_price)}")  # fmt: skip
+    state.triggers[trigger_key] = Trigger(config.market, key[2], event.kind, event.trigger_price, event.qty, below,
+                                          state.offset, event.ts)  # fmt: skip
+    state.position_triggers.setdefault(key, []).append(event.id)
+    state.dirty_triggers.add(trigger_key)
+    return None
+
+
+def _apply_trigger_cancel(state: State, event: PositionTriggerCancel) -> Verdict | None:
+    trigger_key = (event.account, event.trigger_id)
+    trigger = state.triggers.get(trigger_key)
+    if trigger is None:
+        return _reject(r.UNKNOWN_TRIGGER, f"{event.account} has no live trigger {event.trigger_id!r} (never set, "
+                                          f"cancelled, or its position closed)")  # fmt: skip
+    key = (event.account, trigger.market, trigger.position_side)
+    ids = state.position_triggers[key]
+    ids.remove(event.trigger_id)
+    if not ids:
+        del state.position_triggers[key]
+    state.drop_trigger(trigger_key)
     return None
 
 
@@ -678,6 +737,8 @@ _HANDLERS = {
     SetLeverage: (_apply_leverage, True, False),
     MarginTransfer: (_apply_margin_transfer, True, False),
     AutoMargin: (_apply_auto_margin, True, False),
+    PositionTrigger: (_apply_trigger, True, False),
+    PositionTriggerCancel: (_apply_trigger_cancel, True, False),
     Fill: (_apply_fill, True, False),
     MarkPrice: (_apply_mark, False, False),
     Funding: (_apply_funding, False, False),

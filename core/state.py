@@ -56,6 +56,22 @@ class Position(msgspec.Struct, gc=False):
     auto: bool = False  # auto-add margin is on and the reducer's index follows it: a change re-keys it there
 
 
+class Trigger(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A live stop-loss or take-profit of one position (model.PositionTrigger, checked by the reducer)."""
+
+    market: str
+    position_side: str
+    kind: str
+    price: int
+    qty: int  # 0: the whole position, whatever its size when it fires
+    below: bool  # fires at a mark at or below ``price`` (a long's stop-loss, a short's take-profit); else at or above
+    serial: int  # the offset of the request: tells this trigger from a later one of the same id
+    ts: int  # the request's ts: with the trigger's fields it names the close command (offsets differ by partition)
+
+
+TriggerKey = tuple[str, str]  # account, trigger id
+
+
 class MarketState(msgspec.Struct, gc=False):
     config: MarketConfig
     mark: int = 0  # 0 until the first mark
@@ -89,6 +105,9 @@ class State:
         "auto_index",
         "auto_moved",
         "auto_parked",
+        "triggers",
+        "position_triggers",
+        "dirty_triggers",
         "id_generation",
         "dedup_span",
         "recent_ids",
@@ -126,6 +145,9 @@ class State:
         # due at a mark with nothing to add (an empty wallet, or 1x): out of the index until the position or the
         # account's wallet changes, so a crash's unfunded positions are not tested again at every mark
         self.auto_parked: dict[str, set[PositionKey]] = {}
+        self.triggers: dict[TriggerKey, Trigger] = {}  # live position triggers
+        self.position_triggers: dict[PositionKey, list[str]] = {}  # the same, by position: ids in the order set
+        self.dirty_triggers: set[TriggerKey] = set()
         # duplicate recognition (limits.DEDUP_GENERATION_EVENTS): id -> offset of
         # the current generation of offsets and of the one before it
         self.id_generation = 0
@@ -158,6 +180,13 @@ class State:
             self.dirty_positions.append(key)
         if position.auto:
             self.auto_moved.add(key)
+        if key in self.position_triggers:  # a trigger dies with its position (closed, or flipped: closed first)
+            for trigger_id in self.position_triggers.pop(key):
+                self.drop_trigger((key[0], trigger_id))
+
+    def drop_trigger(self, trigger_key: TriggerKey) -> None:
+        del self.triggers[trigger_key]
+        self.dirty_triggers.add(trigger_key)
 
     def touch_position(self, key: PositionKey, position: Position) -> None:
         if not position.dirty:
@@ -198,6 +227,7 @@ class State:
         self.dirty_wallets.clear()
         self.dirty_leverage.clear()
         self.dirty_auto_margin.clear()
+        self.dirty_triggers.clear()
         self.dirty_markets.clear()
         self.dirty_balances = False
 

@@ -137,6 +137,7 @@ def decode_line(line: bytes, source: str = "") -> m.Event | m.InvalidInput:
 _DECIMAL_FIELDS = {
     "amount", "qty", "price", "fee", "rate", "mark_price", "tick_size", "lot_size", "liquidation_fee_rate", "mark_band",
     "notional_floor", "notional_cap", "mmr", "maint_amount", "fraction", "min_notional", "backstop_ratio",
+    "trigger_price",
 }  # fmt: skip
 
 
@@ -149,6 +150,8 @@ def to_wire(event: m.Event) -> dict:
             continue  # the default fund is not named (an empty name is not valid input)
         if (field == "liquidation_policy" and value == m.FULL_POLICY) or (field == "order" and value == m.TAKEOVER):
             continue  # the defaults (an adl_fill has no order)
+        if field == "qty" and not value and type(event) is m.PositionTrigger:
+            continue  # the whole position
         if field == "liquidation_policy":
             value = {"kind": value.kind, **{f: (format_decimal(getattr(value, f)) if f in _DECIMAL_FIELDS else getattr(value, f))
                                             for f in POLICY_FIELDS[value.kind]}}  # fmt: skip

@@ -125,6 +125,25 @@ class WireAutoMargin(msgspec.Struct, tag="auto_margin", **_opts):
     position_side: PositionSide = "BOTH"
 
 
+class WirePositionTrigger(msgspec.Struct, tag="position_trigger", **_opts):
+    id: Name
+    ts: Ts
+    account: Name
+    market: Name
+    kind: Literal["stop_loss", "take_profit"]
+    trigger_price: Dec
+    qty: Dec | None = None  # absent: the whole position, sized when it fires
+    trigger_by: Literal["mark"] = "mark"  # the only price ringfence knows (the mark); anything else is refused
+    position_side: PositionSide = "BOTH"
+
+
+class WirePositionTriggerCancel(msgspec.Struct, tag="position_trigger_cancel", **_opts):
+    id: Name
+    ts: Ts
+    account: Name
+    trigger_id: Name
+
+
 class WireFill(msgspec.Struct, tag="fill", **_opts):
     id: Name
     ts: Ts
@@ -178,6 +197,8 @@ WireEvent = (
     | WireLeverage
     | WireMarginTransfer
     | WireAutoMargin
+    | WirePositionTrigger
+    | WirePositionTriggerCancel
     | WireFill
     | WireMark
     | WireFunding
@@ -297,8 +318,8 @@ def _policy(wire: WirePolicy | None) -> m.LiquidationPolicy:
     if wire.fraction is None:
         raise bad("fraction is required")
     fraction = _units(wire.fraction, "liquidation_policy.fraction")
-    if not 0 < fraction < SCALE:
-        raise bad(f"fraction must be above 0 and below 1, got {wire.fraction!r}")
+    if not SCALE // 100 <= fraction < SCALE:  # below 1 %, a position would go in hundreds of commands, lot by lot
+        raise bad(f"fraction must be at least 0.01 and below 1, got {wire.fraction!r}")
     cooldown = 0 if wire.cooldown_ms is None else wire.cooldown_ms
     if not 0 <= cooldown <= MAX_LIQUIDATION_TIMEOUT_MS:
         raise bad(f"cooldown_ms must be 0 to {MAX_LIQUIDATION_TIMEOUT_MS}, got {cooldown}")
@@ -328,6 +349,12 @@ def to_domain(wire: WireEvent) -> m.Event:
         return m.MarginTransfer(wire.id, wire.ts, wire.account, wire.market, wire.position_side, amount)
     if kind is WireAutoMargin:
         return m.AutoMargin(wire.id, wire.ts, wire.account, wire.market, wire.position_side, wire.enabled)
+    if kind is WirePositionTrigger:
+        qty = 0 if wire.qty is None else _units(wire.qty, "qty", positive=True, most=MAX_QTY_UNITS)
+        return m.PositionTrigger(wire.id, wire.ts, wire.account, wire.market, wire.position_side, wire.kind,
+                                 _units(wire.trigger_price, "trigger_price", positive=True, most=MAX_PRICE_UNITS), qty)
+    if kind is WirePositionTriggerCancel:
+        return m.PositionTriggerCancel(wire.id, wire.ts, wire.account, wire.trigger_id)
     if kind is WireLeverage:
         return m.SetLeverage(wire.id, wire.ts, wire.account, wire.market, wire.leverage, wire.position_side)
     if kind is WireFunding:

@@ -282,7 +282,8 @@ def _run_once(args, log, store: StateStore, stop: GracefulStop) -> int:
     progress.done()
     print(
         f"applied {report.events} events, state at offset {report.offset}: "
-        f"{len(state.positions)} open positions, {report.commands} liquidation commands ({report.cancels} cancels), "
+        f"{len(state.positions)} open positions, {report.commands} commands this run (liquidation, ADL, trigger "
+        f"closes; {report.cancels} cancels), "
         f"{report.rejections} rejections, {report.deadletters} dead letters; digest {digest}"
     )
     if report.rejections or report.deadletters:
@@ -398,6 +399,16 @@ def cmd_positions(args) -> int:
     return EXIT_OK
 
 
+def cmd_triggers(args) -> int:
+    from ringfence.projections.views import triggers_view
+
+    state, projection = _load_with_projection(args)
+    columns = ["account", "trigger_id", "market", "position_side", "kind", "trigger_price", "qty", "fires_when_mark",
+               "mark_price", "status"]  # fmt: skip
+    _print_rows(triggers_view(state, projection.triggers, args.account), args.json, columns)
+    return EXIT_OK
+
+
 def cmd_wallets(args) -> int:
     state = _load_state(args)
     _print_rows(wallets_view(state), args.json, ["account", "asset", "balance"])
@@ -413,7 +424,7 @@ _OUTPUT_COLUMNS = {
     "rejections": ["offset", "event_id", "reason", "detail"],
     "deadletters": ["offset", "source", "reason", "detail"],
     "commands": ["type", "command_id", "account", "market", "position_side", "side", "qty", "bankruptcy_price",
-                 "price", "bankrupt_account", "reason", "trigger_offset", "trigger_event_id"],
+                 "price", "bankrupt_account", "trigger_id", "reason", "trigger_offset", "trigger_event_id"],
     "alerts": ["alert_id", "market", "reason", "mark_price", "previous_mark", "offset"],
 }  # fmt: skip
 
@@ -659,6 +670,10 @@ def cmd_whatif(args) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     actual = replay_with(log, simulate=False)
+    unknown = sorted(replacements.keys() - actual.funds.keys())
+    if unknown:  # it would replace nothing: a misspelt market must not read as "no effect"
+        raise UsageError(f"{name}: market {', '.join(unknown)} is not in the log (its markets: "
+                         f"{', '.join(sorted(actual.funds))})")  # fmt: skip
     original, alternative = replay_with(log), replay_with(log, replacements)
     rows = compare(original, alternative)
     money = ("original_trader_loss", "whatif_trader_loss", "original_fund_income", "whatif_fund_income")
@@ -903,7 +918,7 @@ def cmd_demo(args) -> int:
         ("events", f"{summary.events:,}"),
         ("events/s", f"{summary.events / summary.seconds:,.0f} (generate, log, reduce, project, checkpoint)"),
         ("open positions", f"{summary.open_positions:,}"),
-        ("commands", f"{summary.commands:,} (liquidations and ADL), {summary.cancels:,} cancelled"),
+        ("commands", f"{summary.commands:,} (liquidations, ADL, stop-loss closes), {summary.cancels:,} cancelled"),
         ("live commands", f"{summary.live_commands:,} (issued, not yet answered, at the end)"),
         ("stuck positions", f"{summary.stuck_positions:,} (liquidatable without live commands; must be 0)"),
         ("liquidation fills", f"{summary.liquidation_fills:,}"),
@@ -913,6 +928,8 @@ def cmd_demo(args) -> int:
                                  f"ETHUSDT's fraction policy that left the rest of the position)"),
         ("auto-added margin", f"{summary.auto_margin_added} USDT (from the wallets of the traders who turned "
                               f"auto_margin on, at the marks that would have liquidated them)"),
+        ("stop-losses", f"{summary.stop_losses:,} set (a fifth of the traders, 3 % from the mark), "
+                        f"{summary.stop_loss_closes:,} fired a close command"),
         ("rejections", f"{summary.rejections:,}"),
         ("dead letters", f"{summary.deadletters:,}"),
         ("digest", f"{summary.offset} {summary.digest}"),
@@ -921,7 +938,8 @@ def cmd_demo(args) -> int:
     for name, value in rows:
         print(f"  {name:<22}{value}")
     print(f"explore it: ringfence positions --data {data}   (also commands, books, wallets, rejections, history,\n"
-          f"            replay --verify, positions --at OFFSET, project examples.fees:FeesPerAccount, liqmap, whatif)")
+          f"            triggers, replay --verify, positions --at OFFSET, project examples.fees:FeesPerAccount, liqmap,\n"
+          f"            whatif)")
     return EXIT_OK
 
 
@@ -1033,13 +1051,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--market")
     p.set_defaults(handler=cmd_positions)
 
+    p = commands.add_parser("triggers", parents=[common, as_json, at],
+                            help="live stop-loss / take-profit triggers of positions, waiting or fired")
+    p.add_argument("--account")
+    p.set_defaults(handler=cmd_triggers)
+
     for name, handler, text in (
         ("wallets", cmd_wallets, "free wallet balance per account and asset"),
         ("books", cmd_books, "insurance fund, fee income, clearing and net deposits"),
         ("rejections", lambda a: _outputs(a, "rejections"), "requests the state refused, with reasons"),
         ("deadletters", lambda a: _outputs(a, "deadletters"), "records that could not be applied, with reasons"),
         ("commands", lambda a: _outputs(a, "commands"),
-         "liquidation and ADL commands and their cancels emitted so far (the outbox); --live: those still live"),
+         "liquidation, ADL and trigger close commands and their cancels emitted so far (the outbox); --live: the "
+         "live liquidation and ADL commands"),
         ("alerts", lambda a: _outputs(a, "alerts"), "mark-price alerts (liquidations paused / resumed)"),
     ):
         p = commands.add_parser(name, parents=[common, as_json] + ([at] if name in ("wallets", "books") else []),

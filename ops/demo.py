@@ -53,6 +53,8 @@ class DemoSummary:
     partial_liquidations: int
     clearance_fees: str
     auto_margin_added: str
+    stop_losses: int  # set by the traders
+    stop_loss_closes: int  # close commands of fired stop-losses
     offset: int
     digest: str
     chain_links: int = 0
@@ -86,6 +88,7 @@ class MatchingEngine:
         self.rng = random.Random(seed ^ 0x5EED)
         self.thin_book = thin_book
         self.partials = 0  # market liquidations that left part of the position (a policy's steps)
+        self.closes = 0  # fired stop-losses whose close order executed
 
     def answer(self, records: list[dict], state, ts: int) -> list[m.Event]:
         """The answers to one slice's outbox records, against ``state`` (the positions as the log has them)."""
@@ -109,19 +112,54 @@ class MatchingEngine:
 
         answers: list[m.Event] = []
         for order in executed:
-            answers.extend(self._deleverage(order, held, sizes, ts) if order["type"] == "adl"
-                           else self._liquidate(order, held, sizes, ts))  # fmt: skip
+            kind = order["type"]
+            handle = self._deleverage if kind == "adl" else self._close if kind == "close" else self._liquidate
+            answers.extend(handle(order, held, sizes, ts))
         return answers
 
-    def _liquidate(self, command: dict, held, sizes: dict, ts: int) -> list[m.Event]:
+    @staticmethod
+    def _closing(command: dict, held) -> tuple[str, int, int, bool, tuple, int, int]:
+        """(market, tick, mark, selling, key, size, qty) of a closing command: it closes what the account holds now
+        (it may have traded since the command), at most the command's qty."""
         market = command["market"]
-        tick, _, _, _ = MARKETS[market]
-        mark = parse_decimal(command["mark_price"])
         selling = command["side"] == m.SELL
         key = (command["account"], market, command["position_side"])
-        # the engine closes what the account holds now (it may have traded since the command)
         size = held(key)
         qty = min(parse_decimal(command["qty"]), size if selling else -size)
+        return market, MARKETS[market][0], parse_decimal(command["mark_price"]), selling, key, size, qty
+
+    def _close(self, command: dict, held, sizes: dict, ts: int) -> list[m.Event]:
+        """A fired stop-loss: the trader's own market order, 0-10 bp from the mark, against an ordinary counterparty."""
+        market, tick, mark, selling, key, size, qty = self._closing(command, held)
+        if qty <= 0:
+            return []
+        sizes[key] = size + (-qty if selling else qty)
+        self.session.sizes[key] = sizes[key]
+        slippage_bp = self.rng.randint(0, 10)
+        price = max(tick, mark * (10_000 - slippage_bp if selling else 10_000 + slippage_bp) // 10_000 // tick * tick)
+        self.closes += 1
+        fee = -((-qty * price * COUNTERPARTY_FEE_BP10) // (SCALE * 10_000))
+        answer_id = f"cl-{command['command_id']}-{ts}"
+        trade = m.Fill(answer_id, ts, command["account"], market, command["position_side"], command["side"], qty, price,
+                       fee)  # fmt: skip
+        return [trade, self._counterparty_fill(command["account"], market, selling, qty, price, sizes, held, answer_id,
+                                               ts)]  # fmt: skip
+
+    def _counterparty_fill(self, account: str, market: str, selling: bool, qty: int, price: int, sizes: dict, held,
+                           answer_id: str, ts: int) -> m.Fill:  # fmt: skip
+        """The ordinary trader on the other side of a closing order (never the account itself)."""
+        counterparty = self.rng.choice(self.session.traders)
+        while counterparty == account:
+            counterparty = self.rng.choice(self.session.traders)
+        leg = self.session.choose_leg(counterparty, market, buying=selling, qty=qty)
+        counter_key = (counterparty, market, leg)
+        self.session.sizes[counter_key] = self.session.sizes.get(counter_key, 0) + (qty if selling else -qty)
+        sizes[counter_key] = held(counter_key) + (qty if selling else -qty)  # its ordinary fill is an answer too
+        fee = -((-qty * price * COUNTERPARTY_FEE_BP10) // (SCALE * 10_000))
+        return m.Fill(f"lc-{answer_id}", ts, counterparty, market, leg, m.BUY if selling else m.SELL, qty, price, fee)
+
+    def _liquidate(self, command: dict, held, sizes: dict, ts: int) -> list[m.Event]:
+        market, tick, mark, selling, key, size, qty = self._closing(command, held)
         if qty <= 0:
             return []
         # a liquidation order crosses the book: 0-20 bp of slippage, and a thin book now and then costs 1 %
@@ -139,19 +177,11 @@ class MatchingEngine:
                 self.partials += 1
         sizes[key] = size + (-qty if selling else qty)
         self.session.sizes[key] = sizes[key]
-        counterparty = self.rng.choice(self.session.traders)
-        while counterparty == command["account"]:
-            counterparty = self.rng.choice(self.session.traders)
-        leg = self.session.choose_leg(counterparty, market, buying=selling, qty=qty)
-        counter_key = (counterparty, market, leg)
-        self.session.sizes[counter_key] = self.session.sizes.get(counter_key, 0) + (qty if selling else -qty)
-        sizes[counter_key] = held(counter_key) + (qty if selling else -qty)  # its ordinary fill is an answer too
-        fee = -((-qty * price * COUNTERPARTY_FEE_BP10) // (SCALE * 10_000))
         answer_id = f"lf-{command['command_id']}-{ts}"
         return [
             m.LiquidationFill(answer_id, ts, command["command_id"], command["account"], market,
                               command["position_side"], qty, price, order),
-            m.Fill(f"lc-{answer_id}", ts, counterparty, market, leg, m.BUY if selling else m.SELL, qty, price, fee),
+            self._counterparty_fill(command["account"], market, selling, qty, price, sizes, held, answer_id, ts),
         ]  # fmt: skip
 
     def _deleverage(self, command: dict, held, sizes: dict, ts: int) -> list[m.Event]:
@@ -197,7 +227,8 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None,
     started = time.perf_counter()
     decode_command = msgspec.json.Decoder().decode
     state = projection = chain = None
-    totals = {"events": 0, "commands": 0, "cancels": 0, "adl": 0, "fills": 0, "rejections": 0, "deadletters": 0}
+    totals = {"events": 0, "commands": 0, "cancels": 0, "adl": 0, "fills": 0, "rejections": 0, "deadletters": 0,
+              "closes": 0}  # fmt: skip
     pending: list[m.Event] = []
     with EmbeddedLog(data / "log") as log, StateStore(data / "state") as store, \
             EmbeddedLog(data / "commands") as commands_log:  # fmt: skip
@@ -233,6 +264,7 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None,
             totals["adl"] += sum(type(a) is m.AdlFill for a in answers)
             totals["fills"] += sum(type(a) is m.LiquidationFill for a in answers)
             totals["cancels"] += sum(r["type"] == "cancel" for r in records)
+            totals["closes"] += sum(r["type"] == "close" for r in records)
             pending.extend(answers)
             if progress is not None:
                 progress(totals["events"], events)
@@ -255,6 +287,8 @@ def run_demo(data: Path, *, seed: int, traders: int, events: int, progress=None,
         partial_liquidations=engine.partials,
         clearance_fees=format_decimal(state.clearance_fees.get("USDT", 0)),
         auto_margin_added=format_decimal(state.auto_margin_added.get("USDT", 0)),
+        stop_losses=session.stop_losses,
+        stop_loss_closes=totals["closes"],
         offset=state.offset,
         digest=digest,
         chain_links=(chain.last_offset + 1) // chain.every,

@@ -397,6 +397,7 @@ class PartitionWorker:
 
     def halt(self, reason: str, **fields) -> None:
         """Stop applying (the service pauses the fetches), with one line; a restart judges the partition again."""
+        self._update_status()  # first: /health (another thread) never shows the halt beside an older offset
         self.halted = self.status.halted = reason
         self.log.error("partition_halted", reason=reason, stored_offset=self.reduction.state.offset, **fields)
 

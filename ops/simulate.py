@@ -47,6 +47,8 @@ MARKETS = {
     "ETHUSDT": (U // 100, U // 1000, 3_000 * U, bracket_table(ETHUSDT_TIERS)),
 }
 AUTO_MARGIN_SHARE = 0.1  # traders who switch auto-add margin on (Bybit's option)
+STOP_LOSS_SHARE = 0.2  # traders who put a stop-loss on every position they open, this far from the mark:
+STOP_LOSS_DISTANCE_BP = 300
 LEVERAGE_CHOICES = [1, 2, 3, 5, 10, 10, 20, 20, 20, 25, 50, 75, 100, 125]
 
 
@@ -76,6 +78,9 @@ class Session:
         self.rng = random.Random(seed)
         self.traders = [f"T{n:06d}" for n in range(traders)]
         self.hedge = {t for t in self.traders if self.rng.random() < hedge_share}
+        stops = random.Random(seed ^ 0x5709)  # its own stream: the rest of the session is what it was without them
+        self.stop_loss = {t for t in self.traders if stops.random() < STOP_LOSS_SHARE}
+        self.stop_losses = 0  # set so far
         self.deposit = {}
         self.leverage: dict[tuple[str, str], int] = {}
         self.sizes: dict[tuple[str, str, str], int] = {}
@@ -127,8 +132,10 @@ class Session:
                 yield self._mark()
                 produced += 1
             elif roll < 0.94 and count - produced >= 2:  # both sides of a trade, or something else
-                for fill in self._trade():
-                    yield fill
+                for event in self._trade():
+                    if produced >= count and type(event) is not m.Fill:
+                        break  # a stop-loss beyond the count is left out; both fills of a trade always fit
+                    yield event
                     produced += 1
             elif roll < 0.97:
                 yield self._margin_transfer()
@@ -166,7 +173,7 @@ class Session:
             return closing_leg
         return m.LONG if buying else m.SHORT
 
-    def _trade(self) -> list[m.Fill]:
+    def _trade(self) -> list[m.Event]:
         rng = self.rng
         market = rng.choice(list(MARKETS))
         tick, lot, _, _ = MARKETS[market]
@@ -180,17 +187,25 @@ class Session:
         qty = notional * U // price // lot * lot
         if qty == 0:
             return []  # order entry refuses an order whose margin the trader's free balance cannot cover
-        fills = []
+        fills, stops = [], []
         taker_buys = rng.random() < 0.5
         for trader, buying in ((buyer, True), (seller, False)):
             leg = self.choose_leg(trader, market, buying, qty)
             key = (trader, market, leg)
+            opened = not self.sizes.get(key, 0)
             self.sizes[key] = self.sizes.get(key, 0) + (qty if buying else -qty)
+            if opened and trader in self.stop_loss:  # below a long's mark, above a short's; the whole position
+                away = 10_000 - STOP_LOSS_DISTANCE_BP if buying else 10_000 + STOP_LOSS_DISTANCE_BP
+                stop = max(tick, mark * away // 10_000 // tick * tick)
+                stops.append((trader, leg, stop))
             taker = buying == taker_buys
             rate_bp10 = 5 if taker else (2 if rng.random() > 0.1 else -1)  # 0.05 %, 0.02 %, -0.01 % rebate
             fee = div_ceil(qty * price * rate_bp10, U * 10_000)
             side = m.BUY if buying else m.SELL
             fills.append(m.Fill(self._id("fill"), self._tick(), trader, market, leg, side, qty, price, fee))
+        for trader, leg, stop in stops:
+            self.stop_losses += 1
+            fills.append(m.PositionTrigger(self._id("sl"), self._tick(), trader, market, leg, m.STOP_LOSS, stop))
         return fills
 
     def _margin_transfer(self) -> m.Event:

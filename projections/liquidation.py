@@ -69,6 +69,8 @@ from ringfence.core.model import (
     MarginTransfer,
     MarketConfig,
     MarkPrice,
+    PositionTrigger,
+    PositionTriggerCancel,
     Verdict,
 )
 from ringfence.core.policy import liquidation_step
@@ -97,13 +99,16 @@ from ringfence.projections.outputs import (
     AdlCommand,
     Alert,
     CancelCommand,
+    CloseCommand,
     LiquidateCommand,
     output_id,
 )
+from ringfence.projections.triggers import TriggerIndex
 
 NOTHING = ()  # the outputs of most events: shared, never appended to
-VERSION = "liquidation-v7"  # v3: awaiting positions and cut legs (the fund stage); v4: the stage's chain; v5: stale
-# marks; v6: liquidation policies (the book's orders); v7: positions held at an own event past a stale mark
+VERSION = "liquidation-v8"  # v3: awaiting positions and cut legs (the fund stage); v4: the stage's chain; v5: stale
+# marks; v6: liquidation policies (the book's orders); v7: positions held at an own event past a stale mark; v8: fired
+# position triggers
 
 
 class Trigger:
@@ -122,6 +127,7 @@ class LiquidationProjection:
         self.partition = partition
         self.book = EpisodeBook()
         self.index = PriceIndex()
+        self.triggers = TriggerIndex()  # stop-losses and take-profits by price; which of them fired
         self.paused: dict[str, int] = {}  # market -> offset of the jump (or the stale mark's barrier) that paused it
         self.stale: set[str] = set()  # paused markets whose mark went stale: their next fresh mark resumes them
         self.held: set[PositionKey] = set()  # liquidatable at an own event past the mark's limit: until the next mark
@@ -148,11 +154,13 @@ class LiquidationProjection:
             MarkPrice: self._on_mark, Fill: self._on_trade, MarginTransfer: self._on_trade,
             LiquidationFill: self._on_answer, AdlFill: self._on_answer,
             Funding: self._on_market_change, MarketConfig: self._on_market_change,
+            PositionTrigger: self._on_trigger, PositionTriggerCancel: self._on_trigger_cancel,
         }  # fmt: skip
 
     def rebuild(self, state: State) -> None:
         """Derive the index from the core state and the book (after a restore)."""
         self.index.rebuild(state, self._commanded)
+        self.triggers.rebuild(state)
         self.adl_rankings.clear()
         self.stale_watched = None
 
@@ -197,6 +205,44 @@ class LiquidationProjection:
         outputs: list = []
         self._changed(state, key, Trigger(offset, event, own=True), outputs, by_answer=False)
         return outputs
+
+    def _on_trigger(self, state: State, offset: int, event: PositionTrigger) -> tuple:
+        trigger_key = (event.account, event.id)
+        self.triggers.add(trigger_key, state.triggers[trigger_key])
+        return NOTHING
+
+    def _on_trigger_cancel(self, state: State, offset: int, event: PositionTriggerCancel) -> tuple:
+        # the reducer dropped it (the index skips it when it surfaces); forget that it fired
+        for key, fired in list(self.triggers.fired.items()):
+            if key[0] == event.account and event.trigger_id in fired:
+                self.triggers.forget(key, event.trigger_id)
+        return NOTHING
+
+    def _fire_triggers(self, state: State, event: MarkPrice, trigger: Trigger, outputs: list) -> None:
+        """The mark reached these triggers: a close command each, once, unless the position is being liquidated
+        (liquidatable, commanded or awaiting the fund stage: the liquidation comes first, the trigger waits)."""
+        waiting = []
+        for trigger_key, live in self.triggers.reached(state, event.market, event.price):
+            key = (trigger_key[0], live.market, live.position_side)
+            position = state.positions[key]  # a live trigger's position is open (the reducer drops it with it)
+            if self._liquidatable(state, key) or self.book.has_live(key) or key in self.awaiting:
+                waiting.append((trigger_key, live))
+                continue
+            config = state.markets[live.market].config
+            size = abs(position.size)
+            qty = size if not live.qty else min(live.qty, size)
+            self.triggers.fire(key, trigger_key[1], live)
+            self.sequence += 1
+            outputs.append(CloseCommand(
+                output_id("close", trigger_key[0], trigger_key[1], live.market, live.position_side, live.kind,
+                          live.price, live.qty, live.ts),
+                key[0], key[1], key[2], SELL if position.size > 0 else BUY,
+                format_units(qty, decimals_of(config.lot_size)), trigger_key[1], live.kind,
+                format_decimal(live.price), format_decimal(event.price),
+                trigger.offset, trigger.event_id, trigger.ts,
+            ))  # fmt: skip
+        for trigger_key, live in waiting:
+            self.triggers.add(trigger_key, live)
 
     def _on_answer(self, state: State, offset: int, event: LiquidationFill) -> list:
         """A liquidation or ADL fill, already checked against the book by the reducer (check_answer)."""
@@ -285,6 +331,8 @@ class LiquidationProjection:
         self._evaluate_market(state, event.market, trigger, outputs)
         if self.awaiting or self.cut_legs or self.bankrupt_legs or self.owns is not None:
             self.barrier(state, trigger, outputs)
+        if event.market in self.triggers.heaps:
+            self._fire_triggers(state, event, trigger, outputs)
         return outputs if outputs else NOTHING  # a cancel is always an output
 
     def _pause_stale(self, state: State, trigger: Trigger, outputs: list) -> None:
@@ -326,10 +374,16 @@ class LiquidationProjection:
             self.index.drop(key)
             self.awaiting.discard(key)
             self.held.discard(key)
+            self.triggers.forget(key)
             return
         if not by_answer:
-            for command in book.live_for(key):  # superseded: judged again below on the position as it is now
-                self._withdraw(command, POSITION_CHANGED, trigger, outputs)
+            live = book.live_for(key)
+            # superseded: judged again below on the position as it is now; if it is held there (its own event past
+            # the mark's limit), nothing replaces the command, and the cancel says why
+            reason = MARK_STALE if live and trigger.own and self._stale_at(state, key[1], trigger.ts) and \
+                self._liquidatable(state, key) else POSITION_CHANGED  # fmt: skip
+            for command in live:
+                self._withdraw(command, reason, trigger, outputs)
         self._check_targets(state, key, trigger)
         self._judge(state, key, trigger, outputs)
 
@@ -644,7 +698,7 @@ class LiquidationProjection:
         """The small part of the state, stored whole at every checkpoint."""
         return [[VERSION, self.sequence, self.barriers, self.stage_decisions, self.stage_digest, self.clock],
                 sorted(self.paused.items()), sorted(self.last_marks.items()), sorted(self.stale), sorted(self.held),
-                sorted(self.awaiting), sorted(self.bankrupt_legs), list(self.cut_legs)]  # fmt: skip
+                sorted(self.awaiting), sorted(self.bankrupt_legs), list(self.cut_legs), self.triggers.section()]  # fmt: skip
 
     def sections(self) -> list:
         """The projection's whole state (the index is derived): what the digest hashes and ``restore`` reads.
@@ -668,7 +722,7 @@ class LiquidationProjection:
         head, paused, last_marks, stale, held, *rest = snapshot
         if head[0] != VERSION:
             raise ValueError(f"liquidation projection state {head[0]!r} is not {VERSION}: replay from offset 0")
-        awaiting, bankrupt_legs, cut_legs, *book = rest
+        awaiting, bankrupt_legs, cut_legs, fired, *book = rest
         self.sequence, self.barriers, self.stage_decisions, self.stage_digest, self.clock = head[1:6]
         self.paused = dict(paused)
         self.last_marks = dict(last_marks)
@@ -677,6 +731,7 @@ class LiquidationProjection:
         self.awaiting = {tuple(key) for key in awaiting}
         self.bankrupt_legs = {tuple(key) for key in bankrupt_legs}
         self.cut_legs = [msgspec.convert(leg, CutLeg) for leg in cut_legs]
+        self.triggers.restore(fired)
         self.book.restore(book)
         self.rebuild(state)
 

@@ -59,6 +59,25 @@ class AdlCommand(msgspec.Struct, frozen=True, gc=False, tag="adl", tag_field="ty
     ts: int
 
 
+class CloseCommand(msgspec.Struct, frozen=True, gc=False, tag="close", tag_field="type"):
+    """A position trigger fired: close ``qty`` of the position at market (the trader's own order, answered by an
+    ordinary ``fill``). One per trigger; its id is hashed from the trigger, so every replay names it the same."""
+
+    command_id: str
+    account: str
+    market: str
+    position_side: str
+    side: str  # the closing side
+    qty: str  # the trigger's qty, or the whole position, at most the position's size when it fired
+    trigger_id: str
+    kind: str  # stop_loss / take_profit
+    trigger_price: str
+    mark_price: str  # the mark that reached it
+    trigger_offset: int
+    trigger_event_id: str
+    ts: int
+
+
 class CancelCommand(msgspec.Struct, frozen=True, gc=False, tag="cancel", tag_field="type"):
     """A live command is withdrawn: the matching engine stops working it.
 

@@ -49,14 +49,14 @@ from rocksdict import AccessType, Checkpoint, DBRecoveryMode, Options, Rdict, Re
 from ringfence.core.check import check
 from ringfence.core.limits import CHAIN_EVERY_EVENTS, SNAPSHOTS_KEPT
 from ringfence.core.model import MarketConfig
-from ringfence.core.state import MarketState, State
+from ringfence.core.state import MarketState, State, Trigger
 from ringfence.events.crashpoints import crash_point
 from ringfence.projections.chain import FINGERPRINT_BYTES, DigestChain
 from ringfence.projections.episodes import BOOK_VERSION
 from ringfence.projections.liquidation import LiquidationProjection
 
-FORMAT_VERSION = 5  # 2: the digest chain (k:, f:, meta:chain); 3: the episode book (e:, q:); 4: fund domains (b:funds);
-# 5: clearance fees and auto-added margin (two more books), auto-add margin settings (u:)
+FORMAT_VERSION = 6  # 2: the digest chain (k:, f:, meta:chain); 3: the episode book (e:, q:); 4: fund domains (b:funds);
+# 5: clearance fees and auto-added margin (two more books), auto-add margin settings (u:); 6: position triggers (t:)
 
 META_VERSION = b"meta:version"
 META_OFFSET = b"meta:offset"
@@ -64,6 +64,7 @@ POSITION = b"p:"
 WALLET = b"w:"
 LEVERAGE = b"l:"
 AUTO_MARGIN = b"u:"
+TRIGGER = b"t:"
 MARKET = b"m:"
 BOOKS = b"b:books"
 FUNDS = b"b:funds"
@@ -89,6 +90,7 @@ _encode = msgspec.msgpack.Encoder().encode
 _encode_json = msgspec.json.Encoder().encode
 _decode_market = msgspec.msgpack.Decoder(tuple[MarketConfig, int, int]).decode
 _decode_list = msgspec.msgpack.Decoder(list).decode
+_decode_trigger = msgspec.msgpack.Decoder(Trigger).decode
 
 
 class StoreVersionError(Exception):
@@ -348,6 +350,13 @@ class StateStore:
         for key, value in self._scan(AUTO_MARGIN):
             account, market, side = _split(key, AUTO_MARGIN)
             state.auto_margin.setdefault(market, set()).add((account, market, side))
+        triggers = []
+        for key, value in self._scan(TRIGGER):
+            account, trigger_id = _split(key, TRIGGER)
+            triggers.append((_decode_trigger(value), account, trigger_id))
+        for trigger, account, trigger_id in sorted(triggers, key=lambda item: item[0].serial):  # the order they were set
+            state.triggers[(account, trigger_id)] = trigger
+            state.position_triggers.setdefault((account, trigger.market, trigger.position_side), []).append(trigger_id)
         books = self._get(BOOKS)
         if books is not None:
             for book, entries in zip(
@@ -412,6 +421,12 @@ class StateStore:
                 batch.put(AUTO_MARGIN + _join(*key), b"on")
             else:
                 batch.delete(AUTO_MARGIN + _join(*key))
+        for trigger_key in state.dirty_triggers:
+            trigger = state.triggers.get(trigger_key)
+            if trigger is None:
+                batch.delete(TRIGGER + _join(*trigger_key))
+            else:
+                batch.put(TRIGGER + _join(*trigger_key), _encode(trigger))
         for name in state.dirty_markets:
             market = state.markets[name]
             batch.put(MARKET + name.encode(), _encode((market.config, market.mark, market.mark_ts)))

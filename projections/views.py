@@ -170,3 +170,26 @@ def live_commands_view(state: State, book) -> list[dict]:
             "age_ms": max(0, market.mark_ts - command.issued_ts),
         })  # fmt: skip
     return rows
+
+
+def triggers_view(state: State, triggers, account: str | None = None) -> list[dict]:
+    """Live position triggers (core.state.Trigger), in the order each position set them, with whether they fired
+    (``triggers``: the liquidation projection's TriggerIndex). A fired trigger stays until its position closes or
+    it is cancelled; it never fires twice."""
+    rows = []
+    for key in sorted(state.position_triggers):
+        if account is not None and key[0] != account:
+            continue
+        market = state.markets[key[1]]
+        for trigger_id in state.position_triggers[key]:
+            trigger = state.triggers[(key[0], trigger_id)]
+            rows.append({
+                "account": key[0], "trigger_id": trigger_id, "market": key[1], "position_side": key[2],
+                "kind": trigger.kind, "trigger_price": format_decimal(trigger.price),
+                "qty": format_units(trigger.qty, decimals_of(market.config.lot_size)) if trigger.qty else "whole",
+                "fires_when_mark": "<= trigger_price" if trigger.below else ">= trigger_price",
+                "mark_price": format_decimal(market.mark),
+                "status": "fired" if triggers.has_fired((key[0], trigger_id), trigger) else "waiting",
+                "set_ts": trigger.ts,
+            })  # fmt: skip
+    return rows

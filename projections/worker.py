@@ -52,7 +52,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ringfence.core.check import check
-from ringfence.core.model import AdlFill, Fill, Funding, LiquidationFill, MarginTransfer, MarketConfig, MarkPrice
+from ringfence.core.model import (
+    AdlFill,
+    Fill,
+    Funding,
+    LiquidationFill,
+    MarginTransfer,
+    MarketConfig,
+    MarkPrice,
+    PositionTrigger,
+    PositionTriggerCancel,
+)
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import MarketState, State
 from ringfence.events.embedded import EmbeddedLog
@@ -62,10 +72,11 @@ from ringfence.projections.liquidation import LiquidationProjection
 from ringfence.projections.outbox import decision_records
 
 # what a row carries, by event type: one position (and the fund), every margin of a market, or nothing (a mark:
-# the positions auto-add margin topped up, if any)
-POSITION, MARGINS, MARKET = 0, 1, 2
+# the positions auto-add margin topped up, if any; a market config or a position trigger: the child applies it)
+POSITION, MARGINS, MARKET, TRIGGER = 0, 1, 2, 3
 ROW_KINDS = {Fill: POSITION, MarginTransfer: POSITION, LiquidationFill: POSITION, AdlFill: POSITION,
-             Funding: MARGINS, MarkPrice: MARKET, MarketConfig: MARKET}  # fmt: skip
+             Funding: MARGINS, MarkPrice: MARKET, MarketConfig: MARKET, PositionTrigger: TRIGGER,
+             PositionTriggerCancel: TRIGGER}  # fmt: skip
 ROWS_PER_BATCH = 1024  # rows per message: large enough to amortise the pipe, small enough to overlap
 QUEUED_BATCHES = 64  # how far the parent may run ahead of the child (~65k events)
 _FRAME = struct.Struct(">I")
@@ -118,7 +129,9 @@ class ProjectionWorker:
         self._sections: list | None = None  # the whole state as of the last full sync, None once rows went out since
         positions = [(key, p.size, p.cost, p.margin) for key, p in state.positions.items()]
         markets = [(name, m.config, m.mark, m.mark_ts) for name, m in state.markets.items()]
-        self._send(_INIT, (str(log_directory), state.offset + 1, positions, markets, dict(state.insurance), snapshot))
+        triggers = sorted(state.triggers.items(), key=lambda item: item[1].serial)
+        self._send(_INIT, (str(log_directory), state.offset + 1, positions, markets, dict(state.insurance), triggers,
+                           snapshot))  # fmt: skip
         self._sent = 1  # the child starts while the parent reduces: the first sync waits for it
 
     # -- the hot path ----------------------------------------------------------------------
@@ -262,8 +275,8 @@ def _read_frame(stream: BinaryIO) -> tuple[bytes, object] | None:
     return tag, marshal.loads(data[1:]) if tag == _BATCH else pickle.loads(data[1:])
 
 
-def mirror_state(positions, markets, insurance) -> State:
-    """What the projection reads of the state (positions, markets, funds), from the parent's copy."""
+def mirror_state(positions, markets, insurance, triggers) -> State:
+    """What the projection reads of the state (positions, markets, funds, triggers), from the parent's copy."""
     state = State()
     for name, config, mark, mark_ts in markets:
         state.markets[name] = MarketState(config, mark, mark_ts)
@@ -271,6 +284,9 @@ def mirror_state(positions, markets, insurance) -> State:
         position = state.add_position(key)
         position.size, position.cost, position.margin = size, cost, margin
     state.insurance.update(insurance)
+    for trigger_key, trigger in triggers:  # in the order they were set
+        state.triggers[trigger_key] = trigger
+        state.position_triggers.setdefault((trigger_key[0], trigger.market, trigger.position_side), []).append(trigger_key[1])
     state.dirty_positions.clear()  # the mirror is never checkpointed
     return state
 
@@ -278,10 +294,10 @@ def mirror_state(positions, markets, insurance) -> State:
 class Follower:
     """The child's side: the mirror, the projection, and its own reader of the log."""
 
-    def __init__(self, log_directory: str, start: int, positions, markets, insurance, snapshot) -> None:
+    def __init__(self, log_directory: str, start: int, positions, markets, insurance, triggers, snapshot) -> None:
         self.log = EmbeddedLog(log_directory, writable=False)
         self.records = self.log.read(start)
-        self.state = state = mirror_state(positions, markets, insurance)
+        self.state = state = mirror_state(positions, markets, insurance, triggers)
         self.projection = projection = LiquidationProjection()
         if snapshot is None:
             projection.rebuild(state)
@@ -333,6 +349,9 @@ class Follower:
                     if position is not None:
                         state.remove_position(key)
                 else:
+                    if position is not None and (position.size > 0) != (row[2] > 0):
+                        state.remove_position(key)  # flipped: the parent closed it first (its triggers died)
+                        position = None
                     if position is None:
                         position = state.add_position(key)
                     _, _, position.size, position.cost, position.margin = row

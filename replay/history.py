@@ -2,8 +2,9 @@
 
 A replay from offset 0 in memory (the live store is not touched). An event
 touches the position when it changes the position's size, cost, margin or
-shortfall, sets its leverage, or is followed by a liquidation or ADL command
-for it; with ``marks`` every mark of its market is listed too. For each
+shortfall, sets its leverage, sets or cancels one of its stop-loss /
+take-profit triggers (or tries to), or is followed by a liquidation, ADL or
+trigger close command for it; with ``marks`` every mark of its market is listed too. For each
 liquidation command the row carries the exact test that fired it: the mark,
 B and MM to the unit (B in 1e-16, MM in 1e-24) and the bracket that set MM.
 """
@@ -16,7 +17,7 @@ from ringfence.core.reducer import effective_leverage
 from ringfence.core.state import PositionKey, State
 from ringfence.events.json_codec import to_wire
 from ringfence.projections.liquidation import LiquidationProjection
-from ringfence.projections.outputs import AdlCommand, CancelCommand, LiquidateCommand
+from ringfence.projections.outputs import AdlCommand, CancelCommand, CloseCommand, LiquidateCommand
 from ringfence.projections.runner import reduce_records
 from ringfence.projections.sdk import event_type
 from ringfence.projections.views import margin_figures, trigger_arithmetic
@@ -37,8 +38,12 @@ def _figures(state: State, key: PositionKey, raw: tuple[int, int, int, int], mar
             "insurance_fund": market.fund}  # fmt: skip
 
 
-def _touches_leverage(event, key: PositionKey) -> bool:
-    return type(event) is m.SetLeverage and (event.account, event.market, event.position_side) == key
+def _touches_settings(event, key: PositionKey, trigger_ids: set[str]) -> bool:
+    """A leverage or trigger request of the position (``trigger_ids``: the ids of triggers ever set on it)."""
+    kind = type(event)
+    if kind is m.SetLeverage or kind is m.PositionTrigger:
+        return (event.account, event.market, event.position_side) == key
+    return kind is m.PositionTriggerCancel and event.account == key[0] and event.trigger_id in trigger_ids
 
 
 def position_history(log, key: PositionKey, *, marks: bool = False) -> Iterator[dict]:
@@ -47,17 +52,21 @@ def position_history(log, key: PositionKey, *, marks: bool = False) -> Iterator[
     state, projection = State(), LiquidationProjection()
     rows: list[dict] = []
     before = {"raw": _EMPTY, "mark": 0, "leverage": 0}
+    trigger_ids: set[str] = set()
 
     def after_each(offset: int, event, verdict, decisions) -> None:
         raw = _raw(state, key)
         market_state = state.markets.get(market)
         mark = market_state.mark if market_state is not None else 0
         leverage = effective_leverage(state, key)  # as `positions` shows it
-        mine = [d for d in decisions if type(d) in (LiquidateCommand, AdlCommand, CancelCommand)
+        if type(event) is m.PositionTrigger and (event.account, event.market, event.position_side) == key:
+            trigger_ids.add(event.id)
+        mine = [d for d in decisions if type(d) in (LiquidateCommand, AdlCommand, CancelCommand, CloseCommand)
                 and key in ((d.account, d.market, d.position_side),
                             (getattr(d, "bankrupt_account", None), d.market, getattr(d, "bankrupt_position_side", None)))]  # fmt: skip
         is_mark = type(event) is m.MarkPrice and event.market == market
-        if raw != before["raw"] or mine or _touches_leverage(event, key) or (marks and is_mark and raw != _EMPTY):
+        if raw != before["raw"] or mine or _touches_settings(event, key, trigger_ids) or \
+                (marks and is_mark and raw != _EMPTY):  # fmt: skip
             row = {
                 "offset": offset,
                 "type": event_type(event),

@@ -43,7 +43,7 @@ import msgspec
 from ringfence.core import margin as mm
 from ringfence.core import model as m
 from ringfence.core.digest import compute_digest
-from ringfence.core.fixed import parse_decimal
+from ringfence.core.fixed import format_decimal, parse_decimal
 from ringfence.core.limits import DEDUP_GENERATION_EVENTS
 from ringfence.core.state import PositionKey, State
 from ringfence.projections.liquidation import LiquidationProjection
@@ -59,6 +59,8 @@ class Outcome:
     funds and the digest at the end."""
 
     liquidations: dict[PositionKey, list[tuple[int, str]]] = field(default_factory=dict)
+    # position -> the log offset of the first ADL command that named it as the counterparty (closed for another's loss)
+    deleveraged: dict[PositionKey, int] = field(default_factory=dict)
     # position -> [equity the trader lost to liquidation and ADL answers, what the fund gained from them]
     costs: dict[PositionKey, list[int]] = field(default_factory=dict)
     insurance: dict[str, int] = field(default_factory=dict)  # by fund domain
@@ -151,9 +153,14 @@ def replay_with(log, replacements: dict[str, m.MarketConfig] | None = None, *, s
             kind = type(decision)
             if kind is LiquidateCommand or kind is AdlCommand:
                 outcome.commands += 1
+                key = (decision.account, decision.market, decision.position_side)
                 if kind is LiquidateCommand:
-                    key = (decision.account, decision.market, decision.position_side)
                     outcome.liquidations.setdefault(key, []).append((offset // scale, decision.mark_price))
+                else:  # the bankrupt position is liquidated by ADL against this counterparty, at the same mark
+                    outcome.deleveraged.setdefault(key, offset // scale)
+                    bankrupt = (decision.bankrupt_account, decision.market, decision.bankrupt_position_side)
+                    mark = format_decimal(state.markets[decision.market].mark)
+                    outcome.liquidations.setdefault(bankrupt, []).append((offset // scale, mark))
                 if simulate:
                     pending.extend(_answers(decision, state, event.ts))
 

@@ -75,6 +75,17 @@ class Book:
     def auto_margin(self, account, enabled=True, market="BTCUSDT", side="BOTH"):
         return self.apply(m.AutoMargin(self._id(), 0, account, market, side, enabled))
 
+    def trigger(self, account, kind, price, qty=None, market="BTCUSDT", side="BOTH", trigger_id=None, ts=0):
+        """A position trigger; its id is ``trigger_id`` or the next automatic one (returns the verdict)."""
+        return self.apply(m.PositionTrigger(trigger_id or self._id(), ts, account, market, side, kind, d(price),
+                                            0 if qty is None else d(qty)))  # fmt: skip
+
+    def cancel_trigger(self, account, trigger_id):
+        return self.apply(m.PositionTriggerCancel(self._id(), 0, account, trigger_id))
+
+    def closes(self):
+        return [o for o in self.outputs if o.__struct_config__.tag == "close"]
+
     def funding(self, rate, mark_price, market="BTCUSDT"):
         return self.apply(m.Funding(self._id(), 0, market, d(rate), d(mark_price)))
 

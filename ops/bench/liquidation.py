@@ -11,6 +11,11 @@
    its log into fresh stores without the liquidation projection, with it in
    process, and with it in a worker process (projections.worker, what `run`
    does on a long log).
+3. Per size N again, every position also holding a stop-loss 5 % from its
+   entry: the cost of a quiet mark with the projection (its trigger heaps
+   included), and its ratio to the smallest size's (issue 16's target: a
+   quiet mark at 1,000,000 positions with a stop-loss each within 2x of the
+   cost at 1,000).
 """
 
 import argparse
@@ -36,7 +41,7 @@ U = 10**8
 PRICE = 60_000 * U
 
 
-def build(positions: int, seed: int = 1) -> tuple[State, int]:
+def build(positions: int, seed: int = 1, stop_losses: bool = False) -> tuple[State, int]:
     rng = random.Random(seed)
     state = State()
     offset = 0
@@ -52,6 +57,15 @@ def build(positions: int, seed: int = 1) -> tuple[State, int]:
         apply_event(state, offset + 1, m.Fill(f"f{n}", 0, account, "BTCUSDT", "BOTH", side, 10**6, entry, 0))
         offset += 2
     apply_event(state, offset, m.MarkPrice("m0", 0, "BTCUSDT", PRICE))
+    if stop_losses:  # 5 % from the entry, against the position: far from any quiet mark
+        for n in range(positions):
+            account, long = f"A{n:07d}", n % 2 == 0
+            entry = abs(state.positions[(account, "BTCUSDT", "BOTH")].cost) // 10**6
+            stop = entry * (95 if long else 105) // 100 // 10**7 * 10**7
+            offset += 1
+            verdict = apply_event(state, offset, m.PositionTrigger(f"s{n}", 0, account, "BTCUSDT", "BOTH", m.STOP_LOSS, stop))
+            assert verdict is None, verdict
+        offset += 1
     state.clear_dirty()
     return state, offset + 1
 
@@ -107,6 +121,23 @@ def mark_table(sizes: list[int]) -> None:
               f"{crash_index * 1e3:>10.1f} ms {crash_scan * 1e3:>10.1f} ms {liquidated:>11,}")  # fmt: skip
 
 
+def trigger_table(sizes: list[int]) -> None:
+    print(f"{'open positions':>14} {'stop-losses':>12} {'quiet mark':>13} {'vs smallest':>12}")
+    first = None
+    for size in sizes:
+        state, offset = build(size, stop_losses=True)
+        projection = LiquidationProjection()
+        projection.rebuild(state)
+        gc.collect()
+        gc.freeze()
+        quiet = [PRICE + (n % 2) * U // 10 for n in range(2000)]
+        cost, _ = time_marks(state, offset, projection, quiet)
+        gc.unfreeze()
+        first = first or cost
+        print(f"{size:>14,} {len(state.triggers):>12,} {cost * 1e6:>10.2f} us {cost / first:>11.2f}x")
+    print("target: a quiet mark at the largest size within 2x of the smallest's")
+
+
 def projection_overhead(events: int, rounds: int = 3) -> None:
     """`run` over one demo log: without the projection, with it in process, and with it in a worker process."""
     root = Path(tempfile.mkdtemp(prefix="ringfence-bench-"))
@@ -147,7 +178,9 @@ def main() -> None:
     # table the heap is large and fragmented, and every mode runs ~8 % slower
     if args.demo_events:
         projection_overhead(args.demo_events)
-    mark_table([int(size) for size in args.sizes.split(",")])
+    sizes = [int(size) for size in args.sizes.split(",")]
+    mark_table(sizes)
+    trigger_table(sizes)
 
 
 if __name__ == "__main__":

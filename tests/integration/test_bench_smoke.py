@@ -19,6 +19,7 @@ def test_reduce_benchmark_runs():
 def test_liquidation_benchmark_runs():
     out = bench("ringfence.ops.bench.liquidation", "--sizes", "200", "--demo-events", "3000")
     assert "quiet index" in out and "projection in process" in out and "projection in a worker" in out
+    assert "stop-losses" in out and "vs smallest" in out
 
 
 def test_audit_benchmark_runs():

@@ -4,7 +4,8 @@ The adversarial part looks at the state (as a matching engine would) to send
 fills far from the mark that bankrupt and flip positions, large funding rates,
 transfers of every size and market configs with short liquidation time-outs,
 mark bands, stale-mark limits with mark feed outages, liquidation policies and clearance fees, and
-auto-add margin switched on and off. A hostile matching engine answers the liquidation and ADL
+auto-add margin switched on and off, stop-losses and take-profits set (on both sides of the mark) and
+cancelled. A hostile matching engine answers the liquidation and ADL
 commands the projection emits: fully, partially, late (after their cancel),
 twice, for more than was asked, for the wrong position, out of order (the two
 legs of an ADL trade either way round), never, with forged ids, with the wrong
@@ -25,7 +26,7 @@ from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
 from ringfence.ops.simulate import MARKETS, Session, market_events
 from ringfence.projections.liquidation import LiquidationProjection
-from ringfence.projections.outputs import AdlCommand, LiquidateCommand
+from ringfence.projections.outputs import AdlCommand, CloseCommand, LiquidateCommand
 
 U = 10**8
 POLICIES = (
@@ -165,8 +166,27 @@ def adversarial_stream(seed: int, count: int, traders: int = 12, projection: Liq
                 account, market, side = rng.choice(sorted(state.positions))
                 market = market if rng.random() < 0.95 else "NOPE-PERP"
                 event = m.AutoMargin(f"auto-{serial}", event.ts, account, market, side, rng.random() < 0.8)
+            elif roll < 0.255 and state.positions:  # a stop-loss or take-profit, sometimes on the wrong side
+                account, market, side = key = rng.choice(sorted(state.positions))
+                tick = state.markets[market].config.tick_size
+                mark = state.markets[market].mark or session.marks[market]
+                price = max(tick, mark * rng.randint(990, 1010) // 1000 // tick * tick)
+                qty = rng.choice((0, 0, abs(state.positions[key].size) // 2 // MARKETS[market][1] * MARKETS[market][1]))
+                event = m.PositionTrigger(f"trig-{serial}", event.ts, account, market, side,
+                                          rng.choice((m.STOP_LOSS, m.TAKE_PROFIT)), price, qty)  # fmt: skip
+            elif roll < 0.26 and state.triggers:  # cancel one, now and then one that is not there
+                account, trigger_id = rng.choice(sorted(state.triggers))
+                event = m.PositionTriggerCancel(f"untrig-{serial}", event.ts, account,
+                                                trigger_id if rng.random() < 0.9 else "trig-none")  # fmt: skip
         verdict = apply_event(state, state.offset + 1, event, projection.check_answer)
-        engine.take(projection.after_event(state, state.offset, event, verdict is None))
+        outputs = projection.after_event(state, state.offset, event, verdict is None)
+        engine.take(outputs)
+        for close in (o for o in outputs if type(o) is CloseCommand):  # the trader's close order, mostly executed
+            if rng.random() < 0.7:
+                tick = state.markets[close.market].config.tick_size
+                price = max(tick, state.markets[close.market].mark // tick * tick)
+                queued.append(m.Fill(f"close-{serial}-{close.trigger_id}", event.ts, close.account, close.market,
+                                     close.position_side, close.side, parse_decimal(close.qty), price, 0))  # fmt: skip
         produced += 1
         yield event, state
 

@@ -34,7 +34,7 @@ from ringfence.core.limits import ENDED_COMMANDS_KEPT, ENDED_COMMANDS_MS
 from ringfence.core.reducer import apply_event
 from ringfence.core.state import State
 from ringfence.projections.liquidation import LiquidationProjection, stuck_positions
-from ringfence.projections.outputs import CANCEL_REASONS, AdlCommand, Alert, CancelCommand, LiquidateCommand
+from ringfence.projections.outputs import CANCEL_REASONS, AdlCommand, Alert, CancelCommand, CloseCommand, LiquidateCommand
 from tests.property.streams import adversarial_stream
 
 ANSWER_REASONS = {"unknown_command", "command_for_other_position", "answer_exceeds_command", "answer_side_mismatch",
@@ -113,6 +113,7 @@ class Reference:
         self.stale: set[str] = set()  # by a stale mark
         self.held: set = set()  # liquidatable at its own event later than its market's mark limit: until a mark
         self.times_held = 0
+        self.closes: set[str] = set()  # close commands of fired position triggers
         self.clock = 0  # the latest barrier ts
         self.partial_ts: dict[tuple, int] = {}  # position -> ts of its last partial liquidation (market fill)
 
@@ -297,6 +298,14 @@ def check_session(seed: int, count: int) -> Reference:
                     side = m.SELL if output.side == m.BUY else m.BUY
                     reference.commands[output.command_id] = RefCommand(key, target, side, qty, expires)
                 reference.issued.setdefault(key, []).append(output.command_id)
+            elif kind is CloseCommand:  # a trigger fired: once, for an open position nobody is liquidating
+                key = (output.account, output.market, output.position_side)
+                assert output.command_id not in reference.commands and output.command_id not in reference.closes, where
+                reference.closes.add(output.command_id)
+                assert type(event) is m.MarkPrice and key in replayed.positions, where
+                assert not reference.liquidatable(replayed, key), f"{where}: a trigger fired for a liquidatable {key}"
+                assert not [c for c in reference.commands.values() if c.live and c.key == key], where
+                assert 0 < parse_decimal(output.qty) <= abs(replayed.positions[key].size), where
             else:
                 assert kind is Alert, where
         # Between barriers (applied marks, funding, market configs) the fund stage has not spoken: a bankrupt
@@ -364,3 +373,4 @@ def test_the_episode_invariant_on_a_long_session_or_the_given_seed():
     assert sum(c.target is not None for c in commands) > 0 and sum(0 < c.filled < c.qty for c in commands) > 0
     assert sum(not c.live for c in commands) > 0
     assert reference.times_held > 0, "no position was held at its own event past a stale mark"
+    assert reference.closes, "no position trigger fired"

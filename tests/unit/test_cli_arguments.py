@@ -16,7 +16,7 @@ BAD = [
     (["run", "--interval", "0"], "--interval"),
     (["positions", "--at", "-1"], "--at"),
     (["positions", "--at-time", "-1"], "--at-time"),
-    *(([command, option, "-2"], option) for command in ("wallets", "books", "digest", "markets")
+    *(([command, option, "-2"], option) for command in ("wallets", "books", "digest", "markets", "triggers")
       for option in ("--at", "--at-time")),
     (["demo", "--seed", "x"], "--seed"),
     (["demo", "--traders", "1"], "--traders"),

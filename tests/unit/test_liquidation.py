@@ -306,15 +306,15 @@ def test_a_positions_own_event_past_the_limit_holds_it_until_the_markets_next_ma
     """carol_commanded, before any barrier finds BTCUSDT stale: carol (long 1 @ 60,300 at 10x) is commanded at the
     mark 54,300 of ts 10,000. At ts 75,000, 65 s after that mark and with no barrier since, carol adds 10 to her
     margin (B = 40 <= MM 217.2: still liquidatable) and dave buys 1 @ 60,300 at 10x (B = 30 <= 217.2). Both are
-    their own events past the 60 s limit: carol's command is superseded (position_changed) and nothing is issued
-    for either; no alert (no barrier has seen the market stale). The BTCUSDT mark of ts 80,000 (54,300, fresh)
+    their own events past the 60 s limit: carol's command is cancelled (mark_stale: superseded, and nothing
+    replaces it) and nothing is issued for either; no alert (no barrier has seen the market stale). The BTCUSDT mark of ts 80,000 (54,300, fresh)
     commands both. An answer 70 s after that mark, for half of carol's takeover, leaves the other half
     unanswered: its command is cancelled (mark_stale), nothing issued, until the next mark."""
     b = carol_commanded()
     b.transfer("carol", "10", ts=70_000)  # 60 s after the mark: exactly the limit, not stale; superseded, reissued
     assert [c.account for c in b.live()] == ["carol"]
     b.transfer("carol", "10", ts=75_000)
-    assert [(c.account, c.reason) for c in b.cancels()][-1] == ("carol", "position_changed") and not b.live()
+    assert [(c.account, c.reason) for c in b.cancels()][-1] == ("carol", "mark_stale") and not b.live()
     b.fill("dave", "buy", "1", "60300", ts=75_000)
     b.fill("bob", "sell", "1", "60300", ts=75_000)
     assert not b.live() and not [o for o in b.outputs if o.__struct_config__.tag == "alert"]

@@ -148,6 +148,7 @@ def market_line(**changes) -> bytes:
     ({"kind": "fraction"}, "invalid_liquidation_policy"),  # fraction is required
     ({"kind": "fraction", "fraction": "0"}, "invalid_liquidation_policy"),
     ({"kind": "fraction", "fraction": "1"}, "invalid_liquidation_policy"),
+    ({"kind": "fraction", "fraction": "0.00999999"}, "invalid_liquidation_policy"),  # below 1 %: lot by lot
     ({"kind": "fraction", "fraction": "1.5"}, "invalid_liquidation_policy"),
     ({"kind": "fraction", "fraction": "-0.2"}, "negative_value"),
     ({"kind": "fraction", "fraction": "0.2", "cooldown_ms": -1}, "invalid_liquidation_policy"),
@@ -176,7 +177,7 @@ def test_a_fee_rate_of_one_or_more_is_a_dead_letter(rate, expected):
     {"kind": "tier_step"},
     {"kind": "tier_step", "steps": 2},
     {"kind": "fraction", "fraction": "0.2", "min_notional": "100000", "cooldown_ms": 30000, "backstop_ratio": "0.6666"},
-    {"kind": "fraction", "fraction": "0.00000001"},
+    {"kind": "fraction", "fraction": "0.01"},
 ])  # fmt: skip
 def test_liquidation_policies_decode_and_round_trip(policy):
     event = decode_line(market_line(liquidation_policy=policy))
