@@ -423,8 +423,9 @@ def cmd_books(args) -> int:
 _OUTPUT_COLUMNS = {
     "rejections": ["offset", "event_id", "reason", "detail"],
     "deadletters": ["offset", "source", "reason", "detail"],
-    "commands": ["type", "command_id", "account", "market", "position_side", "side", "qty", "bankruptcy_price",
-                 "price", "bankrupt_account", "trigger_id", "reason", "trigger_offset", "trigger_event_id"],
+    "commands": ["type", "command_id", "account", "market", "position_side", "side", "qty", "order",
+                 "bankruptcy_price", "price", "bankrupt_account", "trigger_id", "reason", "trigger_offset",
+                 "trigger_event_id"],
     "alerts": ["alert_id", "market", "reason", "mark_price", "previous_mark", "offset"],
 }  # fmt: skip
 
@@ -595,6 +596,8 @@ def _history_line(row: dict) -> str:
     verdict = f" [{row['verdict']}]" if row["verdict"] else ""
     commands = f" -> {', '.join(row['commands'])}" if row["commands"] else ""
     commands += "".join(f" -> cancel {c['command_id']} ({c['reason']})" for c in row["cancels"])
+    if "auto_margin_added" in row:
+        commands += f" (auto-added margin {row['auto_margin_added']})"
     line = f"{row['offset']:>8} {row['type']:<16}{verdict} {figures(row['before'])}  =>  {figures(row['after'])}{commands}"
     trigger = row.get("trigger")
     if trigger:
@@ -908,7 +911,8 @@ def cmd_demo(args) -> int:
         raise UsageError(f"{data} already holds an event log; the demo needs a fresh --data directory")
     progress = Progress("events")
     with GracefulStop() as stop:
-        print(f"demo: seed {args.seed}, {args.traders} traders, {args.events:,} events, data in {data}", flush=True)
+        print(f"demo: seed {args.seed}, {args.traders} traders, {args.events:,} generated events (the matching "
+              f"engine's answers come on top), data in {data}", flush=True)
         summary = run_demo(data, seed=args.seed, traders=args.traders, events=args.events, progress=progress,
                            stop=stop)  # fmt: skip
     progress.done()
