@@ -91,3 +91,27 @@ def test_auto_margin_through_the_cli_restart_and_history(tmp_path, cli):
     assert (row["type"], row["event_id"], row["auto_margin_added"]) == ("mark", "m2", "4000")
     digest = cli("digest", data=data)[1]
     assert cli("replay", data=data)[1] == digest and cli("replay", "--verify", data=data)[0] == 0
+
+
+def test_whatif_of_a_restoring_fraction_step_as_full_shows_both_losses(tmp_path, cli):
+    """The session of the first test, up to the mark 2,727: ETHUSDT's fraction policy steps alice down 20 at market.
+    whatif's simulated engine fills it at the mark: the trader loses only the fee, 20 x 2,727 x 0.0005 = 27.27
+    (PnL at the mark was hers already), which the fund gets; the 80 left are safe. As `full` with no fee, the
+    whole 100 is taken over at the bankruptcy price: she loses her equity at the mark, 30,000 - 100 x 273 =
+    2,700, and the fund gets it. Same offset, other amounts."""
+    data, session = tmp_path / "data", tmp_path / "session.jsonl"
+    market = {"type": "market", "id": "cfg", "ts": 1, "market": "ETHUSDT", "settle": "USDT", "tick_size": "0.01",
+              "lot_size": "0.001", "brackets": BRACKETS, "liquidation_fee_rate": "0.0005", "liquidation_policy": POLICY}
+    events = [market, *_long_and_short("ETHUSDT", "100", "3000", "1000000"),
+              {"type": "mark", "id": "m1", "ts": 4, "market": "ETHUSDT", "price": "3000"},
+              {"type": "mark", "id": "m2", "ts": 5, "market": "ETHUSDT", "price": "2727"}]  # fmt: skip
+    session.write_text(_lines(*events))
+    cli("ingest", str(session), data=data, check_rc=None)
+    cli("run", data=data)
+    full = tmp_path / "full.jsonl"
+    full.write_text(_lines({**market, "liquidation_policy": {"kind": "full"}, "liquidation_fee_rate": "0"}))
+    rows = [json.loads(line) for line in cli("whatif", "--market-config", str(full), "--json", data=data)[1].splitlines()]
+    (row,) = [row for row in rows if row["account"] == "alice"]
+    assert row["change"] == "other amounts" and row["original_offset"] == row["whatif_offset"]
+    assert (row["original_trader_loss"], row["original_fund_income"]) == ("27.27", "27.27")
+    assert (row["whatif_trader_loss"], row["whatif_fund_income"]) == ("2700", "2700")

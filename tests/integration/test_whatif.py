@@ -125,7 +125,8 @@ def test_whatif_switches_a_policy_and_fee_and_reports_the_losses_and_fund_income
     eth = [row for row in rows if row["market"] == "ETHUSDT"]
     assert eth and all(row["market"] == "ETHUSDT" for row in rows if row["change"] == "other amounts")
     # both sides' trader losses are reported; on this session they are equal (each ETHUSDT position's steps end in a
-    # takeover, which costs the trader the whole position either way), so the fund's income is what moves
+    # takeover, which costs the trader the whole position either way), so the fund's income is what moves; a step
+    # that restores a position, where the losses differ, is test_policies_cli's worked whatif
     assert all(type(row["original_trader_loss"]) is int and type(row["whatif_trader_loss"]) is int for row in eth)
     # a takeover hands the fund what is left of the margin; a market close leaves it with the trader (minus the fee)
     assert sum(r["whatif_fund_income"] for r in eth) != sum(r["original_fund_income"] for r in eth)
