@@ -690,7 +690,8 @@ def cmd_whatif(args) -> int:
     def described(label: str, outcome) -> str:
         funds = ", ".join(f"{domain} {format_decimal(outcome.insurance.get(domain, 0))}" for domain in domains)
         loss = sum(cost[0] for cost in outcome.costs.values())
-        return (f"  {label}: {len(outcome.liquidations)} positions liquidated, traders lost {format_decimal(loss)} "
+        return (f"  {label}: {len(outcome.liquidations)} positions commanded for liquidation, traders lost "
+                f"{format_decimal(loss)} "
                 f"to liquidations; insurance funds {funds or 'empty'}")
 
     print("\n".join([
